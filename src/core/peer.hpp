@@ -1,0 +1,67 @@
+// One monitored peer and the events its state machine reports.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "core/address.hpp"
+#include "core/clock.hpp"
+#include "core/timer_wheel.hpp"
+
+namespace keepalive {
+
+enum class PeerState : std::uint8_t { up, suspect, down, left };
+inline constexpr std::size_t kPeerStateCount = 4;
+std::string_view to_string(PeerState);
+
+enum class Protocol : std::uint8_t { kap1, legacy };
+std::string_view to_string(Protocol);
+
+// 1 to 64 bytes of A-Z a-z 0-9 . _ - : @ (the KAP/1 name rule, used for legacy names too).
+bool valid_peer_name(std::string_view name);
+
+// Where a peer's traffic leaves from: the server socket its registration
+// arrived on and the local address it was sent to (replies use it as source).
+struct Route {
+    std::uint32_t socket = 0;
+    Address local;
+    friend bool operator==(const Route&, const Route&) = default;
+};
+
+struct Peer {
+    std::string name;
+    Protocol protocol = Protocol::kap1;
+    std::uint32_t session = 0;
+    std::uint64_t incarnation = 0;
+    Address address;  // probes go here: the source of the last accepted registration
+    Route route;
+    Duration interval{};
+    std::uint8_t probes = 0;
+
+    PeerState state = PeerState::up;
+    TimePoint since{};          // when the current state began
+    std::uint64_t seq_sent = 0;
+    std::uint64_t seq_acked = 0;
+    std::uint32_t missed = 0;   // consecutive unanswered probes
+    std::optional<Duration> rtt;
+    std::uint64_t probes_sent = 0;
+    std::uint64_t acks_received = 0;
+
+    TimerWheel::Handle timer;   // the one wheel entry: next probe, or forgetting
+};
+
+enum class EventKind : std::uint8_t { registered, up, suspect, down, left, restarted, moved, forgotten };
+inline constexpr std::size_t kEventKindCount = 8;
+std::string_view to_string(EventKind);
+
+// A state change, with a copy of the peer as it is after the change.
+struct PeerEvent {
+    EventKind kind;
+    std::optional<PeerState> previous;  // none for a new registration
+    const Peer& peer;
+    std::string reason;
+};
+
+}  // namespace keepalive

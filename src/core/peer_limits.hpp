@@ -1,0 +1,23 @@
+// Limits the server applies to peers; configured in [peers].
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+
+#include "core/clock.hpp"
+
+namespace keepalive {
+
+struct PeerLimits {
+    Duration min_interval = std::chrono::milliseconds(100);  // 1ms .. 1h, <= max_interval
+    Duration max_interval = std::chrono::hours(1);           // 1ms .. 1h (protocol maximum)
+    std::uint8_t max_probes = 255;                           // 1 .. 255
+    std::uint32_t max_peers = 100'000;                       // 1 .. 10 000 000
+    Duration forget_after = std::chrono::minutes(10);        // 1s .. 30 days
+    Duration down_probe_interval = std::chrono::seconds(5);  // 100ms .. 1h: how often down
+                                                             // peers are still probed
+
+    friend bool operator==(const PeerLimits&, const PeerLimits&) = default;
+};
+
+}  // namespace keepalive

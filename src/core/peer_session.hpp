@@ -1,0 +1,96 @@
+// The peer side of KAP/1 without I/O: registration handshake, answering
+// probes, noticing a lost server and re-registering with backoff. The caller
+// delivers only datagrams that came from the server's address.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+
+#include "core/clock.hpp"
+#include "core/codec.hpp"
+#include "core/random.hpp"
+
+namespace keepalive {
+
+struct PeerSessionOptions {
+    std::string name;
+    std::uint32_t interval_ms = 1000;
+    std::uint8_t probes = 3;
+};
+
+enum class SessionState : std::uint8_t { registering, registered, stopped };
+
+enum class SessionEventKind : std::uint8_t {
+    registered,        // ACCEPT received
+    server_restarted,  // ACCEPT with a new epoch
+    rejected,          // REJECT received (diag says why)
+    lost,              // no probe for probes × interval + interval
+    goodbye,           // BYE from the server (diag says why)
+};
+
+struct SessionEvent {
+    SessionEventKind kind;
+    kap::Diag diag = kap::Diag::none;
+};
+
+class PeerSessionSink {
+public:
+    virtual ~PeerSessionSink() = default;
+    virtual void send(std::span<const std::uint8_t> datagram) = 0;
+    virtual void session_event(const SessionEvent& event) = 0;
+};
+
+class PeerSession {
+public:
+    static constexpr Duration kMinBackoff = std::chrono::seconds(1);
+    static constexpr Duration kMaxBackoff = std::chrono::seconds(30);
+
+    PeerSession(PeerSessionOptions options, RandomSource& random, PeerSessionSink& sink);
+    PeerSession(const PeerSession&) = delete;
+    PeerSession& operator=(const PeerSession&) = delete;
+
+    // Sends the first REGISTER.
+    void start(TimePoint now);
+    void on_datagram(std::span<const std::uint8_t> data, TimePoint now);
+    void on_timer(TimePoint now);
+    std::optional<TimePoint> next_deadline() const;
+    // Says goodbye (BYE diag 5) if registered, and stops.
+    void stop();
+
+    SessionState state() const { return state_; }
+    std::uint32_t session() const { return session_; }
+    std::uint64_t incarnation() const { return incarnation_; }
+    std::uint64_t epoch() const { return epoch_; }
+    std::uint32_t granted_interval_ms() const { return granted_interval_ms_; }
+    std::uint8_t granted_probes() const { return granted_probes_; }
+    std::uint64_t probes_answered() const { return probes_answered_; }
+    std::uint64_t dropped() const { return dropped_; }
+
+private:
+    void register_now(TimePoint now);
+    void send_register(const kap::Cookie& cookie);
+    void send(const kap::Message& m);
+    Duration lost_after() const;
+
+    PeerSessionOptions options_;
+    RandomSource& random_;
+    PeerSessionSink& sink_;
+    std::uint64_t incarnation_;
+
+    SessionState state_ = SessionState::stopped;
+    std::uint64_t nonce_ = 0;
+    Duration backoff_ = kMinBackoff;
+    TimePoint deadline_{};   // retry (registering) or server lost (registered)
+
+    std::uint32_t session_ = 0;
+    std::uint64_t epoch_ = 0;
+    std::uint32_t granted_interval_ms_ = 0;
+    std::uint8_t granted_probes_ = 0;
+    std::uint64_t highest_seq_ = 0;
+    std::uint64_t probes_answered_ = 0;
+    std::uint64_t dropped_ = 0;
+};
+
+}  // namespace keepalive

@@ -1,0 +1,109 @@
+#include "core/peer_table.hpp"
+
+#include <fmt/format.h>
+
+#include <utility>
+
+namespace keepalive {
+
+std::string_view to_string(PeerState s) {
+    switch (s) {
+        case PeerState::up: return "up";
+        case PeerState::suspect: return "suspect";
+        case PeerState::down: return "down";
+        case PeerState::left: return "left";
+    }
+    return "?";
+}
+
+std::string_view to_string(Protocol p) { return p == Protocol::kap1 ? "kap1" : "legacy"; }
+
+std::string_view to_string(EventKind k) {
+    switch (k) {
+        case EventKind::registered: return "registered";
+        case EventKind::up: return "up";
+        case EventKind::suspect: return "suspect";
+        case EventKind::down: return "down";
+        case EventKind::left: return "left";
+        case EventKind::restarted: return "restarted";
+        case EventKind::moved: return "moved";
+        case EventKind::forgotten: return "forgotten";
+    }
+    return "?";
+}
+
+bool valid_peer_name(std::string_view name) {
+    if (name.empty() || name.size() > 64) return false;
+    for (const char c : name) {
+        const bool ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+                        c == '.' || c == '_' || c == '-' || c == ':' || c == '@';
+        if (!ok) return false;
+    }
+    return true;
+}
+
+std::string summary_line(const PeerCounts& c) {
+    return fmt::format("{} peer{}: {} up, {} suspect, {} down, {} left", c.total,
+                       c.total == 1 ? "" : "s", c.in(PeerState::up), c.in(PeerState::suspect),
+                       c.in(PeerState::down), c.in(PeerState::left));
+}
+
+PeerTable::Slot PeerTable::insert(Peer peer) {
+    Slot slot;
+    if (!free_.empty()) {
+        slot = free_.back();
+        free_.pop_back();
+    } else {
+        slot = static_cast<Slot>(slots_.size());
+        slots_.emplace_back();
+    }
+    Entry& e = slots_[slot];
+    e.peer = std::move(peer);
+    e.used = true;
+    by_session_.emplace(e.peer.session, slot);
+    by_name_.emplace(e.peer.name, slot);
+    ++counts_.total;
+    ++counts_.by_state[static_cast<std::size_t>(e.peer.state)];
+    return slot;
+}
+
+void PeerTable::erase(Slot slot) {
+    Entry& e = slots_[slot];
+    by_session_.erase(e.peer.session);
+    by_name_.erase(e.peer.name);
+    --counts_.total;
+    --counts_.by_state[static_cast<std::size_t>(e.peer.state)];
+    e.peer = Peer{};  // release the name's memory now
+    e.used = false;
+    free_.push_back(slot);
+}
+
+PeerTable::Slot PeerTable::find_session(std::uint32_t session) const {
+    const auto it = by_session_.find(session);
+    return it == by_session_.end() ? kNone : it->second;
+}
+
+PeerTable::Slot PeerTable::find_name(std::string_view name) const {
+    // C++20 heterogeneous lookup for unordered containers needs GCC 12's
+    // transparent-hash support; a temporary string is cheap at registration rates.
+    const auto it = by_name_.find(std::string(name));
+    return it == by_name_.end() ? kNone : it->second;
+}
+
+void PeerTable::set_state(Slot slot, PeerState state, TimePoint now) {
+    Peer& p = slots_[slot].peer;
+    if (p.state == state) return;
+    --counts_.by_state[static_cast<std::size_t>(p.state)];
+    ++counts_.by_state[static_cast<std::size_t>(state)];
+    p.state = state;
+    p.since = now;
+}
+
+void PeerTable::set_session(Slot slot, std::uint32_t session) {
+    Peer& p = slots_[slot].peer;
+    by_session_.erase(p.session);
+    p.session = session;
+    by_session_.emplace(session, slot);
+}
+
+}  // namespace keepalive

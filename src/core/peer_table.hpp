@@ -1,0 +1,64 @@
+// Peers indexed by slot, session id and name, with per-state counts kept
+// current so a status summary is O(1).
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "core/peer.hpp"
+
+namespace keepalive {
+
+struct PeerCounts {
+    std::size_t total = 0;
+    std::array<std::size_t, kPeerStateCount> by_state{};
+    std::size_t in(PeerState s) const { return by_state[static_cast<std::size_t>(s)]; }
+};
+
+// "3 peers: 2 up, 0 suspect, 1 down, 0 left"
+std::string summary_line(const PeerCounts&);
+
+class PeerTable {
+public:
+    using Slot = std::uint32_t;
+    static constexpr Slot kNone = UINT32_MAX;
+
+    // Inserts a peer whose name and session are not yet in the table.
+    Slot insert(Peer peer);
+    void erase(Slot slot);
+
+    Peer& at(Slot slot) { return slots_[slot].peer; }
+    const Peer& at(Slot slot) const { return slots_[slot].peer; }
+    Slot find_session(std::uint32_t session) const;
+    Slot find_name(std::string_view name) const;
+
+    // Keep the indexes and counts right: every change of these goes through here.
+    void set_state(Slot slot, PeerState state, TimePoint now);
+    void set_session(Slot slot, std::uint32_t session);
+
+    const PeerCounts& counts() const { return counts_; }
+    std::size_t size() const { return counts_.total; }
+
+    template <typename Fn>
+    void for_each(Fn&& fn) const {
+        for (Slot s = 0; s < slots_.size(); ++s)
+            if (slots_[s].used) fn(s, slots_[s].peer);
+    }
+
+private:
+    struct Entry {
+        Peer peer;
+        bool used = false;
+    };
+    std::vector<Entry> slots_;
+    std::vector<Slot> free_;
+    std::unordered_map<std::uint32_t, Slot> by_session_;
+    std::unordered_map<std::string, Slot> by_name_;
+    PeerCounts counts_;
+};
+
+}  // namespace keepalive

@@ -1,0 +1,376 @@
+#include "core/server.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <utility>
+
+namespace keepalive {
+namespace {
+
+using std::chrono::duration_cast;
+
+std::array<std::uint8_t, 32> draw_secret(RandomSource& random) {
+    std::array<std::uint8_t, 32> secret{};
+    for (std::size_t i = 0; i < secret.size(); i += 8) {
+        const std::uint64_t v = random.next_u64();
+        for (std::size_t j = 0; j < 8; ++j) secret[i + j] = static_cast<std::uint8_t>(v >> (8 * j));
+    }
+    return secret;
+}
+
+// Probe times sit on whole milliseconds so the 1 ms wheel fires them exactly.
+TimePoint ceil_ms(TimePoint t) {
+    return TimePoint{std::chrono::ceil<milliseconds>(t.time_since_epoch())};
+}
+
+std::uint64_t to_wire_time(TimePoint t) {
+    return static_cast<std::uint64_t>(t.time_since_epoch().count());
+}
+
+}  // namespace
+
+std::string_view to_string(Drop d) {
+    switch (d) {
+        case Drop::too_short: return "too_short";
+        case Drop::bad_magic: return "bad_magic";
+        case Drop::bad_version: return "bad_version";
+        case Drop::bad_length: return "bad_length";
+        case Drop::bad_flags: return "bad_flags";
+        case Drop::bad_type: return "bad_type";
+        case Drop::bad_size: return "bad_size";
+        case Drop::unauthenticated: return "unauthenticated";
+        case Drop::wrong_direction: return "wrong_direction";
+        case Drop::wrong_source: return "wrong_source";
+        case Drop::stale_ack: return "stale_ack";
+        case Drop::stale_bye: return "stale_bye";
+        case Drop::bad_diag: return "bad_diag";
+        case Drop::unknown_session: return "unknown_session";
+        case Drop::rate_limited: return "rate_limited";
+        case Drop::legacy_malformed: return "legacy_malformed";
+        case Drop::legacy_unknown: return "legacy_unknown";
+    }
+    return "?";
+}
+
+Drop drop_for(kap::DecodeError e) {
+    switch (e) {
+        case kap::DecodeError::too_short: return Drop::too_short;
+        case kap::DecodeError::bad_magic: return Drop::bad_magic;
+        case kap::DecodeError::bad_version: return Drop::bad_version;
+        case kap::DecodeError::bad_length: return Drop::bad_length;
+        case kap::DecodeError::bad_flags: return Drop::bad_flags;
+        case kap::DecodeError::bad_type: return Drop::bad_type;
+        case kap::DecodeError::bad_size: return Drop::bad_size;
+        case kap::DecodeError::unauthenticated: return Drop::unauthenticated;
+    }
+    return Drop::bad_type;
+}
+
+std::size_t ServerCore::HostKeyHash::operator()(const HostKey& k) const noexcept {
+    std::uint64_t h = 1469598103934665603ULL;
+    for (auto b : k.bytes) h = (h ^ b) * 1099511628211ULL;
+    return static_cast<std::size_t>(h);
+}
+
+ServerCore::ServerCore(const PeerLimits& limits, RandomSource& random, ServerSink& sink,
+                       TimePoint now)
+    : limits_(limits),
+      random_(random),
+      sink_(sink),
+      cookies_(draw_secret(random)),
+      epoch_(random.next_u64()),
+      wheel_(now),
+      window_start_(now) {}
+
+void ServerCore::on_datagram(std::span<const std::uint8_t> data, const Address& from,
+                             const Route& route, TimePoint now) {
+    ++received_;
+    auto decoded = kap::decode(data);
+    if (!decoded) {
+        count(drop_for(decoded.error()));
+        return;
+    }
+    const kap::Message& m = *decoded;
+    switch (kap::type_of(m.body)) {
+        case kap::Type::register_: on_register(m, from, route, now); break;
+        case kap::Type::ack: on_ack(m, from, route, now); break;
+        case kap::Type::bye: on_bye(m, from, route, now); break;
+        default: count(Drop::wrong_direction); break;
+    }
+}
+
+void ServerCore::reply(const Route& route, const Address& to, const kap::Message& m) {
+    std::array<std::uint8_t, kap::kMaxDatagramSize> buf;
+    const std::size_t n = kap::encode(m, buf);
+    if (n > 0) sink_.send(route, to, std::span(buf.data(), n));
+}
+
+void ServerCore::on_register(const kap::Message& m, const Address& from, const Route& route,
+                             TimePoint now) {
+    const auto& reg = std::get<kap::Register>(m.body);
+    // The cookie proves the source address is real before any state exists.
+    if (!cookies_.verify(reg.cookie, from, reg.nonce, now)) {
+        reply(route, from,
+              {.session = 0, .body = kap::Challenge{reg.nonce, cookies_.make(from, reg.nonce, now)}});
+        return;
+    }
+    const auto reject = [&](kap::Diag diag) {
+        reply(route, from, {.diag = diag, .session = 0, .body = kap::Reject{reg.nonce}});
+    };
+    if (!valid_peer_name(reg.name) || reg.interval_ms < 1 || reg.interval_ms > kap::kMaxIntervalMs ||
+        reg.probes < 1) {
+        reject(kap::Diag::invalid_parameters);
+        return;
+    }
+    const Duration interval = std::clamp<Duration>(milliseconds(reg.interval_ms),
+                                                   limits_.min_interval, limits_.max_interval);
+    const std::uint8_t probes = std::min(reg.probes, limits_.max_probes);
+
+    Slot slot = table_.find_name(reg.name);
+    if (slot == PeerTable::kNone) {
+        if (table_.size() >= limits_.max_peers) {
+            reject(kap::Diag::server_full);
+            return;
+        }
+        Peer fresh;
+        fresh.name = reg.name;
+        fresh.session = new_session_id();
+        fresh.incarnation = reg.incarnation;
+        fresh.address = from;
+        fresh.route = route;
+        fresh.interval = interval;
+        fresh.probes = probes;
+        fresh.since = now;
+        slot = table_.insert(std::move(fresh));
+        emit(EventKind::registered, std::nullopt, slot, "registered");
+    } else if (Peer& p = table_.at(slot); p.incarnation != reg.incarnation) {
+        // A new process behind a known name: a fresh session from seq 1.
+        table_.set_session(slot, new_session_id());
+        p.incarnation = reg.incarnation;
+        p.seq_sent = p.seq_acked = 0;
+        p.rtt.reset();
+        p.probes_sent = p.acks_received = 0;
+        p.address = from;
+        p.route = route;
+        p.interval = interval;
+        p.probes = probes;
+        p.missed = 0;
+        const PeerState previous = p.state;
+        table_.set_state(slot, PeerState::up, now);
+        emit(EventKind::restarted, previous, slot, "restarted (new incarnation)");
+    } else {
+        // A retransmission, a peer that lost us, or a move: same session. The
+        // handshake just proved the path, so probes in flight count as answered.
+        p.seq_acked = p.seq_sent;
+        p.missed = 0;
+        p.interval = interval;
+        p.probes = probes;
+        if (p.address != from) {
+            const std::string old = p.address.to_string();
+            p.address = from;
+            p.route = route;
+            emit(EventKind::moved, p.state, slot, "moved from " + old);
+        }
+        p.route = route;
+        if (p.state != PeerState::up)
+            change_state(slot, PeerState::up, EventKind::up, "registered again", now);
+    }
+    const Peer& p = table_.at(slot);
+    schedule(slot, first_probe_time(interval, now));
+    reply(route, from,
+          {.session = p.session,
+           .body = kap::Accept{reg.nonce, epoch_,
+                               static_cast<std::uint32_t>(duration_cast<milliseconds>(interval).count()),
+                               probes}});
+}
+
+void ServerCore::on_ack(const kap::Message& m, const Address& from, const Route& route,
+                        TimePoint now) {
+    const auto& ack = std::get<kap::Ack>(m.body);
+    const Slot slot = table_.find_session(m.session);
+    if (slot == PeerTable::kNone) {
+        answer_unknown_session(from, route, now);
+        return;
+    }
+    Peer& p = table_.at(slot);
+    if (p.address != from) {
+        count(Drop::wrong_source);
+        return;
+    }
+    if (ack.incarnation != p.incarnation || ack.seq <= p.seq_acked || ack.seq > p.seq_sent ||
+        p.state == PeerState::left) {
+        count(Drop::stale_ack);
+        return;
+    }
+    // Only fields change here: the peer's one timer (its next probe) stays put.
+    p.seq_acked = ack.seq;
+    p.missed = 0;
+    ++p.acks_received;
+    const TimePoint sent{Duration(static_cast<Duration::rep>(ack.tx_time))};
+    if (ack.tx_time <= to_wire_time(now)) p.rtt = now - sent;
+    if (p.state == PeerState::suspect) {
+        change_state(slot, PeerState::up, EventKind::up, "ack received", now);
+    } else if (p.state == PeerState::down) {
+        change_state(slot, PeerState::up, EventKind::up, "ack received", now);
+        // Leave the slow down-probing rate: back to the granted interval.
+        schedule(slot, ceil_ms(now + p.interval));
+    }
+}
+
+void ServerCore::on_bye(const kap::Message& m, const Address& from, const Route& route,
+                        TimePoint now) {
+    const auto& bye = std::get<kap::Bye>(m.body);
+    const Slot slot = table_.find_session(m.session);
+    if (slot == PeerTable::kNone) {
+        answer_unknown_session(from, route, now);
+        return;
+    }
+    Peer& p = table_.at(slot);
+    if (p.address != from) {
+        count(Drop::wrong_source);
+        return;
+    }
+    if (m.diag != kap::Diag::shutting_down) {
+        count(Drop::bad_diag);
+        return;
+    }
+    if (bye.seq < p.seq_acked) {
+        count(Drop::stale_bye);
+        return;
+    }
+    if (p.state == PeerState::left) return;  // a repeated goodbye
+    change_state(slot, PeerState::left, EventKind::left, "peer said goodbye", now);
+    schedule(slot, now + limits_.forget_after);
+}
+
+void ServerCore::answer_unknown_session(const Address& from, const Route& route, TimePoint now) {
+    count(Drop::unknown_session);
+    if (now - window_start_ >= std::chrono::seconds(1)) {
+        answered_.clear();
+        window_start_ = now;
+    }
+    // Bounded so that a spoofed-source flood cannot grow the map without limit.
+    constexpr std::size_t kMaxTrackedHosts = 65536;
+    const HostKey key{from.bytes()};
+    auto it = answered_.find(key);
+    if (it == answered_.end()) {
+        if (answered_.size() >= kMaxTrackedHosts) {
+            count(Drop::rate_limited);
+            return;
+        }
+        it = answered_.emplace(key, 0).first;
+    }
+    if (it->second >= kUnknownSessionRepliesPerSecond) {
+        count(Drop::rate_limited);
+        return;
+    }
+    ++it->second;
+    reply(route, from, {.diag = kap::Diag::unknown_session, .session = 0, .body = kap::Bye{0}});
+}
+
+void ServerCore::on_timer(TimePoint now) {
+    wheel_.advance(now, [&](std::uint64_t payload, TimePoint deadline) {
+        on_due(static_cast<Slot>(payload), deadline, now);
+    });
+}
+
+// The heart of detection. A peer's timer fires at each probe time; the probe
+// sent one interval earlier is unanswered if no ACK has come by now.
+void ServerCore::on_due(Slot slot, TimePoint deadline, TimePoint now) {
+    Peer& p = table_.at(slot);
+    p.timer = {};
+    switch (p.state) {
+        case PeerState::up:
+        case PeerState::suspect: {
+            if (p.seq_sent > p.seq_acked) ++p.missed;
+            if (p.missed >= p.probes) {
+                // probes × interval after the first unanswered probe went out.
+                change_state(slot, PeerState::down, EventKind::down, "detection time expired",
+                             deadline);
+                send_probe(slot, now);
+                schedule(slot, std::min(deadline + limits_.down_probe_interval,
+                                        p.since + limits_.forget_after));
+                return;
+            }
+            if (p.missed > 0 && p.state == PeerState::up)
+                change_state(slot, PeerState::suspect, EventKind::suspect,
+                             fmt::format("{} probe{} unanswered", p.missed, p.missed == 1 ? "" : "s"),
+                             deadline);
+            send_probe(slot, now);
+            schedule(slot, deadline + p.interval);
+            return;
+        }
+        case PeerState::down:
+            if (deadline - p.since >= limits_.forget_after) {
+                forget(slot);
+                return;
+            }
+            if (p.seq_sent > p.seq_acked) ++p.missed;
+            send_probe(slot, now);
+            schedule(slot, std::min(deadline + limits_.down_probe_interval,
+                                    p.since + limits_.forget_after));
+            return;
+        case PeerState::left:
+            forget(slot);
+            return;
+    }
+}
+
+void ServerCore::send_probe(Slot slot, TimePoint now) {
+    Peer& p = table_.at(slot);
+    ++p.seq_sent;
+    ++p.probes_sent;
+    reply(p.route, p.address,
+          {.session = p.session, .body = kap::Probe{p.seq_sent, to_wire_time(now)}});
+}
+
+void ServerCore::shutdown() {
+    table_.for_each([&](Slot, const Peer& p) {
+        if (p.state == PeerState::left) return;
+        reply(p.route, p.address,
+              {.diag = kap::Diag::shutting_down, .session = p.session, .body = kap::Bye{p.seq_sent}});
+    });
+}
+
+void ServerCore::change_state(Slot slot, PeerState state, EventKind kind, std::string reason,
+                              TimePoint at) {
+    const PeerState previous = table_.at(slot).state;
+    table_.set_state(slot, state, at);
+    emit(kind, previous, slot, std::move(reason));
+}
+
+void ServerCore::emit(EventKind kind, std::optional<PeerState> previous, Slot slot,
+                      std::string reason) {
+    sink_.peer_event(PeerEvent{kind, previous, table_.at(slot), std::move(reason)});
+}
+
+void ServerCore::schedule(Slot slot, TimePoint deadline) {
+    Peer& p = table_.at(slot);
+    wheel_.cancel(p.timer);
+    p.timer = wheel_.schedule(deadline, slot);
+}
+
+void ServerCore::forget(Slot slot) {
+    Peer& p = table_.at(slot);
+    wheel_.cancel(p.timer);
+    emit(EventKind::forgotten, p.state, slot,
+         fmt::format("forgotten after {} s",
+                     duration_cast<std::chrono::seconds>(limits_.forget_after).count()));
+    table_.erase(slot);
+}
+
+std::uint32_t ServerCore::new_session_id() {
+    for (;;) {
+        const auto id = static_cast<std::uint32_t>(random_.next_u64());
+        if (id != 0 && table_.find_session(id) == PeerTable::kNone) return id;
+    }
+}
+
+// A random phase within the first interval keeps peers from probing in lockstep.
+TimePoint ServerCore::first_probe_time(Duration interval, TimePoint now) {
+    const auto ms = static_cast<std::uint64_t>(duration_cast<milliseconds>(interval).count());
+    return ceil_ms(now) + milliseconds(1 + random_.below(ms));
+}
+
+}  // namespace keepalive

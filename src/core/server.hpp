@@ -1,0 +1,127 @@
+// The server side of KAP/1 without I/O: datagrams and time go in, datagrams
+// to send and peer events come out through a ServerSink. The daemon owns the
+// sockets; tests drive this directly with a fake clock.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string_view>
+#include <unordered_map>
+
+#include "core/codec.hpp"
+#include "core/cookie.hpp"
+#include "core/peer_limits.hpp"
+#include "core/peer_table.hpp"
+#include "core/random.hpp"
+#include "core/timer_wheel.hpp"
+
+namespace keepalive {
+
+// Why the server dropped a datagram without acting on it.
+enum class Drop : std::uint8_t {
+    too_short,
+    bad_magic,
+    bad_version,
+    bad_length,
+    bad_flags,
+    bad_type,
+    bad_size,
+    unauthenticated,
+    wrong_direction,  // a server-to-peer type sent to the server
+    wrong_source,     // ACK or BYE from an address other than the session's
+    stale_ack,        // seq not above the highest acknowledged, or never sent; wrong incarnation
+    stale_bye,        // BYE seq below the highest acknowledged
+    bad_diag,         // BYE from a peer with a diag other than "shutting down"
+    unknown_session,  // answered with BYE diag 7 when the rate limit allows
+    rate_limited,     // unknown session, over the BYE diag 7 budget: not answered
+    legacy_malformed, // legacy (Go module) datagram that does not parse
+    legacy_unknown,   // legacy reply for no known peer, or from another address
+};
+inline constexpr std::size_t kDropCount = 17;
+std::string_view to_string(Drop);
+Drop drop_for(kap::DecodeError);
+
+using DropCounters = std::array<std::uint64_t, kDropCount>;
+
+class ServerSink {
+public:
+    virtual ~ServerSink() = default;
+    virtual void send(const Route& route, const Address& to, std::span<const std::uint8_t> data) = 0;
+    virtual void peer_event(const PeerEvent& event) = 0;
+};
+
+class ServerCore {
+public:
+    // Answers to ACK/BYE for unknown sessions, per source host and second.
+    static constexpr unsigned kUnknownSessionRepliesPerSecond = 4;
+
+    ServerCore(const PeerLimits& limits, RandomSource& random, ServerSink& sink, TimePoint now);
+    ServerCore(const ServerCore&) = delete;
+    ServerCore& operator=(const ServerCore&) = delete;
+
+    // One received KAP/1 datagram; `route` names the socket and local address it came to.
+    void on_datagram(std::span<const std::uint8_t> data, const Address& from, const Route& route,
+                     TimePoint now);
+    // Runs every due probe, detection and forgetting. Call when now >= next_deadline().
+    void on_timer(TimePoint now);
+    std::optional<TimePoint> next_deadline() const { return wheel_.next_wakeup(); }
+
+    // New limits apply to new registrations; granted intervals are promises
+    // the peers rely on, so existing sessions keep theirs.
+    void set_limits(const PeerLimits& limits) { limits_ = limits; }
+    const PeerLimits& limits() const { return limits_; }
+
+    // Says goodbye (BYE diag 5) to every peer that is not gone already.
+    void shutdown();
+
+    // For drops decided before the core sees the bytes (e.g. an oversized datagram).
+    void count_drop(Drop d) { count(d); }
+
+    const PeerTable& peers() const { return table_; }
+    const DropCounters& drops() const { return drops_; }
+    std::uint64_t epoch() const { return epoch_; }
+    std::uint64_t datagrams_received() const { return received_; }
+
+private:
+    using Slot = PeerTable::Slot;
+
+    void on_register(const kap::Message& m, const Address& from, const Route& route, TimePoint now);
+    void on_ack(const kap::Message& m, const Address& from, const Route& route, TimePoint now);
+    void on_bye(const kap::Message& m, const Address& from, const Route& route, TimePoint now);
+    void on_due(Slot slot, TimePoint deadline, TimePoint now);
+    void send_probe(Slot slot, TimePoint now);
+    void answer_unknown_session(const Address& from, const Route& route, TimePoint now);
+    void reply(const Route& route, const Address& to, const kap::Message& m);
+    void change_state(Slot slot, PeerState state, EventKind kind, std::string reason, TimePoint at);
+    void emit(EventKind kind, std::optional<PeerState> previous, Slot slot, std::string reason);
+    void schedule(Slot slot, TimePoint deadline);
+    void forget(Slot slot);
+    std::uint32_t new_session_id();
+    TimePoint first_probe_time(Duration interval, TimePoint now);
+    void count(Drop d) { ++drops_[static_cast<std::size_t>(d)]; }
+
+    PeerLimits limits_;
+    RandomSource& random_;
+    ServerSink& sink_;
+    CookieJar cookies_;
+    std::uint64_t epoch_;
+    TimerWheel wheel_;
+    PeerTable table_;
+    DropCounters drops_{};
+    std::uint64_t received_ = 0;
+
+    // BYE diag 7 budget: answers per source host in the current one-second window.
+    struct HostKey {
+        std::array<std::uint8_t, 16> bytes;
+        bool operator==(const HostKey&) const = default;
+    };
+    struct HostKeyHash {
+        std::size_t operator()(const HostKey& k) const noexcept;
+    };
+    TimePoint window_start_{};
+    std::unordered_map<HostKey, unsigned, HostKeyHash> answered_;
+};
+
+}  // namespace keepalive

@@ -1,0 +1,281 @@
+#include "core/timer_wheel.hpp"
+
+#include <algorithm>
+#include <bit>
+#include <limits>
+#include <stdexcept>
+
+namespace keepalive {
+
+namespace {
+
+std::int64_t floor_div(std::int64_t a, std::int64_t b) {
+    const std::int64_t q = a / b;
+    return (a % b != 0 && a < 0) ? q - 1 : q;
+}
+
+}  // namespace
+
+TimerWheel::TimerWheel(TimePoint start, Duration tick, std::size_t slots)
+    : tick_ns_(tick.count()), mask_(slots - 1), now_(start) {
+    if (tick_ns_ <= 0) {
+        throw std::invalid_argument("TimerWheel: tick must be positive");
+    }
+    if (!std::has_single_bit(slots) || slots > (std::size_t{1} << 31)) {
+        throw std::invalid_argument("TimerWheel: slots must be a power of two <= 2^31");
+    }
+    slots_.resize(slots);
+    occupied_.resize((slots + 63) / 64);
+    cur_tick_ = tick_of(start);
+}
+
+std::int64_t TimerWheel::tick_of(TimePoint t) const {
+    return floor_div(t.time_since_epoch().count(), tick_ns_);
+}
+
+TimePoint TimerWheel::tick_start(std::int64_t tick, std::uint64_t plus) const {
+    // Saturates: only reachable within a tick of TimePoint's limits.
+    constexpr auto int64_max = std::numeric_limits<std::int64_t>::max();
+    std::int64_t t = 0;
+    std::int64_t ns = 0;
+    if (plus > static_cast<std::uint64_t>(int64_max) ||
+        __builtin_add_overflow(tick, static_cast<std::int64_t>(plus), &t)) {
+        return TimePoint::max();
+    }
+    if (__builtin_mul_overflow(t, tick_ns_, &ns)) {
+        return t < 0 ? TimePoint::min() : TimePoint::max();
+    }
+    return TimePoint(Duration(ns));
+}
+
+bool TimerWheel::live(Handle h) const {
+    return h.index < entries_.size() && entries_[h.index].generation == h.generation &&
+           entries_[h.index].state != State::free;
+}
+
+bool TimerWheel::pending(Handle h) const { return live(h); }
+
+std::optional<TimePoint> TimerWheel::deadline(Handle h) const {
+    if (!live(h)) {
+        return std::nullopt;
+    }
+    return entries_[h.index].deadline;
+}
+
+void TimerWheel::link(std::uint32_t index, std::size_t slot) {
+    Entry& e = entries_[index];
+    Slot& s = slots_[slot];
+    e.slot = static_cast<std::uint32_t>(slot);
+    e.state = State::linked;
+    e.next = nil;
+    e.prev = s.tail;
+    if (s.tail == nil) {
+        s.head = index;
+        occupied_[slot >> 6] |= std::uint64_t{1} << (slot & 63);
+    } else {
+        entries_[s.tail].next = index;
+    }
+    s.tail = index;
+}
+
+void TimerWheel::unlink(std::uint32_t index) {
+    Entry& e = entries_[index];
+    Slot& s = slots_[e.slot];
+    if (e.prev == nil) {
+        s.head = e.next;
+    } else {
+        entries_[e.prev].next = e.next;
+    }
+    if (e.next == nil) {
+        s.tail = e.prev;
+    } else {
+        entries_[e.next].prev = e.prev;
+    }
+    if (s.head == nil) {
+        occupied_[e.slot >> 6] &= ~(std::uint64_t{1} << (e.slot & 63));
+    }
+    e.next = e.prev = nil;
+}
+
+void TimerWheel::release(std::uint32_t index) {
+    Entry& e = entries_[index];
+    ++e.generation;
+    e.state = State::free;
+    e.next = free_head_;
+    free_head_ = index;
+    --size_;
+}
+
+TimerWheel::Handle TimerWheel::schedule(TimePoint deadline, std::uint64_t payload) {
+    std::uint32_t index = free_head_;
+    if (index != nil) {
+        free_head_ = entries_[index].next;
+    } else {
+        if (entries_.size() >= nil) {
+            throw std::length_error("TimerWheel: too many pending entries");
+        }
+        index = static_cast<std::uint32_t>(entries_.size());
+        entries_.emplace_back();
+    }
+    Entry& e = entries_[index];
+    e.deadline = deadline;
+    e.payload = payload;
+    e.seq = next_seq_++;
+    // A deadline in an already passed tick goes into the current slot: the
+    // next advance() visits it first and fires it since deadline <= now.
+    link(index, slot_of_tick(std::max(tick_of(deadline), cur_tick_)));
+    ++size_;
+    return Handle{index, e.generation};
+}
+
+bool TimerWheel::cancel(Handle h) {
+    if (!live(h)) {
+        return false;
+    }
+    // A due entry is out of its slot; releasing it bumps its generation, so the
+    // running advance() skips it.
+    if (entries_[h.index].state == State::linked) {
+        unlink(h.index);
+    }
+    release(h.index);
+    return true;
+}
+
+std::size_t TimerWheel::next_occupied(std::size_t from) const {
+    const std::size_t words = occupied_.size();
+    std::size_t w = from >> 6;
+    std::uint64_t bits = occupied_[w] & (~std::uint64_t{0} << (from & 63));
+    // words + 1 rounds: the last one re-reads the first word for the slots
+    // below `from`.
+    for (std::size_t i = 0; i <= words; ++i) {
+        if (bits != 0) {
+            const std::size_t slot = (w << 6) + static_cast<std::size_t>(std::countr_zero(bits));
+            return (slot - from) & mask_;
+        }
+        w = (w + 1 == words) ? 0 : w + 1;
+        bits = occupied_[w];
+    }
+    return slots_.size();
+}
+
+std::optional<TimePoint> TimerWheel::next_wakeup() const {
+    std::optional<TimePoint> best;
+    // Inside fn, due entries not fired yet: due now. due_ is sorted, so the
+    // first still-live one is the earliest.
+    for (std::size_t i = fire_pos_; advancing_ && i < due_.size(); ++i) {
+        const Due& d = due_[i];
+        const Entry& e = entries_[d.index];
+        if (e.generation == d.generation && e.state == State::due) {
+            best = d.deadline;
+            break;
+        }
+    }
+
+    const std::size_t from = slot_of_tick(cur_tick_);
+    const std::size_t dist = next_occupied(from);
+    if (dist == slots_.size()) {
+        return best;
+    }
+    TimePoint earliest = TimePoint::max();
+    for (std::uint32_t i = slots_[(from + dist) & mask_].head; i != nil; i = entries_[i].next) {
+        earliest = std::min(earliest, entries_[i].deadline);
+    }
+
+    TimePoint wake;
+    if (earliest <= now_) {
+        wake = earliest;
+    } else {
+        // earliest > now_, so t >= cur_tick_.
+        const std::int64_t t = tick_of(earliest);
+        if (static_cast<std::uint64_t>(t) - static_cast<std::uint64_t>(cur_tick_) > dist) {
+            // Only later revolutions in this slot: wake when the cursor has
+            // passed it, then look again.
+            wake = tick_start(cur_tick_, dist + 1);
+        } else {
+            wake = tick_start(t) == earliest ? earliest : tick_start(t, 1);
+        }
+    }
+    return best ? std::min(*best, wake) : wake;
+}
+
+void TimerWheel::collect_slot(std::size_t slot, TimePoint now) {
+    std::uint32_t i = slots_[slot].head;
+    while (i != nil) {
+        const std::uint32_t next = entries_[i].next;
+        Entry& e = entries_[i];
+        if (e.deadline <= now) {
+            unlink(i);
+            e.state = State::due;
+            due_.push_back(Due{e.deadline, e.seq, e.payload, i, e.generation});
+        }
+        i = next;
+    }
+}
+
+void TimerWheel::begin_advance(TimePoint now) {
+    advancing_ = true;
+    fire_pos_ = 0;
+    due_.clear();
+
+    // `now` before now_ (a caller's clock read earlier than a previous one)
+    // only fires what is due; the cursor stays.
+    const std::int64_t new_tick = std::max(tick_of(now), cur_tick_);
+    const std::uint64_t crossed =
+        static_cast<std::uint64_t>(new_tick) - static_cast<std::uint64_t>(cur_tick_);
+    const std::size_t visit =
+        crossed >= slots_.size() ? slots_.size() : static_cast<std::size_t>(crossed) + 1;
+
+    // Visit the slots of ticks cur_tick_..new_tick, each at most once; past a
+    // whole revolution every slot is visited and the deadline compare picks
+    // what is due.
+    const std::size_t from = slot_of_tick(cur_tick_);
+    std::size_t pos = 0;
+    while (pos < visit) {
+        const std::size_t dist = next_occupied((from + pos) & mask_);
+        if (dist >= visit - pos) {
+            break;
+        }
+        pos += dist;
+        collect_slot((from + pos) & mask_, now);
+        ++pos;
+    }
+
+    // Slots are usually collected in order already (one slot, schedule
+    // order); sort only when needed.
+    const auto before = [](const Due& a, const Due& b) {
+        return a.deadline != b.deadline ? a.deadline < b.deadline : a.seq < b.seq;
+    };
+    if (!std::is_sorted(due_.begin(), due_.end(), before)) {
+        std::sort(due_.begin(), due_.end(), before);
+    }
+
+    // Move the cursor before any callback runs, so entries scheduled from fn
+    // land in the current slot and are not collected by this call.
+    cur_tick_ = new_tick;
+    now_ = std::max(now_, now);
+}
+
+bool TimerWheel::take_due(const Due& d) {
+    const Entry& e = entries_[d.index];
+    if (e.generation != d.generation || e.state != State::due) {
+        return false;  // cancelled by an earlier callback of this advance()
+    }
+    release(d.index);
+    return true;
+}
+
+void TimerWheel::end_advance() noexcept {
+    // Only non-empty when fn threw: put back what did not fire.
+    for (std::size_t i = fire_pos_; i < due_.size(); ++i) {
+        const Due& d = due_[i];
+        const Entry& e = entries_[d.index];
+        if (e.generation == d.generation && e.state == State::due) {
+            link(d.index, slot_of_tick(cur_tick_));
+        }
+    }
+    due_.clear();
+    fire_pos_ = 0;
+    advancing_ = false;
+}
+
+}  // namespace keepalive

@@ -1,0 +1,188 @@
+// A single-level hashed timer wheel (Varghese & Lauck, scheme 6) for the
+// daemon's per-peer probe deadlines: O(1) schedule and cancel, and a cheap
+// next_wakeup() to arm one TFD_TIMER_ABSTIME timerfd.
+//
+// Time is cut into ticks of `tick` width. Tick boundaries are whole multiples
+// of `tick` since the clock's epoch (not since `start`), so a deadline aligned
+// to a whole tick is a boundary whatever the wheel's start time. An entry fires
+// when its exact deadline <= the `now` given to advance(): never early, and
+// exactly at an aligned deadline.
+//
+// Not thread-safe. No allocation after the entry pool has grown to the
+// largest number of simultaneously pending entries.
+#pragma once
+
+#include <cassert>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+#include "core/clock.hpp"
+
+namespace keepalive {
+
+class TimerWheel {
+public:
+    // Identifies one scheduled entry. Carries a generation, so a handle whose
+    // entry has fired or been cancelled is stale, even once its index is
+    // reused: cancel() on it is a no-op and pending() is false.
+    // (Generations are 32-bit: a stale handle is recognised until its index
+    // has been reused 2^32 times.)
+    struct Handle {
+        std::uint32_t index = UINT32_MAX;
+        std::uint32_t generation = 0;
+        bool valid() const { return index != UINT32_MAX; }
+    };
+
+    // `tick` is the slot width and must be positive; `slots` must be a power of
+    // two, at most 2^31. `start` is the wheel's initial current time. Throws
+    // std::invalid_argument on bad parameters.
+    explicit TimerWheel(TimePoint start, Duration tick = std::chrono::milliseconds(1),
+                        std::size_t slots = 4096);
+
+    TimerWheel(const TimerWheel&) = delete;
+    TimerWheel& operator=(const TimerWheel&) = delete;
+    // A moved-from wheel may only be destroyed or assigned to.
+    TimerWheel(TimerWheel&&) = default;
+    TimerWheel& operator=(TimerWheel&&) = default;
+
+    // Adds an entry firing at `deadline`. Any deadline is accepted: one at or
+    // before the wheel's current time (the latest `now` given to advance(), or
+    // `start`) fires on the next advance(). Throws std::length_error if 2^32-1
+    // entries are already pending, and std::bad_alloc when the pool cannot grow.
+    Handle schedule(TimePoint deadline, std::uint64_t payload);
+
+    // Removes a pending entry, also one due but not yet fired by an advance()
+    // currently running. Returns false (and does nothing) if `h` is invalid or
+    // stale.
+    bool cancel(Handle h);
+
+    bool pending(Handle h) const;
+    // The exact deadline of a pending entry; nullopt if `h` is invalid or stale.
+    std::optional<TimePoint> deadline(Handle h) const;
+
+    // Fires every entry whose deadline <= now by calling fn(payload, deadline)
+    // (payload is std::uint64_t, deadline a TimePoint), in deadline order, ties
+    // in schedule order. The entry is no longer pending when fn runs.
+    // fn may schedule and cancel freely, including cancelling entries that are
+    // due but not yet fired in this call (they then do not fire). Entries
+    // scheduled from inside fn are not fired by the same call even when already
+    // due; next_wakeup() then reports a time <= now.
+    // `now` earlier than a previous advance() fires only what is due at `now`;
+    // the wheel's current time never moves backwards.
+    // If fn throws, the entries not yet fired stay pending and the exception
+    // propagates. Precondition: not called from inside fn.
+    // Cost: O(ticks crossed, at most `slots`) + O(entries in the visited slots)
+    // + O(k log k) for k fired entries.
+    template <typename Fn>
+    void advance(TimePoint now, Fn&& fn);
+
+    // The earliest time at which advance() has something to do, or nullopt when
+    // nothing is pending. Normally the earliest deadline rounded up to a tick
+    // boundary (so an aligned deadline is reported exactly, and entries within
+    // one tick share a wake-up). A deadline at or before the current time is
+    // reported as is (<= the current time).
+    // Cheap: finds the next occupied slot through an occupancy bitmap and
+    // looks only at that slot's entries. When that slot holds only entries of
+    // later revolutions, the end of the slot's tick is reported instead: a
+    // spurious wake-up at which advance() fires nothing, at most once per
+    // revolution (slots * tick) per occupied slot until the entry is due.
+    // Cost: O(slots / 64) bitmap words + O(entries in that slot).
+    std::optional<TimePoint> next_wakeup() const;
+
+    // Pending entries, including due ones a running advance() has not fired yet.
+    std::size_t size() const { return size_; }
+    bool empty() const { return size_ == 0; }
+
+    // The latest `now` given to advance() (initially `start`).
+    TimePoint now() const { return now_; }
+    Duration tick() const { return Duration(tick_ns_); }
+    std::size_t slots() const { return slots_.size(); }
+
+private:
+    static constexpr std::uint32_t nil = UINT32_MAX;
+
+    enum class State : std::uint8_t {
+        free,    // on the free list
+        linked,  // in a slot list
+        due,     // taken out of its slot by a running advance(), not yet fired
+    };
+
+    struct Entry {
+        TimePoint deadline;
+        std::uint64_t payload = 0;
+        std::uint64_t seq = 0;  // schedule order, breaks deadline ties
+        std::uint32_t next = nil;
+        std::uint32_t prev = nil;
+        std::uint32_t slot = 0;
+        std::uint32_t generation = 0;
+        State state = State::free;
+    };
+
+    struct Slot {
+        std::uint32_t head = nil;
+        std::uint32_t tail = nil;
+    };
+
+    // An entry collected by advance(), with what firing it needs.
+    struct Due {
+        TimePoint deadline;
+        std::uint64_t seq;
+        std::uint64_t payload;
+        std::uint32_t index;
+        std::uint32_t generation;
+    };
+
+    // Ends an advance() even when fn throws.
+    struct AdvanceScope {
+        TimerWheel& wheel;
+        ~AdvanceScope() { wheel.end_advance(); }
+    };
+
+    std::int64_t tick_of(TimePoint t) const;
+    TimePoint tick_start(std::int64_t tick, std::uint64_t plus = 0) const;  // of tick + plus
+    std::size_t slot_of_tick(std::int64_t tick) const {
+        return static_cast<std::size_t>(static_cast<std::uint64_t>(tick) & mask_);
+    }
+    bool live(Handle h) const;
+    std::size_t next_occupied(std::size_t from) const;
+    void link(std::uint32_t index, std::size_t slot);
+    void unlink(std::uint32_t index);
+    void release(std::uint32_t index);
+
+    void begin_advance(TimePoint now);
+    void collect_slot(std::size_t slot, TimePoint now);
+    bool take_due(const Due& d);
+    void end_advance() noexcept;
+
+    std::vector<Entry> entries_;
+    std::vector<Slot> slots_;
+    std::vector<std::uint64_t> occupied_;  // bit per slot: list is non-empty
+    std::vector<Due> due_;                 // scratch for advance(), kept for its capacity
+    std::size_t fire_pos_ = 0;             // next Due to fire in a running advance()
+    std::int64_t tick_ns_;
+    std::uint64_t mask_;
+    TimePoint now_;
+    std::int64_t cur_tick_;  // tick_of(now_)
+    std::uint64_t next_seq_ = 0;
+    std::uint32_t free_head_ = nil;
+    std::size_t size_ = 0;
+    bool advancing_ = false;
+};
+
+template <typename Fn>
+void TimerWheel::advance(TimePoint now, Fn&& fn) {
+    assert(!advancing_ && "TimerWheel::advance() called from inside its callback");
+    begin_advance(now);
+    AdvanceScope scope{*this};
+    while (fire_pos_ < due_.size()) {
+        const Due d = due_[fire_pos_++];
+        if (take_due(d)) {
+            fn(d.payload, d.deadline);
+        }
+    }
+}
+
+}  // namespace keepalive

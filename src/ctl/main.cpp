@@ -1,0 +1,182 @@
+// keepalivectl: asks the running keepalived about its peers.
+#include <getopt.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <nlohmann/json.hpp>
+#include <string>
+
+
+namespace {
+
+constexpr const char* kDefaultSocket = "/run/keepalived/control.sock";
+constexpr int kTimeoutMs = 5000;
+
+constexpr const char* kUsage =
+    "Usage: keepalivectl [--socket PATH] status|peers [--json]\n"
+    "\n"
+    "  status   peer counts and the daemon's drop counters\n"
+    "  peers    every peer with its state, address and round-trip time\n"
+    "  -s, --socket PATH  control socket (default /run/keepalived/control.sock)\n"
+    "  -j, --json         print JSON instead of a table\n"
+    "  -h, --help         this text\n";
+
+int usage_error(const std::string& message) {
+    std::fprintf(stderr, "keepalivectl: %s\n%s", message.c_str(), kUsage);
+    return 2;
+}
+
+struct Failure {
+    std::string message;
+};
+
+// One request, one JSON document back, with a deadline so a stuck daemon
+// cannot hang the caller.
+std::string ask(const std::string& path, const std::string& request) {
+    sockaddr_un sa{};
+    sa.sun_family = AF_UNIX;
+    if (path.size() >= sizeof sa.sun_path) throw Failure{"socket path too long: " + path};
+    std::memcpy(sa.sun_path, path.c_str(), path.size() + 1);
+    const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) throw Failure{std::string("socket: ") + std::strerror(errno)};
+    struct Closer {
+        int fd;
+        ~Closer() { ::close(fd); }
+    } closer{fd};
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0)
+        throw Failure{fmt::format("cannot reach keepalived at {}: {}", path, std::strerror(errno))};
+    const std::string line = request + "\n";
+    if (::send(fd, line.data(), line.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(line.size()))
+        throw Failure{fmt::format("cannot send to {}: {}", path, std::strerror(errno))};
+    std::string reply;
+    char buf[65536];
+    for (;;) {
+        pollfd p{fd, POLLIN, 0};
+        const int r = ::poll(&p, 1, kTimeoutMs);
+        if (r == 0) throw Failure{"keepalived did not answer within 5 s"};
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            throw Failure{std::string("poll: ") + std::strerror(errno)};
+        }
+        const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+        if (n == 0) break;
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            throw Failure{std::string("recv: ") + std::strerror(errno)};
+        }
+        reply.append(buf, static_cast<std::size_t>(n));
+    }
+    return reply;
+}
+
+std::string format_since(double seconds) {
+    if (seconds < 1) return fmt::format("{:.0f}ms", seconds * 1000);
+    const auto s = static_cast<long long>(seconds);
+    if (s < 60) return fmt::format("{}s", s);
+    if (s < 3600) return fmt::format("{}m{}s", s / 60, s % 60);
+    if (s < 86400) return fmt::format("{}h{}m", s / 3600, s % 3600 / 60);
+    return fmt::format("{}d{}h", s / 86400, s % 86400 / 3600);
+}
+
+std::string format_rtt(const nlohmann::json& rtt) {
+    if (!rtt.is_number()) return "-";
+    const double us = rtt.get<double>();
+    return us < 1000 ? fmt::format("{:.0f}us", us) : fmt::format("{:.2f}ms", us / 1000);
+}
+
+// A name is data: keep the table on one line per peer whatever it holds.
+std::string printable(const std::string& s) {
+    std::string out;
+    for (const unsigned char c : s) out += (c >= 0x20 && c < 0x7f) ? static_cast<char>(c) : '?';
+    return out;
+}
+
+void print_peers(const nlohmann::json& j) {
+    const auto& peers = j.at("peers");
+    std::size_t name_w = 4;
+    std::size_t addr_w = 7;
+    for (const auto& p : peers) {
+        name_w = std::max(name_w, printable(p.at("name").get<std::string>()).size());
+        addr_w = std::max(addr_w, p.at("address").get<std::string>().size());
+    }
+    fmt::print("{:<{}}  {:<{}}  {:<7}  {:>8}  {:>8}  {:>6}  {:>9}  {:>8}\n", "NAME", name_w,
+               "ADDRESS", addr_w, "STATE", "SINCE", "INTERVAL", "MISSED", "RTT", "SESSION");
+    for (const auto& p : peers) {
+        fmt::print("{:<{}}  {:<{}}  {:<7}  {:>8}  {:>8}  {:>6}  {:>9}  {:>8}\n",
+                   printable(p.at("name").get<std::string>()), name_w,
+                   p.at("address").get<std::string>(), addr_w, p.at("state").get<std::string>(),
+                   format_since(p.at("since").get<double>()),
+                   fmt::format("{}ms x{}", p.at("interval_ms").get<std::int64_t>(),
+                               p.at("probes").get<int>()),
+                   p.at("missed").get<std::uint64_t>(), format_rtt(p.at("rtt_us")),
+                   p.at("session").get<std::string>());
+    }
+    if (peers.empty()) fmt::print("(no peers)\n");
+}
+
+void print_status(const nlohmann::json& j) {
+    fmt::print("{}\n", j.at("summary").get<std::string>());
+    const auto& d = j.at("daemon");
+    fmt::print("daemon:   keepalived {}, up {}, config {}\n", d.at("version").get<std::string>(),
+               format_since(d.at("uptime_s").get<double>()), d.at("config").get<std::string>());
+    std::string listen;
+    for (const auto& a : d.at("listen")) listen += (listen.empty() ? "" : ", ") + a.get<std::string>();
+    fmt::print("listen:   {}\n", listen);
+    fmt::print("received: {} datagrams, {} dropped\n", j.at("datagrams_received").get<std::uint64_t>(),
+               j.at("datagrams_dropped").get<std::uint64_t>());
+    for (const auto& [reason, count] : j.at("drops").items())
+        if (count.get<std::uint64_t>() > 0) fmt::print("  {:<18} {}\n", reason, count.get<std::uint64_t>());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    std::string socket_path = kDefaultSocket;
+    bool json = false;
+    static const option options[] = {
+        {"socket", required_argument, nullptr, 's'},
+        {"json", no_argument, nullptr, 'j'},
+        {"help", no_argument, nullptr, 'h'},
+        {nullptr, 0, nullptr, 0},
+    };
+    opterr = 0;
+    int opt;
+    while ((opt = getopt_long(argc, argv, "s:jh", options, nullptr)) != -1) {
+        switch (opt) {
+            case 's': socket_path = optarg; break;
+            case 'j': json = true; break;
+            case 'h': std::fputs(kUsage, stdout); return 0;
+            default:
+                return usage_error(optopt ? std::string("bad option -") + static_cast<char>(optopt)
+                                          : std::string("bad option ") + argv[optind - 1]);
+        }
+    }
+    if (optind + 1 != argc) return usage_error("expected one command: status or peers");
+    const std::string command = argv[optind];
+    if (command != "status" && command != "peers")
+        return usage_error("unknown command: " + command);
+
+    try {
+        const auto reply = nlohmann::json::parse(ask(socket_path, command));
+        if (reply.contains("error")) throw Failure{"keepalived: " + reply["error"].get<std::string>()};
+        if (json)
+            fmt::print("{}\n", reply.dump(2));
+        else if (command == "peers")
+            print_peers(reply);
+        else
+            print_status(reply);
+        return 0;
+    } catch (const Failure& f) {
+        std::fprintf(stderr, "keepalivectl: %s\n", f.message.c_str());
+    } catch (const nlohmann::json::exception& e) {
+        std::fprintf(stderr, "keepalivectl: unexpected reply from keepalived: %s\n", e.what());
+    }
+    return 1;
+}

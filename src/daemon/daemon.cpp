@@ -1,0 +1,241 @@
+#include "daemon/daemon.hpp"
+
+#include <fmt/ranges.h>
+#include <systemd/sd-daemon.h>
+
+#include <algorithm>
+#include <csignal>
+#include <stdexcept>
+
+#include "daemon/status_json.hpp"
+
+namespace keepalive {
+namespace {
+
+// Most datagrams handled per wake-up of one socket before the loop looks at
+// the others (epoll is level-triggered, so the rest wait their turn).
+constexpr int kBatchesPerWakeup = 8;
+
+void notify(const std::string& state) { sd_notify(0, state.c_str()); }
+
+std::string monotonic_usec(TimePoint now) {
+    return fmt::format(
+        "MONOTONIC_USEC={}",
+        std::chrono::duration_cast<std::chrono::microseconds>(now.time_since_epoch()).count());
+}
+
+}  // namespace
+
+Daemon::Daemon(Config config, Logger& log, const ClockSource& clock, RandomSource& random)
+    : config_(std::move(config)),
+      log_(log),
+      clock_(clock),
+      loop_(clock),
+      core_(config_.peers, random, *this, clock.now()),
+      started_(clock.now()) {
+    adopt_activated_sockets();
+    if (auto r = reconcile_listeners(config_.listen); !r) throw std::runtime_error(r.error());
+    if (listeners_.empty()) throw std::runtime_error("no address to listen on");
+    control_ = std::make_unique<ControlServer>(
+        loop_, config_.control_socket, [this](std::string_view r) { return control_request(r); });
+
+    wheel_timer_ = loop_.add_timer([this] {
+        core_.on_timer(loop_.now());
+        after_work();
+    });
+    watchdog_timer_ = loop_.add_timer([this] {
+        notify("WATCHDOG=1");
+        loop_.arm_timer(watchdog_timer_, loop_.now() + watchdog_period_);
+    });
+    std::uint64_t watchdog_usec = 0;
+    if (sd_watchdog_enabled(0, &watchdog_usec) > 0 && watchdog_usec > 0) {
+        watchdog_period_ = std::chrono::microseconds(watchdog_usec / 2);
+        loop_.arm_timer(watchdog_timer_, clock_.now() + watchdog_period_);
+    }
+    loop_.on_signal(SIGTERM, [this] { stop(); });
+    loop_.on_signal(SIGINT, [this] { stop(); });
+    loop_.on_signal(SIGHUP, [this] { reload(); });
+}
+
+Daemon::~Daemon() = default;
+
+void Daemon::adopt_activated_sockets() {
+    const int n = sd_listen_fds(1);
+    if (n < 0) throw std::runtime_error("sd_listen_fds failed");
+    for (int fd = SD_LISTEN_FDS_START; fd < SD_LISTEN_FDS_START + n; ++fd) {
+        if (sd_is_socket(fd, AF_UNSPEC, SOCK_DGRAM, -1) <= 0) {
+            log_.logf(LOG_WARNING, "ignoring inherited fd {}: not a datagram socket", fd);
+            continue;
+        }
+        auto socket = UdpSocket::adopt(UniqueFd(fd));
+        if (!socket) throw std::runtime_error(socket.error());
+        log_.logf(LOG_INFO, "serving on {} (from systemd)", socket->local().to_string());
+        add_listener(std::nullopt, std::move(*socket));
+    }
+}
+
+Result<bool, std::string> Daemon::reconcile_listeners(const std::vector<Address>& wanted) {
+    std::vector<std::pair<Address, UdpSocket>> opened;
+    for (const Address& a : wanted) {
+        const bool open = std::any_of(listeners_.begin(), listeners_.end(),
+                                      [&](const auto& l) { return l.second.configured == a; });
+        if (open) continue;
+        auto socket = UdpSocket::bind(a);
+        if (!socket) return Err{socket.error()};  // `opened` closes what this attempt bound
+        opened.emplace_back(a, std::move(*socket));
+    }
+    for (auto it = listeners_.begin(); it != listeners_.end();) {
+        const auto& configured = it->second.configured;
+        if (configured && std::find(wanted.begin(), wanted.end(), *configured) == wanted.end()) {
+            log_.logf(LOG_INFO, "no longer listening on {}", configured->to_string());
+            flush(it->first);
+            loop_.remove_fd(it->second.socket.fd());
+            it = listeners_.erase(it);
+        } else {
+            ++it;
+        }
+    }
+    for (auto& [address, socket] : opened) {
+        log_.logf(LOG_INFO, "listening on {}", socket.local().to_string());
+        add_listener(address, std::move(socket));
+    }
+    return true;
+}
+
+void Daemon::add_listener(std::optional<Address> configured, UdpSocket socket) {
+    const std::uint32_t id = next_listener_id_++;
+    const int fd = socket.fd();
+    listeners_.emplace(id, Listener{std::move(configured), std::move(socket)});
+    loop_.add_fd(fd, EPOLLIN, [this, id](std::uint32_t) { on_readable(id); });
+}
+
+void Daemon::on_readable(std::uint32_t id) {
+    auto it = listeners_.find(id);
+    if (it == listeners_.end()) return;
+    UdpSocket& socket = it->second.socket;
+    const TimePoint now = loop_.now();
+    for (int i = 0; i < kBatchesPerWakeup; ++i) {
+        const std::size_t n = socket.receive_batch([&](const UdpSocket::Received& r) {
+            if (r.truncated) {
+                core_.count_drop(Drop::bad_length);
+                return;
+            }
+            core_.on_datagram(r.data, r.from, Route{id, r.to}, now);
+        });
+        if (n < UdpSocket::kBatchSize) break;
+    }
+    after_work();
+}
+
+// Everything a handler produced leaves here, once per handler: batched
+// datagrams, the wheel's next deadline, and at most one STATUS update.
+void Daemon::after_work() {
+    for (auto& [id, queue] : outbox_)
+        if (!queue.empty()) flush(id);
+    loop_.arm_timer(wheel_timer_, core_.next_deadline());
+    if (status_dirty_) notify_status();
+}
+
+void Daemon::flush(std::uint32_t id) {
+    auto& queue = outbox_[id];
+    if (queue.empty()) return;
+    if (auto it = listeners_.find(id); it != listeners_.end())
+        it->second.socket.send_batch(queue);
+    else
+        unroutable_ += queue.size();
+    queue.clear();
+}
+
+void Daemon::send(const Route& route, const Address& to, std::span<const std::uint8_t> data) {
+    auto& queue = outbox_[route.socket];
+    OutDatagram& d = queue.emplace_back();
+    d.to = to;
+    d.from = route.local;
+    d.size = static_cast<std::uint16_t>(std::min(data.size(), d.data.size()));
+    std::copy_n(data.begin(), d.size, d.data.begin());
+    if (queue.size() >= UdpSocket::kBatchSize) flush(route.socket);
+}
+
+void Daemon::peer_event(const PeerEvent& event) {
+    log_.peer_event(event);
+    status_dirty_ = true;
+}
+
+void Daemon::notify_status() {
+    notify("STATUS=" + summary_line(core_.peers().counts()));
+    status_dirty_ = false;
+}
+
+void Daemon::reload() {
+    const TimePoint now = loop_.now();
+    notify("RELOADING=1\n" + monotonic_usec(now));
+    log_.logf(LOG_INFO, "reloading {}", config_.source);
+    auto fresh = load_config(config_.source);
+    if (!fresh) {
+        log_.logf(LOG_ERR, "reload failed, keeping the running configuration: {}",
+                  fresh.error().to_string());
+    } else if (auto r = reconcile_listeners(fresh->listen); !r) {
+        log_.logf(LOG_ERR, "reload failed, keeping the running configuration: {}", r.error());
+    } else {
+        if (fresh->control_socket != config_.control_socket) {
+            try {
+                control_.reset();  // the old path is unlinked before the new one is bound
+                control_ = std::make_unique<ControlServer>(
+                    loop_, fresh->control_socket,
+                    [this](std::string_view req) { return control_request(req); });
+            } catch (const std::exception& e) {
+                log_.logf(LOG_ERR, "control socket: {}", e.what());
+            }
+        }
+        core_.set_limits(fresh->peers);
+        config_ = std::move(*fresh);
+        log_.logf(LOG_INFO, "configuration reloaded: listening on {}",
+                  fmt::join(listen_addresses(), ", "));
+    }
+    notify("READY=1");
+    status_dirty_ = true;
+    after_work();
+}
+
+void Daemon::stop() {
+    if (stopping_) return;
+    stopping_ = true;
+    notify("STOPPING=1");
+    log_.log(LOG_INFO, "stopping: saying goodbye to every peer");
+    core_.shutdown();
+    after_work();
+    loop_.stop();
+}
+
+std::vector<std::string> Daemon::listen_addresses() const {
+    std::vector<std::string> out;
+    for (const auto& [id, l] : listeners_) out.push_back(l.socket.local().to_string());
+    return out;
+}
+
+std::string Daemon::control_request(std::string_view request) {
+    if (request == "peers") return peers_json(core_, loop_.now()).dump() + "\n";
+    if (request == "status") {
+        const DaemonInfo info{
+            KEEPALIVE_VERSION, config_.source, listen_addresses(),
+            std::chrono::duration<double>(loop_.now() - started_).count()};
+        auto j = status_json(core_, info);
+        std::uint64_t send_errors = 0;
+        for (const auto& [id, l] : listeners_) send_errors += l.socket.send_errors();
+        j["daemon"]["send_errors"] = send_errors;
+        j["daemon"]["unroutable"] = unroutable_;
+        return j.dump() + "\n";
+    }
+    return nlohmann::json{{"error", "unknown request"}}.dump() + "\n";
+}
+
+int Daemon::run() {
+    log_.logf(LOG_INFO, "keepalived {} ready: listening on {}", KEEPALIVE_VERSION,
+              fmt::join(listen_addresses(), ", "));
+    notify("READY=1");
+    notify_status();
+    loop_.run();
+    return 0;
+}
+
+}  // namespace keepalive

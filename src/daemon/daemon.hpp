@@ -1,0 +1,74 @@
+// The daemon: the event loop, the UDP listeners and the control socket wired
+// to the protocol core, with systemd notification and reloads.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/server.hpp"
+#include "daemon/config.hpp"
+#include "daemon/control.hpp"
+#include "daemon/log.hpp"
+#include "net/event_loop.hpp"
+#include "net/udp_socket.hpp"
+
+namespace keepalive {
+
+class Daemon final : private ServerSink {
+public:
+    // Binds every configured address, the sockets passed by systemd socket
+    // activation, and the control socket; throws std::runtime_error on failure.
+    Daemon(Config config, Logger& log, const ClockSource& clock, RandomSource& random);
+    ~Daemon() override;
+    Daemon(const Daemon&) = delete;
+    Daemon& operator=(const Daemon&) = delete;
+
+    // Sends READY=1 and serves until SIGTERM/SIGINT; returns the exit code.
+    int run();
+
+private:
+    struct Listener {
+        std::optional<Address> configured;  // none for a socket from systemd
+        UdpSocket socket;
+    };
+
+    void adopt_activated_sockets();
+    // Opens the listeners in `wanted` that are not open yet and closes the
+    // configured ones not in it. All or nothing: on a bind failure nothing changes.
+    Result<bool, std::string> reconcile_listeners(const std::vector<Address>& wanted);
+    void add_listener(std::optional<Address> configured, UdpSocket socket);
+    void on_readable(std::uint32_t id);
+    void after_work();
+    void flush(std::uint32_t id);
+    void reload();
+    void stop();
+    void notify_status();
+    std::string control_request(std::string_view request);
+    std::vector<std::string> listen_addresses() const;
+
+    void send(const Route& route, const Address& to, std::span<const std::uint8_t> data) override;
+    void peer_event(const PeerEvent& event) override;
+
+    Config config_;
+    Logger& log_;
+    const ClockSource& clock_;
+    EventLoop loop_;
+    ServerCore core_;
+    TimePoint started_;
+
+    std::map<std::uint32_t, Listener> listeners_;
+    std::uint32_t next_listener_id_ = 1;
+    std::map<std::uint32_t, std::vector<OutDatagram>> outbox_;
+    std::uint64_t unroutable_ = 0;
+
+    std::unique_ptr<ControlServer> control_;
+    EventLoop::TimerId wheel_timer_;
+    EventLoop::TimerId watchdog_timer_;
+    Duration watchdog_period_{};
+    bool status_dirty_ = true;
+    bool stopping_ = false;
+};
+
+}  // namespace keepalive

@@ -1,0 +1,143 @@
+#include "daemon/log.hpp"
+
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <systemd/sd-journal.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+
+namespace keepalive {
+
+std::optional<LogTarget> parse_log_target(std::string_view text) {
+    if (text == "auto") return LogTarget::automatic;
+    if (text == "journal") return LogTarget::journal;
+    if (text == "stderr") return LogTarget::stderr_;
+    return std::nullopt;
+}
+
+LogTarget resolve_log_target(LogTarget requested) {
+    if (requested != LogTarget::automatic) return requested;
+    const char* stream = std::getenv("JOURNAL_STREAM");
+    struct stat st{};
+    if (stream == nullptr || fstat(STDERR_FILENO, &st) != 0) return LogTarget::stderr_;
+    unsigned long long dev = 0;
+    unsigned long long ino = 0;
+    if (std::sscanf(stream, "%llu:%llu", &dev, &ino) != 2) return LogTarget::stderr_;
+    return (dev == st.st_dev && ino == st.st_ino) ? LogTarget::journal : LogTarget::stderr_;
+}
+
+std::string_view message_id(EventKind kind) {
+    switch (kind) {
+        case EventKind::registered: return "7753e1932bca402b9b9dc336d0badeea";
+        case EventKind::up: return "e6f068336d48433d9b5a7e3f9c47d0ba";
+        case EventKind::suspect: return "681e42ee9b684060b35bd08b8e0f256d";
+        case EventKind::down: return "16fad6aa28e14ede845df6fa5bf323ea";
+        case EventKind::left: return "a4fdb73540bd491ca24bb6c0daf2aee6";
+        case EventKind::restarted: return "eb433235029c452fab15d16e033d497c";
+        case EventKind::moved: return "5878ae0a247145588f6878ad8ad05d87";
+        case EventKind::forgotten: return "ad0d0b1f76b649fcb1b5cd28fdcf6571";
+    }
+    return "";
+}
+
+int event_priority(EventKind kind) {
+    switch (kind) {
+        case EventKind::down: return LOG_WARNING;
+        case EventKind::suspect: return LOG_NOTICE;
+        default: return LOG_INFO;
+    }
+}
+
+namespace {
+
+std::string_view state_after(const PeerEvent& e) {
+    return e.kind == EventKind::forgotten ? "forgotten" : to_string(e.peer.state);
+}
+
+}  // namespace
+
+std::string describe(const PeerEvent& e) {
+    const Peer& p = e.peer;
+    const std::string who = fmt::format("peer {} ({})", p.name, p.address.to_string());
+    switch (e.kind) {
+        case EventKind::registered:
+            return fmt::format("{} registered: interval {} ms, {} probes", who,
+                               std::chrono::duration_cast<milliseconds>(p.interval).count(),
+                               p.probes);
+        case EventKind::restarted: return fmt::format("{} restarted and registered again", who);
+        case EventKind::moved: return fmt::format("{} {}", who, e.reason);
+        case EventKind::forgotten: return fmt::format("{} {}", who, e.reason);
+        default: return fmt::format("{} is {}: {}", who, to_string(p.state), e.reason);
+    }
+}
+
+Logger::Logger(LogTarget target) : target_(resolve_log_target(target)) {}
+
+void Logger::log(int priority, std::string_view message) {
+    if (target_ == LogTarget::journal) {
+        sd_journal_send("MESSAGE=%.*s", static_cast<int>(message.size()), message.data(),
+                        "PRIORITY=%d", priority, nullptr);
+        return;
+    }
+    fmt::print(stderr, "<{}>{}\n", priority, message);
+    std::fflush(stderr);
+}
+
+void Logger::log_limited(std::string_view key, int priority, std::string_view message,
+                         TimePoint now) {
+    constexpr auto kPeriod = std::chrono::seconds(10);
+    Limiter* l = nullptr;
+    for (auto& candidate : limiters_)
+        if (candidate.key == key) l = &candidate;
+    if (l == nullptr) l = &limiters_.emplace_back(Limiter{std::string(key), {}, 0});
+    if (l->last != TimePoint{} && now - l->last < kPeriod) {
+        ++l->suppressed;
+        return;
+    }
+    l->last = now;
+    if (l->suppressed > 0)
+        log(priority, fmt::format("{} ({} similar messages suppressed)", message, l->suppressed));
+    else
+        log(priority, message);
+    l->suppressed = 0;
+}
+
+void Logger::peer_event(const PeerEvent& e) {
+    const Peer& p = e.peer;
+    const int priority = event_priority(e.kind);
+    const std::string message = describe(e);
+    if (target_ != LogTarget::journal) {
+        log(priority, message);
+        return;
+    }
+    std::vector<std::string> fields;
+    fields.reserve(16);
+    fields.push_back("MESSAGE=" + message);
+    fields.push_back(fmt::format("PRIORITY={}", priority));
+    fields.push_back(fmt::format("MESSAGE_ID={}", message_id(e.kind)));
+    fields.push_back("PEER_NAME=" + p.name);
+    fields.push_back("PEER_ADDRESS=" + p.address.to_string());
+    fields.push_back(fmt::format("PEER_STATE={}", state_after(e)));
+    fields.push_back(fmt::format("PEER_PREVIOUS_STATE={}",
+                                 e.previous ? to_string(*e.previous) : std::string_view{}));
+    fields.push_back(fmt::format("PEER_SESSION={:08x}", p.session));
+    fields.push_back(fmt::format("PEER_INTERVAL_MSEC={}",
+                                 std::chrono::duration_cast<milliseconds>(p.interval).count()));
+    fields.push_back(fmt::format("PEER_PROBES={}", p.probes));
+    fields.push_back(fmt::format("PEER_MISSED={}", p.missed));
+    if (p.rtt)
+        fields.push_back(fmt::format(
+            "PEER_RTT_USEC={}", std::chrono::duration_cast<std::chrono::microseconds>(*p.rtt).count()));
+    fields.push_back("PEER_REASON=" + e.reason);
+    fields.push_back(fmt::format("PEER_PROTOCOL={}", to_string(p.protocol)));
+    fields.push_back(fmt::format("PEER_EVENT={}", to_string(e.kind)));
+    std::vector<iovec> iov;
+    iov.reserve(fields.size());
+    for (auto& f : fields) iov.push_back({f.data(), f.size()});
+    sd_journal_sendv(iov.data(), static_cast<int>(iov.size()));
+}
+
+}  // namespace keepalive

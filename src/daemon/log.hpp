@@ -1,0 +1,58 @@
+// Where the daemon's words go: the journal with structured fields, or stderr
+// as readable lines with <N> priority prefixes (which journald also parses
+// when stderr is a stream to it).
+#pragma once
+
+#include <fmt/format.h>
+#include <syslog.h>
+
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "core/clock.hpp"
+#include "core/peer.hpp"
+
+namespace keepalive {
+
+enum class LogTarget { automatic, journal, stderr_ };
+std::optional<LogTarget> parse_log_target(std::string_view text);
+// automatic: the journal when JOURNAL_STREAM names our stderr, as under systemd.
+LogTarget resolve_log_target(LogTarget requested);
+
+// The fixed MESSAGE_ID of each event kind (documented in the journal catalog).
+std::string_view message_id(EventKind kind);
+// The PRIORITY of a peer event: down is a warning, suspect a notice, the rest info.
+int event_priority(EventKind kind);
+
+class Logger {
+public:
+    explicit Logger(LogTarget target);
+
+    void log(int priority, std::string_view message);
+    template <typename... Args>
+    void logf(int priority, fmt::format_string<Args...> format, Args&&... args) {
+        log(priority, fmt::format(format, std::forward<Args>(args)...));
+    }
+    // At most one line per `period` for a given key; the rest are counted and
+    // the count reported with the next line that gets through.
+    void log_limited(std::string_view key, int priority, std::string_view message, TimePoint now);
+
+    void peer_event(const PeerEvent& event);
+
+    LogTarget target() const { return target_; }
+
+private:
+    LogTarget target_;
+    struct Limiter {
+        std::string key;
+        TimePoint last{};
+        unsigned suppressed = 0;
+    };
+    std::vector<Limiter> limiters_;
+};
+
+// The human sentence of an event, e.g. `peer db1 (10.0.0.5:4000) is down: detection time expired`.
+std::string describe(const PeerEvent& event);
+
+}  // namespace keepalive

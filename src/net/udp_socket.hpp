@@ -1,0 +1,104 @@
+// UdpSocket: a non-blocking UDP socket that reads and writes in batches
+// (recvmmsg/sendmmsg) and knows the local address of every received datagram
+// (IP_PKTINFO / IPV6_RECVPKTINFO), so that a reply leaves from the address the
+// request came to even when the socket is bound to a wildcard address.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "core/address.hpp"
+#include "core/result.hpp"
+#include "net/unique_fd.hpp"
+
+namespace keepalive {
+
+// The largest datagram this project ever sends.
+inline constexpr std::size_t kMaxPayload = 512;
+
+struct OutDatagram {
+    Address to;
+    // Local source address (its port is ignored); nullopt lets the kernel choose.
+    std::optional<Address> from;
+    std::array<std::uint8_t, kMaxPayload> data;
+    std::uint16_t size = 0;
+};
+
+class UdpSocket {
+public:
+    // Receive buffer size per datagram: anything larger is reported as truncated.
+    static constexpr std::size_t kReceiveBufferSize = 2048;
+    // Datagrams per recvmmsg/sendmmsg call.
+    static constexpr std::size_t kBatchSize = 64;
+
+    // Creates a socket bound to `local` (port 0 picks one; IPv6 sockets are IPV6_V6ONLY), with
+    // CLOEXEC, NONBLOCK, pktinfo enabled and a receive buffer of up to 1 MiB. The error text names
+    // the address and the system error.
+    static Result<UdpSocket, std::string> bind(const Address& local);
+    // Takes over an already bound UDP socket (e.g. from socket activation): makes it CLOEXEC and
+    // non-blocking and enables pktinfo. A dual-stack IPv6 socket (IPV6_V6ONLY=0) is supported;
+    // its IPv4 peers appear as IPv4 addresses. Fails if `fd` is not a UDP socket.
+    static Result<UdpSocket, std::string> adopt(UniqueFd fd);
+
+    // A moved-from socket may only be destroyed or assigned to.
+    UdpSocket(UdpSocket&&) noexcept;
+    UdpSocket& operator=(UdpSocket&&) noexcept;
+    ~UdpSocket();
+
+    int fd() const { return fd_.get(); }
+    // The bound address, with the port resolved if 0 was requested.
+    const Address& local() const { return local_; }
+
+    struct Received {
+        Address from;
+        // The local address the datagram was sent to, with the socket's bound port.
+        Address to;
+        // At most kReceiveBufferSize bytes; valid only during the callback.
+        std::span<const std::uint8_t> data;
+        // The datagram was larger than kReceiveBufferSize and `data` is its head.
+        bool truncated;
+    };
+    // Reads up to `max` pending datagrams without blocking and calls `fn` for each, in arrival
+    // order. Returns how many were passed to `fn`: 0 when nothing was pending. `fn` may send on
+    // this socket but must not call receive_batch() on it. Receive errors are counted in
+    // receive_errors(), never thrown.
+    std::size_t receive_batch(const std::function<void(const Received&)>& fn,
+                              std::size_t max = kBatchSize);
+
+    // Sends the datagrams in order, setting the source address from `from` when given. Returns how
+    // many were handed to the kernel. A datagram that cannot be sent (kernel error, size over
+    // kMaxPayload, address family the socket cannot reach) is counted in send_errors() and
+    // skipped; when the socket buffer is full (EAGAIN) the rest of the batch is counted and
+    // dropped. Never throws.
+    std::size_t send_batch(std::span<const OutDatagram> batch);
+    // One datagram of any size, no source address. Failures are counted in send_errors().
+    bool send_to(const Address& to, std::span<const std::uint8_t> data);
+
+    std::uint64_t send_errors() const { return send_errors_; }
+    std::uint64_t receive_errors() const { return receive_errors_; }
+
+private:
+    struct Buffers;
+
+    UdpSocket(UniqueFd fd, int family, bool v6only, Address local);
+    static Result<UdpSocket, std::string> finish_setup(UniqueFd fd, std::string_view what);
+    // Fills `sa` with the destination for `to`; 0 if this socket cannot reach that family.
+    socklen_t destination(const Address& to, struct sockaddr_storage& sa) const;
+
+    UniqueFd fd_;
+    int family_;
+    bool v6only_;
+    Address local_;
+    std::unique_ptr<Buffers> buffers_;
+    std::uint64_t send_errors_ = 0;
+    std::uint64_t receive_errors_ = 0;
+};
+
+}  // namespace keepalive
