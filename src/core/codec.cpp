@@ -22,7 +22,6 @@ constexpr std::size_t kOffType = 3;
 constexpr std::size_t kOffFlags = 4;
 constexpr std::size_t kOffDiag = 5;
 constexpr std::size_t kOffLength = 6;
-constexpr std::size_t kOffSession = 8;
 constexpr std::size_t kOffRegisterNameLen = 33;
 
 // Reads big-endian fields from a span whose size the caller has already checked; each read is
@@ -363,7 +362,7 @@ Result<Message, DecodeError> decode(std::span<const std::uint8_t> datagram, cons
     }
 
     Reader r(plain);
-    r.skip(kOffDiag);
+    r.skip(kOffDiag);  // magic, version, type, flags: checked above
     Message m;
     m.diag = static_cast<Diag>(r.u8());
     r.skip(2);  // length, checked above

@@ -491,8 +491,9 @@ Result<Config, ConfigError> parse_config(std::string_view text, std::string_view
     config.source = std::string(file_name);
     Checker c(file_name);
     for (auto&& [key, value] : root) {
+        const std::string_view name = key.str();  // clang 14 cannot capture a binding
         const auto it = std::find_if(kSections.begin(), kSections.end(),
-                                     [&](const Section& s) { return s.name == key.str(); });
+                                     [name](const Section& s) { return s.name == name; });
         if (it == kSections.end()) {
             report_unknown_top_level(c, key, value);
             continue;

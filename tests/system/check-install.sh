@@ -38,15 +38,19 @@ failures=0
 fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
 
 # --- the build's options ---------------------------------------------------
-"$meson" introspect --buildoptions "$build_dir" >"$work/options.json"
-option() {
-    python3 -c 'import json, sys
-for o in json.load(open(sys.argv[1])):
-    if o["name"] == sys.argv[2]:
-        print(o["value"]); break
-else:
-    sys.exit("no option " + sys.argv[2])' "$work/options.json" "$1"
-}
+# One python3 run (it is slow to start): NAME=VALUE lines for the options used.
+declare -A opts=()
+while IFS='=' read -r k v; do opts[$k]=$v; done < <(
+    "$meson" introspect --buildoptions "$build_dir" | python3 -c 'import json, sys
+want = sys.argv[1:]
+for o in json.load(sys.stdin):
+    if o["name"] in want:
+        print(o["name"] + "=" + str(o["value"]))' \
+        prefix bindir sbindir sysconfdir datadir mandir systemdsystemunitdir catalogdir man)
+for k in prefix bindir sbindir sysconfdir datadir mandir systemdsystemunitdir catalogdir man; do
+    [ -n "${opts[$k]+set}" ] || { echo "FAIL: the build has no option '$k'"; exit 1; }
+done
+option() { printf '%s\n' "${opts[$1]}"; }
 prefix=$(option prefix)
 abs() { case $1 in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "${prefix%/}/$1" ;; esac; }
 bindir=$(abs "$(option bindir)")

@@ -36,7 +36,7 @@ using Bytes = std::vector<std::uint8_t>;
 const TimePoint kStart = TimePoint{std::chrono::hours(1)};
 
 std::uint64_t test_seed() {
-    static const std::uint64_t seed = [] {
+    static const std::uint64_t seed = []() -> std::uint64_t {
         if (const char* s = std::getenv("KEEPALIVE_TEST_SEED")) return std::strtoull(s, nullptr, 0);
         std::random_device rd;
         return (std::uint64_t{rd()} << 32) | std::uint64_t{rd()};
