@@ -27,7 +27,7 @@ constexpr std::size_t kOffRegisterNameLen = 33;
 // Reads big-endian fields from a span whose size the caller has already checked; each read is
 // still bounds-checked so that a wrong size computation fails safe instead of reading past the end.
 class Reader {
-public:
+  public:
     explicit Reader(std::span<const std::uint8_t> bytes) : bytes_(bytes) {}
 
     bool ok() const { return ok_; }
@@ -45,7 +45,8 @@ public:
     template <std::size_t N>
     std::array<std::uint8_t, N> bytes() {
         std::array<std::uint8_t, N> out{};
-        if (take(N)) std::copy_n(bytes_.begin() + static_cast<std::ptrdiff_t>(pos_ - N), N, out.begin());
+        if (take(N))
+            std::copy_n(bytes_.begin() + static_cast<std::ptrdiff_t>(pos_ - N), N, out.begin());
         return out;
     }
     std::string string(std::size_t n) {
@@ -55,7 +56,7 @@ public:
     }
     void skip(std::size_t n) { take(n); }
 
-private:
+  private:
     bool take(std::size_t n) {
         if (!ok_ || n > bytes_.size() - pos_) {
             ok_ = false;
@@ -71,7 +72,7 @@ private:
 };
 
 class Writer {
-public:
+  public:
     explicit Writer(std::span<std::uint8_t> out) : out_(out) {}
 
     bool ok() const { return ok_; }
@@ -93,7 +94,7 @@ public:
         pos_ += b.size();
     }
 
-private:
+  private:
     bool room(std::size_t n) {
         if (!ok_ || n > out_.size() - pos_) ok_ = false;
         return ok_;
@@ -241,7 +242,9 @@ Sha256Digest trailer_mac(const AuthKey& key, std::span<const std::uint8_t> cover
 
 }  // namespace
 
-Type type_of(const Body& body) { return static_cast<Type>(body.index() + 1); }
+Type type_of(const Body& body) {
+    return static_cast<Type>(body.index() + 1);
+}
 
 std::string_view to_string(DecodeError e) {
     switch (e) {
@@ -318,7 +321,9 @@ void KeyRing::add(AuthKey key) {
     keys_.push_back(key);
 }
 
-void KeyRing::set_active(std::uint32_t id) { active_id_ = id; }
+void KeyRing::set_active(std::uint32_t id) {
+    active_id_ = id;
+}
 
 const AuthKey* KeyRing::find(std::uint32_t id) const {
     for (const auto& k : keys_)
@@ -326,7 +331,9 @@ const AuthKey* KeyRing::find(std::uint32_t id) const {
     return nullptr;
 }
 
-const AuthKey* KeyRing::active() const { return active_id_ ? find(*active_id_) : nullptr; }
+const AuthKey* KeyRing::active() const {
+    return active_id_ ? find(*active_id_) : nullptr;
+}
 
 Result<Message, DecodeError> decode(std::span<const std::uint8_t> datagram, const KeyRing* keys,
                                     bool require_auth) {

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <utility>
 
+#include "core/legacy.hpp"
+
 namespace keepalive {
 namespace {
 
@@ -28,6 +30,16 @@ std::uint64_t to_wire_time(TimePoint t) {
     return static_cast<std::uint64_t>(t.time_since_epoch().count());
 }
 
+// The first time on the grid deadline + k * step that is after `now`. When the
+// loop ran late by a step or more, the times that passed unseen are skipped
+// rather than fired back to back: each would count the probe before it as
+// unanswered, and a stalled daemon would declare every peer down.
+TimePoint next_on_grid(TimePoint deadline, Duration step, TimePoint now) {
+    TimePoint next = deadline + step;
+    if (next <= now) next += ((now - next) / step + 1) * step;
+    return next;
+}
+
 }  // namespace
 
 std::string_view to_string(Drop d) {
@@ -49,6 +61,7 @@ std::string_view to_string(Drop d) {
         case Drop::rate_limited: return "rate_limited";
         case Drop::legacy_malformed: return "legacy_malformed";
         case Drop::legacy_unknown: return "legacy_unknown";
+        case Drop::legacy_refused: return "legacy_refused";
     }
     return "?";
 }
@@ -128,6 +141,12 @@ void ServerCore::on_register(const kap::Message& m, const Address& from, const R
     const std::uint8_t probes = std::min(reg.probes, limits_.max_probes);
 
     Slot slot = table_.find_name(reg.name);
+    if (slot != PeerTable::kNone && table_.at(slot).protocol == Protocol::legacy &&
+        (table_.at(slot).state == PeerState::up || table_.at(slot).state == PeerState::suspect)) {
+        // A live legacy peer holds this name; it can be taken over once it is down.
+        reject(kap::Diag::not_permitted);
+        return;
+    }
     if (slot == PeerTable::kNone) {
         if (table_.size() >= limits_.max_peers) {
             reject(kap::Diag::server_full);
@@ -144,9 +163,11 @@ void ServerCore::on_register(const kap::Message& m, const Address& from, const R
         fresh.since = now;
         slot = table_.insert(std::move(fresh));
         emit(EventKind::registered, std::nullopt, slot, "registered");
-    } else if (Peer& p = table_.at(slot); p.incarnation != reg.incarnation) {
+    } else if (Peer& p = table_.at(slot);
+               p.incarnation != reg.incarnation || p.protocol == Protocol::legacy) {
         // A new process behind a known name: a fresh session from seq 1.
         table_.set_session(slot, new_session_id());
+        p.protocol = Protocol::kap1;
         p.incarnation = reg.incarnation;
         p.seq_sent = p.seq_acked = 0;
         p.rtt.reset();
@@ -203,19 +224,112 @@ void ServerCore::on_ack(const kap::Message& m, const Address& from, const Route&
         count(Drop::stale_ack);
         return;
     }
-    // Only fields change here: the peer's one timer (its next probe) stays put.
-    p.seq_acked = ack.seq;
+    const TimePoint sent{Duration(static_cast<Duration::rep>(ack.tx_time))};
+    acknowledge(slot, ack.seq,
+                ack.tx_time <= to_wire_time(now) ? std::optional<Duration>(now - sent) : std::nullopt,
+                now);
+}
+
+// Only fields change here: the peer's one timer (its next probe) stays put,
+// except when leaving the slow probing of a down peer.
+void ServerCore::acknowledge(Slot slot, std::uint64_t seq, std::optional<Duration> rtt,
+                             TimePoint now) {
+    Peer& p = table_.at(slot);
+    p.seq_acked = seq;
     p.missed = 0;
     ++p.acks_received;
-    const TimePoint sent{Duration(static_cast<Duration::rep>(ack.tx_time))};
-    if (ack.tx_time <= to_wire_time(now)) p.rtt = now - sent;
+    if (rtt) p.rtt = rtt;
     if (p.state == PeerState::suspect) {
         change_state(slot, PeerState::up, EventKind::up, "ack received", now);
     } else if (p.state == PeerState::down) {
         change_state(slot, PeerState::up, EventKind::up, "ack received", now);
-        // Leave the slow down-probing rate: back to the granted interval.
         schedule(slot, ceil_ms(now + p.interval));
     }
+}
+
+void ServerCore::on_legacy_register(std::span<const std::uint8_t> data, const Address& from,
+                                    const Route& probe_route, std::uint16_t probe_port,
+                                    TimePoint now) {
+    ++received_;
+    const auto reg = legacy::parse_registration(data);
+    // The old protocol has no way to grant other values, so out-of-limit
+    // requests are refused rather than clamped.
+    const Duration interval = reg ? Duration(std::chrono::seconds(reg->interval_s)) : Duration{};
+    if (!reg || interval < limits_.min_interval || interval > limits_.max_interval ||
+        reg->probes > limits_.max_probes) {
+        count(Drop::legacy_malformed);
+        return;
+    }
+    Address target = from;
+    target.set_port(probe_port);
+    const auto probes = static_cast<std::uint8_t>(reg->probes);
+
+    Slot slot = table_.find_name(reg->name);
+    if (slot == PeerTable::kNone) {
+        if (table_.size() >= limits_.max_peers) {
+            count(Drop::legacy_refused);
+            return;
+        }
+        Peer fresh;
+        fresh.name = reg->name;
+        fresh.protocol = Protocol::legacy;
+        fresh.session = new_session_id();
+        fresh.address = target;
+        fresh.route = probe_route;
+        fresh.interval = interval;
+        fresh.probes = probes;
+        fresh.since = now;
+        slot = table_.insert(std::move(fresh));
+        emit(EventKind::registered, std::nullopt, slot, "registered (legacy protocol)");
+    } else {
+        Peer& p = table_.at(slot);
+        // Without authentication, a name belongs to the host that holds it
+        // until that host is down or gone.
+        const bool held = p.state == PeerState::up || p.state == PeerState::suspect;
+        if (p.protocol != Protocol::legacy || (held && !p.address.same_host(from))) {
+            count(Drop::legacy_refused);
+            return;
+        }
+        // A re-registration: the token restarts.
+        p.seq_sent = p.seq_acked = 0;
+        p.missed = 0;
+        p.interval = interval;
+        p.probes = probes;
+        p.route = probe_route;
+        if (p.address != target) {
+            const std::string old = p.address.to_string();
+            p.address = target;
+            emit(EventKind::moved, p.state, slot, "moved from " + old);
+        }
+        if (p.state != PeerState::up)
+            change_state(slot, PeerState::up, EventKind::up, "registered again", now);
+    }
+    schedule(slot, first_probe_time(interval, now));
+}
+
+void ServerCore::on_legacy_reply(std::span<const std::uint8_t> data, const Address& from,
+                                 TimePoint now) {
+    ++received_;
+    const auto reply = legacy::parse_reply(data);
+    if (!reply) {
+        count(Drop::legacy_malformed);
+        return;
+    }
+    const Slot slot = table_.find_name(reply->name);
+    if (slot == PeerTable::kNone || table_.at(slot).protocol != Protocol::legacy ||
+        !table_.at(slot).address.same_host(from)) {
+        count(Drop::legacy_unknown);
+        return;
+    }
+    const Peer& p = table_.at(slot);
+    if (reply->token <= p.seq_acked || reply->token > p.seq_sent) {
+        count(Drop::stale_ack);
+        return;
+    }
+    acknowledge(slot, reply->token,
+                reply->token == p.seq_sent ? std::optional<Duration>(now - p.last_probe_at)
+                                           : std::nullopt,
+                now);
 }
 
 void ServerCore::on_bye(const kap::Message& m, const Address& from, const Route& route,
@@ -289,7 +403,7 @@ void ServerCore::on_due(Slot slot, TimePoint deadline, TimePoint now) {
                 change_state(slot, PeerState::down, EventKind::down, "detection time expired",
                              deadline);
                 send_probe(slot, now);
-                schedule(slot, std::min(deadline + limits_.down_probe_interval,
+                schedule(slot, std::min(next_on_grid(deadline, limits_.down_probe_interval, now),
                                         p.since + limits_.forget_after));
                 return;
             }
@@ -298,7 +412,7 @@ void ServerCore::on_due(Slot slot, TimePoint deadline, TimePoint now) {
                              fmt::format("{} probe{} unanswered", p.missed, p.missed == 1 ? "" : "s"),
                              deadline);
             send_probe(slot, now);
-            schedule(slot, deadline + p.interval);
+            schedule(slot, next_on_grid(deadline, p.interval, now));
             return;
         }
         case PeerState::down:
@@ -308,7 +422,7 @@ void ServerCore::on_due(Slot slot, TimePoint deadline, TimePoint now) {
             }
             if (p.seq_sent > p.seq_acked) ++p.missed;
             send_probe(slot, now);
-            schedule(slot, std::min(deadline + limits_.down_probe_interval,
+            schedule(slot, std::min(next_on_grid(deadline, limits_.down_probe_interval, now),
                                     p.since + limits_.forget_after));
             return;
         case PeerState::left:
@@ -321,13 +435,20 @@ void ServerCore::send_probe(Slot slot, TimePoint now) {
     Peer& p = table_.at(slot);
     ++p.seq_sent;
     ++p.probes_sent;
+    p.last_probe_at = now;
+    if (p.protocol == Protocol::legacy) {
+        const std::string probe = legacy::format_probe(p.seq_sent);
+        sink_.send(p.route, p.address,
+                   std::span(reinterpret_cast<const std::uint8_t*>(probe.data()), probe.size()));
+        return;
+    }
     reply(p.route, p.address,
           {.session = p.session, .body = kap::Probe{p.seq_sent, to_wire_time(now)}});
 }
 
 void ServerCore::shutdown() {
     table_.for_each([&](Slot, const Peer& p) {
-        if (p.state == PeerState::left) return;
+        if (p.state == PeerState::left || p.protocol == Protocol::legacy) return;  // no BYE there
         reply(p.route, p.address,
               {.diag = kap::Diag::shutting_down, .session = p.session, .body = kap::Bye{p.seq_sent}});
     });

@@ -38,8 +38,9 @@ enum class Drop : std::uint8_t {
     rate_limited,     // unknown session, over the BYE diag 7 budget: not answered
     legacy_malformed, // legacy (Go module) datagram that does not parse
     legacy_unknown,   // legacy reply for no known peer, or from another address
+    legacy_refused,   // legacy registration for a name held by another host, or table full
 };
-inline constexpr std::size_t kDropCount = 17;
+inline constexpr std::size_t kDropCount = 18;
 std::string_view to_string(Drop);
 Drop drop_for(kap::DecodeError);
 
@@ -64,6 +65,14 @@ public:
     // One received KAP/1 datagram; `route` names the socket and local address it came to.
     void on_datagram(std::span<const std::uint8_t> data, const Address& from, const Route& route,
                      TimePoint now);
+    // Datagrams of the Go module's text protocol (see core/legacy.hpp): a
+    // registration that came to the legacy register socket, probes leaving by
+    // `probe_route` to the registering host's `probe_port`; and a reply that
+    // came to the probe socket.
+    void on_legacy_register(std::span<const std::uint8_t> data, const Address& from,
+                            const Route& probe_route, std::uint16_t probe_port, TimePoint now);
+    void on_legacy_reply(std::span<const std::uint8_t> data, const Address& from, TimePoint now);
+
     // Runs every due probe, detection and forgetting. Call when now >= next_deadline().
     void on_timer(TimePoint now);
     std::optional<TimePoint> next_deadline() const { return wheel_.next_wakeup(); }
@@ -90,6 +99,7 @@ private:
     void on_register(const kap::Message& m, const Address& from, const Route& route, TimePoint now);
     void on_ack(const kap::Message& m, const Address& from, const Route& route, TimePoint now);
     void on_bye(const kap::Message& m, const Address& from, const Route& route, TimePoint now);
+    void acknowledge(Slot slot, std::uint64_t seq, std::optional<Duration> rtt, TimePoint now);
     void on_due(Slot slot, TimePoint deadline, TimePoint now);
     void send_probe(Slot slot, TimePoint now);
     void answer_unknown_session(const Address& from, const Route& route, TimePoint now);

@@ -53,7 +53,9 @@ bool TimerWheel::live(Handle h) const {
            entries_[h.index].state != State::free;
 }
 
-bool TimerWheel::pending(Handle h) const { return live(h); }
+bool TimerWheel::pending(Handle h) const {
+    return live(h);
+}
 
 std::optional<TimePoint> TimerWheel::deadline(Handle h) const {
     if (!live(h)) {
@@ -212,11 +214,18 @@ void TimerWheel::collect_slot(std::size_t slot, TimePoint now) {
     }
 }
 
-void TimerWheel::begin_advance(TimePoint now) {
+void TimerWheel::begin_advance() {
+    // Checked before the caller's AdvanceScope exists, so a nested call
+    // unwinds without touching the outer call's state.
+    if (advancing_) {
+        throw std::logic_error("TimerWheel::advance() called from inside its callback");
+    }
     advancing_ = true;
     fire_pos_ = 0;
     due_.clear();
+}
 
+void TimerWheel::collect_due(TimePoint now) {
     // `now` before now_ (a caller's clock read earlier than a previous one)
     // only fires what is due; the cursor stays.
     const std::int64_t new_tick = std::max(tick_of(now), cur_tick_);
@@ -265,7 +274,8 @@ bool TimerWheel::take_due(const Due& d) {
 }
 
 void TimerWheel::end_advance() noexcept {
-    // Only non-empty when fn threw: put back what did not fire.
+    // Only non-empty when fn (or collecting) threw: put back what did not fire.
+    // They are due, so the current slot is where the next advance() looks first.
     for (std::size_t i = fire_pos_; i < due_.size(); ++i) {
         const Due& d = due_[i];
         const Entry& e = entries_[d.index];

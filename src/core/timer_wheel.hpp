@@ -12,7 +12,6 @@
 // largest number of simultaneously pending entries.
 #pragma once
 
-#include <cassert>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -24,7 +23,7 @@
 namespace keepalive {
 
 class TimerWheel {
-public:
+  public:
     // Identifies one scheduled entry. Carries a generation, so a handle whose
     // entry has fired or been cancelled is stale, even once its index is
     // reused: cancel() on it is a no-op and pending() is false.
@@ -73,7 +72,8 @@ public:
     // `now` earlier than a previous advance() fires only what is due at `now`;
     // the wheel's current time never moves backwards.
     // If fn throws, the entries not yet fired stay pending and the exception
-    // propagates. Precondition: not called from inside fn.
+    // propagates. Calling advance() from inside fn is a programming error: it
+    // throws std::logic_error and leaves the running advance() intact.
     // Cost: O(ticks crossed, at most `slots`) + O(entries in the visited slots)
     // + O(k log k) for k fired entries.
     template <typename Fn>
@@ -101,7 +101,7 @@ public:
     Duration tick() const { return Duration(tick_ns_); }
     std::size_t slots() const { return slots_.size(); }
 
-private:
+  private:
     static constexpr std::uint32_t nil = UINT32_MAX;
 
     enum class State : std::uint8_t {
@@ -152,7 +152,8 @@ private:
     void unlink(std::uint32_t index);
     void release(std::uint32_t index);
 
-    void begin_advance(TimePoint now);
+    void begin_advance();
+    void collect_due(TimePoint now);
     void collect_slot(std::size_t slot, TimePoint now);
     bool take_due(const Due& d);
     void end_advance() noexcept;
@@ -174,9 +175,9 @@ private:
 
 template <typename Fn>
 void TimerWheel::advance(TimePoint now, Fn&& fn) {
-    assert(!advancing_ && "TimerWheel::advance() called from inside its callback");
-    begin_advance(now);
+    begin_advance();
     AdvanceScope scope{*this};
+    collect_due(now);
     while (fire_pos_ < due_.size()) {
         const Due d = due_[fire_pos_++];
         if (take_due(d)) {

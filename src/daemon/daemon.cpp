@@ -34,7 +34,7 @@ Daemon::Daemon(Config config, Logger& log, const ClockSource& clock, RandomSourc
       core_(config_.peers, random, *this, clock.now()),
       started_(clock.now()) {
     adopt_activated_sockets();
-    if (auto r = reconcile_listeners(config_.listen); !r) throw std::runtime_error(r.error());
+    if (auto r = reconcile_listeners(endpoints(config_)); !r) throw std::runtime_error(r.error());
     if (listeners_.empty()) throw std::runtime_error("no address to listen on");
     control_ = std::make_unique<ControlServer>(
         loop_, config_.control_socket, [this](std::string_view r) { return control_request(r); });
@@ -74,20 +74,37 @@ void Daemon::adopt_activated_sockets() {
     }
 }
 
-Result<bool, std::string> Daemon::reconcile_listeners(const std::vector<Address>& wanted) {
-    std::vector<std::pair<Address, UdpSocket>> opened;
-    for (const Address& a : wanted) {
-        const bool open = std::any_of(listeners_.begin(), listeners_.end(),
-                                      [&](const auto& l) { return l.second.configured == a; });
+std::vector<Daemon::Endpoint> Daemon::endpoints(const Config& config) {
+    std::vector<Endpoint> out;
+    for (const Address& a : config.listen) out.push_back({a, Kind::kap1});
+    if (config.legacy.enable && config.legacy.address) {
+        Address a = *config.legacy.address;
+        a.set_port(config.legacy.register_port);
+        out.push_back({a, Kind::legacy_register});
+        a.set_port(config.legacy.probe_port);
+        out.push_back({a, Kind::legacy_probe});
+    }
+    return out;
+}
+
+Result<bool, std::string> Daemon::reconcile_listeners(const std::vector<Endpoint>& wanted) {
+    std::vector<std::pair<Endpoint, UdpSocket>> opened;
+    for (const Endpoint& e : wanted) {
+        // A socket passed by systemd for this very address already serves it:
+        // binding again would fail with EADDRINUSE.
+        const bool open = std::any_of(listeners_.begin(), listeners_.end(), [&](const auto& l) {
+            return l.second.configured == e ||
+                   (!l.second.configured && e.kind == Kind::kap1 && l.second.socket.local() == e.address);
+        });
         if (open) continue;
-        auto socket = UdpSocket::bind(a);
+        auto socket = UdpSocket::bind(e.address);
         if (!socket) return Err{socket.error()};  // `opened` closes what this attempt bound
-        opened.emplace_back(a, std::move(*socket));
+        opened.emplace_back(e, std::move(*socket));
     }
     for (auto it = listeners_.begin(); it != listeners_.end();) {
         const auto& configured = it->second.configured;
         if (configured && std::find(wanted.begin(), wanted.end(), *configured) == wanted.end()) {
-            log_.logf(LOG_INFO, "no longer listening on {}", configured->to_string());
+            log_.logf(LOG_INFO, "no longer listening on {}", configured->address.to_string());
             flush(it->first);
             loop_.remove_fd(it->second.socket.fd());
             it = listeners_.erase(it);
@@ -102,7 +119,7 @@ Result<bool, std::string> Daemon::reconcile_listeners(const std::vector<Address>
     return true;
 }
 
-void Daemon::add_listener(std::optional<Address> configured, UdpSocket socket) {
+void Daemon::add_listener(std::optional<Endpoint> configured, UdpSocket socket) {
     const std::uint32_t id = next_listener_id_++;
     const int fd = socket.fd();
     listeners_.emplace(id, Listener{std::move(configured), std::move(socket)});
@@ -113,14 +130,27 @@ void Daemon::on_readable(std::uint32_t id) {
     auto it = listeners_.find(id);
     if (it == listeners_.end()) return;
     UdpSocket& socket = it->second.socket;
+    const Kind kind = it->second.configured ? it->second.configured->kind : Kind::kap1;
+    const auto probe_listener = legacy_probe_listener();
     const TimePoint now = loop_.now();
     for (int i = 0; i < kBatchesPerWakeup; ++i) {
         const std::size_t n = socket.receive_batch([&](const UdpSocket::Received& r) {
             if (r.truncated) {
-                core_.count_drop(Drop::bad_length);
+                core_.count_drop(kind == Kind::kap1 ? Drop::bad_length : Drop::legacy_malformed);
                 return;
             }
-            core_.on_datagram(r.data, r.from, Route{id, r.to}, now);
+            switch (kind) {
+                case Kind::kap1: core_.on_datagram(r.data, r.from, Route{id, r.to}, now); break;
+                case Kind::legacy_register:
+                    // Probes leave from the legacy probe socket (the server's IP:5002).
+                    if (probe_listener)
+                        core_.on_legacy_register(
+                            r.data, r.from,
+                            Route{*probe_listener, listeners_.at(*probe_listener).socket.local()},
+                            config_.legacy.probe_port, now);
+                    break;
+                case Kind::legacy_probe: core_.on_legacy_reply(r.data, r.from, now); break;
+            }
         });
         if (n < UdpSocket::kBatchSize) break;
     }
@@ -174,7 +204,7 @@ void Daemon::reload() {
     if (!fresh) {
         log_.logf(LOG_ERR, "reload failed, keeping the running configuration: {}",
                   fresh.error().to_string());
-    } else if (auto r = reconcile_listeners(fresh->listen); !r) {
+    } else if (auto r = reconcile_listeners(endpoints(*fresh)); !r) {
         log_.logf(LOG_ERR, "reload failed, keeping the running configuration: {}", r.error());
     } else {
         if (fresh->control_socket != config_.control_socket) {
@@ -207,9 +237,18 @@ void Daemon::stop() {
     loop_.stop();
 }
 
+std::optional<std::uint32_t> Daemon::legacy_probe_listener() const {
+    for (const auto& [id, l] : listeners_)
+        if (l.configured && l.configured->kind == Kind::legacy_probe) return id;
+    return std::nullopt;
+}
+
 std::vector<std::string> Daemon::listen_addresses() const {
     std::vector<std::string> out;
-    for (const auto& [id, l] : listeners_) out.push_back(l.socket.local().to_string());
+    for (const auto& [id, l] : listeners_) {
+        const bool legacy = l.configured && l.configured->kind != Kind::kap1;
+        out.push_back(l.socket.local().to_string() + (legacy ? " (legacy)" : ""));
+    }
     return out;
 }
 

@@ -29,16 +29,26 @@ public:
     int run();
 
 private:
+    // What a socket's datagrams are: KAP/1, or the Go module's registrations
+    // (its port 5001) or probe replies (its port 5002).
+    enum class Kind { kap1, legacy_register, legacy_probe };
+    struct Endpoint {
+        Address address;
+        Kind kind;
+        friend bool operator==(const Endpoint&, const Endpoint&) = default;
+    };
     struct Listener {
-        std::optional<Address> configured;  // none for a socket from systemd
+        std::optional<Endpoint> configured;  // none for a socket from systemd
         UdpSocket socket;
     };
+    static std::vector<Endpoint> endpoints(const Config& config);
 
     void adopt_activated_sockets();
     // Opens the listeners in `wanted` that are not open yet and closes the
     // configured ones not in it. All or nothing: on a bind failure nothing changes.
-    Result<bool, std::string> reconcile_listeners(const std::vector<Address>& wanted);
-    void add_listener(std::optional<Address> configured, UdpSocket socket);
+    Result<bool, std::string> reconcile_listeners(const std::vector<Endpoint>& wanted);
+    void add_listener(std::optional<Endpoint> configured, UdpSocket socket);
+    std::optional<std::uint32_t> legacy_probe_listener() const;
     void on_readable(std::uint32_t id);
     void after_work();
     void flush(std::uint32_t id);

@@ -6,8 +6,8 @@
 // iteration, so every handler of one iteration sees the same now().
 #pragma once
 
-#include <sys/epoll.h>  // EPOLLIN, EPOLLOUT, ... for callers of add_fd()
 #include <signal.h>
+#include <sys/epoll.h>  // EPOLLIN, EPOLLOUT, ... for callers of add_fd()
 
 #include <cstddef>
 #include <cstdint>
@@ -24,7 +24,7 @@ namespace keepalive {
 
 // Not thread-safe: every member, stop() included, must be called from the loop's thread.
 class EventLoop {
-public:
+  public:
     // `clock` must outlive the loop. Throws std::system_error if epoll/timerfd creation fails.
     explicit EventLoop(const ClockSource& clock);
     // Closes the loop's own descriptors (not the registered fds). Signals registered with
@@ -82,7 +82,7 @@ public:
     // How many times timerfd_settime() was called (arming and disarming), for tests.
     std::uint64_t timerfd_arms() const { return timerfd_arms_; }
 
-private:
+  private:
     struct IoSource {
         std::uint32_t serial;
         std::shared_ptr<IoHandler> handler;
@@ -108,7 +108,7 @@ private:
     std::uint32_t next_serial_ = 1;
 
     std::vector<Timer> timers_;
-    std::vector<TimerId> due_;                  // scratch for dispatch_timers()
+    std::vector<TimerId> due_;                 // scratch for dispatch_timers()
     std::optional<TimePoint> armed_deadline_;  // what the timerfd is set to
     std::uint64_t timerfd_arms_ = 0;
 

@@ -209,8 +209,8 @@ std::size_t UdpSocket::receive_batch(const std::function<void(const Received&)>&
         read_total += got;
         for (std::size_t i = 0; i < got; ++i) {
             msghdr& h = rx.msgs[i].msg_hdr;
-            const auto from =
-                Address::from_sockaddr(reinterpret_cast<const sockaddr*>(&rx.names[i]), h.msg_namelen);
+            const auto from = Address::from_sockaddr(
+                reinterpret_cast<const sockaddr*>(&rx.names[i]), h.msg_namelen);
             if (!from) {
                 ++receive_errors_;
                 continue;
@@ -237,8 +237,8 @@ std::size_t UdpSocket::send_batch(std::span<const OutDatagram> batch) {
     const auto flush = [&] {
         std::size_t i = 0;
         while (i < pending) {
-            const int r = sendmmsg(fd_.get(), &tx.msgs[i], static_cast<unsigned>(pending - i),
-                                   MSG_DONTWAIT);
+            const int r =
+                sendmmsg(fd_.get(), &tx.msgs[i], static_cast<unsigned>(pending - i), MSG_DONTWAIT);
             if (r > 0) {
                 sent += static_cast<std::size_t>(r);
                 i += static_cast<std::size_t>(r);

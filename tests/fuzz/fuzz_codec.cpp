@@ -41,8 +41,9 @@ void put_mac(std::vector<std::uint8_t>& d, const AuthKey& key) {
 void sign(std::vector<std::uint8_t>& d, const AuthKey& key) {
     if (d.size() < kHeaderSize || d.size() + kAuthTrailerSize > 0xFFFF) return;
     d[4] |= kFlagAuth;
-    d.insert(d.end(), {static_cast<std::uint8_t>(key.id >> 24), static_cast<std::uint8_t>(key.id >> 16),
-                       static_cast<std::uint8_t>(key.id >> 8), static_cast<std::uint8_t>(key.id)});
+    d.insert(d.end(),
+             {static_cast<std::uint8_t>(key.id >> 24), static_cast<std::uint8_t>(key.id >> 16),
+              static_cast<std::uint8_t>(key.id >> 8), static_cast<std::uint8_t>(key.id)});
     d.resize(d.size() + kAuthMacSize);
     d[6] = static_cast<std::uint8_t>(d.size() >> 8);
     d[7] = static_cast<std::uint8_t>(d.size());
@@ -73,7 +74,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
 
     const AuthKey* key = nullptr;
     if (auto id = auth_key_id(in)) {
-        if (keys == nullptr || (key = keys->find(*id)) == nullptr) fail("AUTH accepted without key");
+        if (keys == nullptr || (key = keys->find(*id)) == nullptr)
+            fail("AUTH accepted without key");
     } else if (require_auth) {
         fail("unauthenticated datagram accepted under require_auth");
     }

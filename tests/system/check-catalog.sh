@@ -38,7 +38,7 @@ ids=(
 # Fields present in every peer event. PEER_RTT_USEC is not among them (absent
 # until measured): journalctl would print its name in place of a value.
 fields="PEER_NAME PEER_ADDRESS PEER_STATE PEER_PREVIOUS_STATE PEER_SESSION PEER_INTERVAL_MSEC"
-fields+=" PEER_PROBES PEER_MISSED PEER_REASON PEER_PROTOCOL"
+fields+=" PEER_PROBES PEER_MISSED PEER_REASON PEER_PROTOCOL PEER_EVENT"
 
 # --- 1. strict parse ---------------------------------------------------------
 # Splits the file into $work/entries/ID (the text journalctl stores for ID)
@@ -159,7 +159,7 @@ declare -A sample=(
     [PEER_NAME]=db1 [PEER_ADDRESS]=192.0.2.7:40000 [PEER_STATE]=down
     [PEER_PREVIOUS_STATE]=suspect [PEER_SESSION]=0a1b2c3d [PEER_INTERVAL_MSEC]=1000
     [PEER_PROBES]=3 [PEER_MISSED]=3 [PEER_REASON]="detection time expired"
-    [PEER_PROTOCOL]=kap1
+    [PEER_PROTOCOL]=kap1 [PEER_EVENT]=down
 )
 substitute() {
     local text=$1 res="" name

@@ -101,6 +101,21 @@ security() {
 security "$unit_dir/keepalived.service"
 security "$unit_dir/keepalive-peer@check.service"
 
+# The privileged-port drop-in keepalived(8) tells operators to use (section
+# SYSTEMD; keep the two in step) must stay valid and within the threshold.
+dropin_dir=$root/etc/systemd/system/keepalived.service.d
+mkdir -p "$dropin_dir"
+cat >"$dropin_dir/privileged-port.conf" <<'EOF'
+[Service]
+CapabilityBoundingSet=CAP_NET_BIND_SERVICE
+AmbientCapabilities=CAP_NET_BIND_SERVICE
+PrivateUsers=no
+EOF
+echo "# with the privileged-port drop-in of keepalived(8):"
+verify "$unit_dir/keepalived.service"
+security "$unit_dir/keepalived.service"
+rm -r "$dropin_dir"
+
 # Documentation=man:NAME(N) must name a page this build installs, when it
 # installs man pages at all.
 man_dir=$(find "$root" -type d -name man8 -path '*/man/man8' | head -n 1)

@@ -1,5 +1,7 @@
 // KAP/1 codec: golden bytes from the contract's tables, every drop reason,
 // size edges, the auth trailer, and a seeded mutation test.
+#include "core/codec.hpp"
+
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -9,7 +11,6 @@
 #include <string>
 #include <vector>
 
-#include "core/codec.hpp"
 #include "core/sha256.hpp"
 
 namespace keepalive::kap {
@@ -81,9 +82,10 @@ TEST(Codec, RoundTripEveryType) {
 }
 
 TEST(Codec, GoldenRegister) {
-    const Message m{Diag::none, 0,
-                    Register{0x0102030405060708, 0x1112131415161718, 200, 3, counting_cookie(0xA0),
-                             "web-1"}};
+    const Message m{
+        Diag::none, 0,
+        Register{0x0102030405060708, 0x1112131415161718, 200, 3, counting_cookie(0xA0), "web-1"}};
+    // clang-format off
     const Bytes expected = {
         0x4B, 0x41, 0x01, 0x01, 0x00, 0x00, 0x00, 0x37, 0x00, 0x00, 0x00, 0x00,  // header, 55
         0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08,                          // nonce
@@ -95,6 +97,7 @@ TEST(Codec, GoldenRegister) {
         0xA8, 0xA9, 0xAA, 0xAB, 0xAC, 0xAD, 0xAE, 0xAF,                          //
         'w',  'e',  'b',  '-',  '1',                                             // name
     };
+    // clang-format on
     EXPECT_EQ(enc(m), expected);
     auto r = decode(expected);
     ASSERT_TRUE(r.ok());
@@ -102,23 +105,29 @@ TEST(Codec, GoldenRegister) {
 }
 
 TEST(Codec, GoldenChallengeAndReject) {
+    // clang-format off
     const Bytes challenge = {
         0x4B, 0x41, 0x01, 0x02, 0x00, 0x00, 0x00, 0x24, 0x00, 0x00, 0x00, 0x00,
         0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08,  // nonce
         0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17,  // cookie
         0x18, 0x19, 0x1A, 0x1B, 0x1C, 0x1D, 0x1E, 0x1F,
     };
+    // clang-format on
     EXPECT_EQ(enc({Diag::none, 0, Challenge{0x0102030405060708, counting_cookie(0x10)}}),
               challenge);
+    // clang-format off
     const Bytes reject = {
         0x4B, 0x41, 0x01, 0x04, 0x00, 0x02, 0x00, 0x14, 0x00, 0x00, 0x00, 0x00,
         0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08,
     };
+    // clang-format on
     EXPECT_EQ(enc({Diag::invalid_parameters, 0, Reject{0x0102030405060708}}), reject);
 }
 
 TEST(Codec, GoldenAccept) {
-    const Message m{Diag::none, 0xDEADBEEF, Accept{0x0102030405060708, 0x2122232425262728, 1000, 5}};
+    const Message m{Diag::none, 0xDEADBEEF,
+                    Accept{0x0102030405060708, 0x2122232425262728, 1000, 5}};
+    // clang-format off
     const Bytes expected = {
         0x4B, 0x41, 0x01, 0x03, 0x00, 0x00, 0x00, 0x24, 0xDE, 0xAD, 0xBE, 0xEF,
         0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08,  // nonce
@@ -127,6 +136,7 @@ TEST(Codec, GoldenAccept) {
         0x05,                                            // probes
         0x00, 0x00, 0x00,                                // padding
     };
+    // clang-format on
     EXPECT_EQ(enc(m), expected);
     auto r = decode(expected);
     ASSERT_TRUE(r.ok());
@@ -134,25 +144,31 @@ TEST(Codec, GoldenAccept) {
 }
 
 TEST(Codec, GoldenProbeAckBye) {
+    // clang-format off
     const Bytes probe = {
         0x4B, 0x41, 0x01, 0x05, 0x00, 0x00, 0x00, 0x1C, 0x00, 0x00, 0x00, 0x07,
         0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01,  // seq 1
         0x00, 0x00, 0x01, 0x8B, 0xCF, 0xE5, 0x68, 0x00,  // tx_time
     };
+    // clang-format on
     EXPECT_EQ(enc({Diag::none, 7, Probe{1, 0x0000018BCFE56800}}), probe);
 
+    // clang-format off
     const Bytes ack = {
         0x4B, 0x41, 0x01, 0x06, 0x00, 0x00, 0x00, 0x24, 0x00, 0x00, 0x00, 0x07,
         0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01,  // seq
         0x00, 0x00, 0x01, 0x8B, 0xCF, 0xE5, 0x68, 0x00,  // tx_time
         0xCA, 0xFE, 0xBA, 0xBE, 0x00, 0x00, 0x00, 0x01,  // incarnation
     };
+    // clang-format on
     EXPECT_EQ(enc({Diag::none, 7, Ack{1, 0x0000018BCFE56800, 0xCAFEBABE00000001}}), ack);
 
+    // clang-format off
     const Bytes bye = {
         0x4B, 0x41, 0x01, 0x07, 0x00, 0x05, 0x00, 0x14, 0x00, 0x00, 0x00, 0x09,
         0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x2A,  // seq 42
     };
+    // clang-format on
     EXPECT_EQ(enc({Diag::shutting_down, 9, Bye{42}}), bye);
 
     for (const Bytes* b : {&probe, &ack, &bye}) EXPECT_TRUE(decode(*b).ok());
@@ -162,6 +178,7 @@ TEST(Codec, GoldenProbeAckBye) {
 // AUTH set and the length covering the trailer. Reference MAC from Python's hmac.
 TEST(Codec, GoldenAuthTrailer) {
     const AuthKey key = make_key(0x01020304, 0x42);
+    // clang-format off
     const Bytes expected = {
         0x4B, 0x41, 0x01, 0x07, 0x01, 0x05, 0x00, 0x38, 0x00, 0x00, 0x00, 0x09,
         0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x2A,  // seq 42
@@ -170,6 +187,7 @@ TEST(Codec, GoldenAuthTrailer) {
         0xc3, 0xd4, 0x6e, 0xec, 0xe2, 0xeb, 0xd5, 0x68, 0x5f, 0x42, 0xab,
         0xeb, 0xf2, 0xa4, 0x44, 0xe2, 0xf7, 0xfc, 0xf7, 0xd1, 0x7d,
     };
+    // clang-format on
     EXPECT_EQ(enc({Diag::shutting_down, 9, Bye{42}}, &key), expected);
     KeyRing ring;
     ring.add(key);
@@ -409,7 +427,7 @@ TEST(KeyRing, ActiveAndFind) {
 }
 
 class CodecAuth : public ::testing::Test {
-protected:
+  protected:
     void SetUp() override {
         ring_.add(key1_);
         ring_.add(key2_);
@@ -595,7 +613,8 @@ void mutate(Bytes& b, std::mt19937_64& rng) {
                 for (auto n = rng() % 40; n > 0; --n) b.push_back(static_cast<std::uint8_t>(rng()));
                 break;
             case 4:  // hit the header fields specifically
-                if (b.size() >= kHeaderSize) b[2 + rng() % 6] = static_cast<std::uint8_t>(rng() % 10);
+                if (b.size() >= kHeaderSize)
+                    b[2 + rng() % 6] = static_cast<std::uint8_t>(rng() % 10);
                 break;
             case 5:  // REGISTER name_len
                 if (b.size() > 33) b[33] = static_cast<std::uint8_t>(rng());

@@ -30,7 +30,9 @@ std::string hex(std::span<const std::uint8_t> b) {
     return out;
 }
 
-std::vector<std::uint8_t> repeat(std::uint8_t v, std::size_t n) { return std::vector(n, v); }
+std::vector<std::uint8_t> repeat(std::uint8_t v, std::size_t n) {
+    return std::vector(n, v);
+}
 
 TEST(Sha256, Fips180Vectors) {
     EXPECT_EQ(hex(sha256(bytes_of(""))),
@@ -135,7 +137,7 @@ TEST(ConstantTimeEqual, ComparesContentAndLength) {
 }
 
 class CookieTest : public ::testing::Test {
-protected:
+  protected:
     static std::array<std::uint8_t, 32> secret(std::uint8_t first) {
         std::array<std::uint8_t, 32> s{};
         for (std::size_t i = 0; i < s.size(); ++i) s[i] = static_cast<std::uint8_t>(first + i);
@@ -155,7 +157,7 @@ TEST_F(CookieTest, MatchesReferenceLayout) {
 }
 
 TEST_F(CookieTest, ValidWindow) {
-    // Made at the start of a bucket, the worst case for nothing: it must last until +119 s.
+    // Made at the very start of a bucket (3600 s), so it lasts until the end of the next one.
     const auto cookie = jar_.make(source_, nonce_, clock_.now());
     EXPECT_TRUE(jar_.verify(cookie, source_, nonce_, clock_.now()));
     EXPECT_TRUE(jar_.verify(cookie, source_, nonce_, clock_.now() + 30s));

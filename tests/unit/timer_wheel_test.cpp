@@ -6,7 +6,6 @@
 #include <cstdint>
 #include <cstdlib>
 #include <iostream>
-#include <limits>
 #include <map>
 #include <optional>
 #include <random>
@@ -21,7 +20,6 @@ namespace {
 using namespace std::chrono_literals;
 using std::chrono::microseconds;
 using std::chrono::nanoseconds;
-using std::chrono::seconds;
 
 // A whole-millisecond (hence tick-aligned) start, as the daemon uses.
 const TimePoint t0 = TimePoint{std::chrono::hours(1)};
@@ -59,7 +57,8 @@ TimePoint ceil_tick(TimePoint t, Duration tick) {
 // repeat, up to `end`. fn(payload, deadline, now). Returns the number of
 // advance() calls. Fails the test if the loop stops making progress.
 template <typename Fn>
-std::size_t run_loop(TimerWheel& w, TimePoint end, Fn&& fn, std::size_t max_iterations = 10'000'000) {
+std::size_t run_loop(TimerWheel& w, TimePoint end, Fn&& fn,
+                     std::size_t max_iterations = 10'000'000) {
     std::size_t iterations = 0;
     while (true) {
         const auto wake = w.next_wakeup();
@@ -204,11 +203,11 @@ TEST(TimerWheel, TickBoundariesAreEpochAlignedWhateverTheStart) {
 TEST(TimerWheel, PastDeadlinesFireOnNextAdvance) {
     TimerWheel w(t0);
     advance_to(w, t0 + 100ms + 500us);
-    w.schedule(t0 - 5s, 1);                // before the wheel's start
-    w.schedule(t0 + 50ms, 2);              // an already passed tick
-    w.schedule(t0 + 100ms + 200us, 3);     // earlier in the current tick
-    w.schedule(t0 + 100ms + 500us, 4);     // exactly now
-    w.schedule(t0 + 100ms + 700us, 5);     // later in the current tick
+    w.schedule(t0 - 5s, 1);             // before the wheel's start
+    w.schedule(t0 + 50ms, 2);           // an already passed tick
+    w.schedule(t0 + 100ms + 200us, 3);  // earlier in the current tick
+    w.schedule(t0 + 100ms + 500us, 4);  // exactly now
+    w.schedule(t0 + 100ms + 700us, 5);  // later in the current tick
     const auto wake = w.next_wakeup();
     ASSERT_TRUE(wake);
     EXPECT_LE(*wake, w.now());
@@ -314,14 +313,14 @@ TEST(TimerWheel, PeriodicRescheduleFromCallbackDoesNotDrift) {
         const TimePoint first = t0 + period;
         TimerWheel::Handle h = w.schedule(first, 7);
         std::int64_t k = 0;
-        const std::size_t wakeups = run_loop(w, first + 9'999 * period,
-                                             [&](std::uint64_t p, TimePoint d, TimePoint now) {
-            ASSERT_EQ(p, 7u);
-            ASSERT_EQ(d, first + k * period) << "period " << k;
-            ASSERT_EQ(now, ceil_tick(d, 1ms)) << "period " << k;
-            ++k;
-            h = w.schedule(d + period, 7);  // from the deadline, not from now
-        });
+        const std::size_t wakeups =
+            run_loop(w, first + 9'999 * period, [&](std::uint64_t p, TimePoint d, TimePoint now) {
+                ASSERT_EQ(p, 7u);
+                ASSERT_EQ(d, first + k * period) << "period " << k;
+                ASSERT_EQ(now, ceil_tick(d, 1ms)) << "period " << k;
+                ++k;
+                h = w.schedule(d + period, 7);  // from the deadline, not from now
+            });
         EXPECT_EQ(k, 10'000);
         EXPECT_TRUE(w.pending(h));
         EXPECT_EQ(w.deadline(h), first + 10'000 * period);
@@ -433,6 +432,23 @@ TEST(TimerWheel, ThrowingCallbackKeepsUnfiredEntries) {
     EXPECT_EQ(payloads(advance_to(w, t0 + 10ms)), (std::vector<std::uint64_t>{3, 4}));
 }
 
+TEST(TimerWheel, NestedAdvanceThrowsAndLeavesOuterCallIntact) {
+    TimerWheel w(t0);
+    for (std::uint64_t i = 1; i <= 3; ++i) {
+        w.schedule(t0 + std::chrono::milliseconds(i), i);
+    }
+    std::vector<std::uint64_t> got;
+    w.advance(t0 + 5ms, [&](std::uint64_t p, TimePoint) {
+        got.push_back(p);
+        if (p == 1) {
+            EXPECT_THROW(advance_to(w, t0 + 10ms), std::logic_error);
+        }
+    });
+    EXPECT_EQ(got, (std::vector<std::uint64_t>{1, 2, 3}));
+    EXPECT_TRUE(w.empty());
+    EXPECT_EQ(w.now(), t0 + 5ms);
+}
+
 // --- revolutions, jumps, wrap-around -------------------------------------------
 
 TEST(TimerWheel, DeadlinesSeveralRevolutionsAway) {
@@ -440,7 +456,7 @@ TEST(TimerWheel, DeadlinesSeveralRevolutionsAway) {
     TimerWheel w(t0, 1ms, 8);
     w.schedule(t0 + 35ms + 500us, 1);  // 4+ revolutions away
     w.schedule(t0 + 3ms, 2);
-    w.schedule(t0 + 19ms, 3);          // same slot as 2, two revolutions later
+    w.schedule(t0 + 19ms, 3);  // same slot as 2, two revolutions later
 
     std::vector<Fire> fired;
     const std::size_t wakeups =
@@ -564,15 +580,16 @@ TEST(TimerWheel, LongRunAcrossManyRevolutions) {
 
 TEST(TimerWheel, TickCounterWrapAround) {
     // Absolute millisecond count crossing 2^32 (where a 32-bit tick counter wraps).
-    const TimePoint near_2_32_ms = TimePoint{std::chrono::milliseconds((std::int64_t{1} << 32) - 1500)};
+    const TimePoint near_2_32_ms =
+        TimePoint{std::chrono::milliseconds((std::int64_t{1} << 32) - 1500)};
     check_long_run(near_2_32_ms, 1ms, 64, 5s);
     // Nanosecond ticks crossing 2^32 ns and 2^32 ticks.
     check_long_run(TimePoint{nanoseconds((std::int64_t{1} << 32) - 100'000)}, 1ns, 256, 200us);
     // Negative time points (floor, not truncation, to ticks) crossing zero.
     check_long_run(TimePoint{-2s}, 1ms, 32, 4s);
     // Close to the end of the representable range.
-    const TimePoint late = TimePoint{std::chrono::floor<std::chrono::milliseconds>(
-                               TimePoint::max().time_since_epoch() - 1h)};
+    const TimePoint late = TimePoint{
+        std::chrono::floor<std::chrono::milliseconds>(TimePoint::max().time_since_epoch() - 1h)};
     check_long_run(late, 1ms, 4096, 30s);
 }
 
@@ -609,9 +626,9 @@ void run_random(std::uint64_t seed, const RandomConfig& cfg) {
         TimePoint deadline;
         bool alive;
     };
-    std::vector<Item> items;                                   // indexed by payload
+    std::vector<Item> items;                                           // indexed by payload
     std::map<std::pair<TimePoint, std::uint64_t>, std::uint64_t> ref;  // (deadline, seq) -> payload
-    std::vector<std::pair<TimePoint, std::uint64_t>> keys;     // payload -> ref key
+    std::vector<std::pair<TimePoint, std::uint64_t>> keys;             // payload -> ref key
     std::uint64_t seq = 0;
     bool draining = false;
 
@@ -764,8 +781,9 @@ TEST(TimerWheel, RandomisedAgainstReferenceModel) {
         {1ms, 1, t0},
         {1us, 64, TimePoint{std::chrono::milliseconds((std::int64_t{1} << 32) - 20)}},
         {7ns, 8, TimePoint{-1us}},
-        {1ms, 128, TimePoint{std::chrono::floor<std::chrono::milliseconds>(
-                        TimePoint::max().time_since_epoch() - 24h)}},
+        {1ms, 128,
+         TimePoint{std::chrono::floor<std::chrono::milliseconds>(
+             TimePoint::max().time_since_epoch() - 24h)}},
     };
     for (std::size_t i = 0; i < std::size(configs); ++i) {
         SCOPED_TRACE("config " + std::to_string(i));

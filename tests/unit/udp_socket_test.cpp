@@ -72,7 +72,9 @@ OutDatagram datagram(const Address& to, std::string_view text,
     return d;
 }
 
-std::string text(const Got& g) { return std::string(g.data.begin(), g.data.end()); }
+std::string text(const Got& g) {
+    return std::string(g.data.begin(), g.data.end());
+}
 
 bool is_nonblocking_cloexec(int fd) {
     return (fcntl(fd, F_GETFL) & O_NONBLOCK) != 0 && (fcntl(fd, F_GETFD) & FD_CLOEXEC) != 0;

@@ -1,0 +1,1084 @@
+// daemon_bench: measures the real keepalived from the outside, over loopback.
+//
+// It starts the daemon binary, then plays many peers itself with the project's
+// codec. One UDP socket carries thousands of peers: the server keys peers by
+// name and probes the source address of their REGISTER, so each PROBE is told
+// apart by its session id. The daemon's stderr is read on a thread that stamps
+// every line with CLOCK_MONOTONIC as it arrives.
+//
+// Three measurements (see docs/benchmarks.md):
+//   detection   error of the moment a peer is declared down, against
+//               probes x interval after the first unanswered probe
+//   rss         the daemon's resident memory with 0 and N registered peers
+//   throughput  probe/ACK pairs per second handled, and daemon CPU per pair
+//
+// Usage: daemon_bench [options] [PATH-TO-KEEPALIVED]   (or env KEEPALIVED)
+// Prints figures; it is not a test and asserts nothing about them.
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "core/address.hpp"
+#include "core/clock.hpp"
+#include "core/codec.hpp"
+
+extern char** environ;
+
+namespace keepalive {
+namespace {
+
+using namespace std::chrono_literals;
+using std::chrono::duration_cast;
+using Ms = std::chrono::duration<double, std::milli>;
+
+[[noreturn]] void fail_errno(const std::string& what) {
+    throw std::system_error(errno, std::generic_category(), what);
+}
+
+double ms_between(TimePoint from, TimePoint to) { return Ms(to - from).count(); }
+
+std::vector<std::size_t> parse_list(std::string_view text) {
+    std::vector<std::size_t> out;
+    std::size_t pos = 0;
+    while (pos <= text.size()) {
+        const std::size_t comma = std::min(text.find(',', pos), text.size());
+        const std::string item(text.substr(pos, comma - pos));
+        if (!item.empty()) out.push_back(std::stoul(item));
+        pos = comma + 1;
+    }
+    return out;
+}
+
+// Nearest-rank percentiles of a sample.
+struct Summary {
+    std::size_t n = 0;
+    double min = 0, median = 0, p99 = 0, max = 0, mean = 0;
+};
+
+Summary summarize(std::vector<double> v) {
+    Summary s;
+    s.n = v.size();
+    if (v.empty()) return s;
+    std::sort(v.begin(), v.end());
+    const auto rank = [&](double q) {
+        const auto r = static_cast<std::size_t>(std::ceil(q * static_cast<double>(v.size())));
+        return v[std::clamp<std::size_t>(r, 1, v.size()) - 1];
+    };
+    s.min = v.front();
+    s.median = rank(0.5);
+    s.p99 = rank(0.99);
+    s.max = v.back();
+    double sum = 0;
+    for (double x : v) sum += x;
+    s.mean = sum / static_cast<double>(v.size());
+    return s;
+}
+
+std::string summary_row(std::string_view label, const Summary& s) {
+    return fmt::format("| {} | {} | {:.3f} | {:.3f} | {:.3f} | {:.3f} | {:.3f} |", label, s.n,
+                       s.min, s.median, s.p99, s.max, s.mean);
+}
+
+// ---- the daemon under test ----------------------------------------------------
+
+struct MemoryStatus {
+    long rss_kib = 0;
+    long hwm_kib = 0;
+    long rss_anon_kib = 0;
+};
+
+MemoryStatus read_memory(pid_t pid) {
+    std::ifstream in(fmt::format("/proc/{}/status", pid));
+    MemoryStatus m;
+    std::string line;
+    const auto field = [&](std::string_view key, long& out) {
+        if (line.rfind(key, 0) == 0) out = std::strtol(line.c_str() + key.size(), nullptr, 10);
+    };
+    while (std::getline(in, line)) {
+        field("VmRSS:", m.rss_kib);
+        field("VmHWM:", m.hwm_kib);
+        field("RssAnon:", m.rss_anon_kib);
+    }
+    return m;
+}
+
+// utime + stime of a process, in seconds.
+double read_cpu_seconds(pid_t pid) {
+    std::ifstream in(fmt::format("/proc/{}/stat", pid));
+    std::string text;
+    std::getline(in, text);
+    // The command name may hold spaces; fields are counted after its closing ')'.
+    const auto close = text.rfind(')');
+    if (close == std::string::npos) return 0;
+    std::istringstream fields(text.substr(close + 2));
+    std::string f;
+    unsigned long long utime = 0, stime = 0;
+    for (int i = 3; i <= 15 && fields >> f; ++i) {
+        if (i == 14) utime = std::stoull(f);
+        if (i == 15) stime = std::stoull(f);
+    }
+    return static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+double own_cpu_seconds() {
+    rusage ru{};
+    getrusage(RUSAGE_SELF, &ru);
+    const auto tv = [](const timeval& t) {
+        return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_usec) / 1e6;
+    };
+    return tv(ru.ru_utime) + tv(ru.ru_stime);
+}
+
+// Datagrams the kernel dropped at the UDP socket bound to 127.0.0.1:port
+// (receive buffer full), from the last column of /proc/net/udp.
+std::uint64_t udp_socket_drops(std::uint16_t port) {
+    std::ifstream in("/proc/net/udp");
+    const std::string local = fmt::format("0100007F:{:04X}", port);
+    std::string line;
+    std::uint64_t drops = 0;
+    while (std::getline(in, line)) {
+        std::istringstream fields(line);
+        std::string slot, address, f;
+        fields >> slot >> address;
+        if (address != local) continue;
+        while (fields >> f) {}
+        drops += std::stoull(f);
+    }
+    return drops;
+}
+
+std::uint16_t free_udp_port() {
+    const int fd = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) fail_errno("socket");
+    sockaddr_storage ss{};
+    const socklen_t len = Address::v4(0x7f000001, 0).to_sockaddr(ss);
+    if (::bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) fail_errno("bind");
+    socklen_t got = sizeof ss;
+    ::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &got);
+    ::close(fd);
+    return Address::from_sockaddr(reinterpret_cast<sockaddr*>(&ss), got)->port();
+}
+
+struct LogCounts {
+    std::uint64_t lines = 0, registered = 0, up = 0, suspect = 0, down = 0;
+};
+
+class DaemonProcess {
+public:
+    struct Options {
+        std::string binary;
+        std::string min_interval = "10ms";
+        std::size_t max_peers = 100'000;
+        std::string log_copy;  // if set, every stderr line is also written here
+    };
+
+    explicit DaemonProcess(const Options& options) : options_(options) {
+        char dir_template[] = "/tmp/kabench.XXXXXX";
+        if (::mkdtemp(dir_template) == nullptr) fail_errno("mkdtemp");
+        dir_ = dir_template;
+        port_ = free_udp_port();
+        control_ = dir_ + "/ctl.sock";
+        const std::string config = dir_ + "/keepalived.toml";
+        {
+            std::ofstream out(config);
+            out << fmt::format(
+                "[server]\nlisten = [\"127.0.0.1:{}\"]\ncontrol_socket = \"{}\"\n"
+                "[peers]\nmin_interval = \"{}\"\nmax_peers = {}\n",
+                port_, control_, options.min_interval, options.max_peers);
+        }
+        if (!options.log_copy.empty()) log_copy_.open(options.log_copy);
+
+        int pipe_fds[2];
+        if (::pipe2(pipe_fds, O_CLOEXEC) != 0) fail_errno("pipe2");
+        // The daemon gets a clean systemd environment: no notify socket, no
+        // inherited listeners, no journal stream.
+        std::vector<std::string> env_store;
+        for (char** e = environ; *e != nullptr; ++e) {
+            const std::string_view kv(*e);
+            bool drop = false;
+            for (std::string_view k : {"NOTIFY_SOCKET=", "LISTEN_", "JOURNAL_STREAM=", "WATCHDOG_"})
+                drop = drop || kv.rfind(k, 0) == 0;
+            if (!drop) env_store.emplace_back(kv);
+        }
+        std::vector<char*> envp;
+        for (auto& s : env_store) envp.push_back(s.data());
+        envp.push_back(nullptr);
+        std::vector<std::string> args = {options.binary, "--config", config, "--log-target",
+                                         "stderr"};
+        std::vector<char*> argv;
+        for (auto& s : args) argv.push_back(s.data());
+        argv.push_back(nullptr);
+
+        const pid_t parent = ::getpid();
+        pid_ = ::fork();
+        if (pid_ < 0) fail_errno("fork");
+        if (pid_ == 0) {
+            // Do not outlive a bench that crashed.
+            ::prctl(PR_SET_PDEATHSIG, SIGTERM);
+            if (::getppid() != parent) ::_exit(127);
+            const int null = ::open("/dev/null", O_RDWR);
+            ::dup2(null, 0);
+            ::dup2(null, 1);
+            ::dup2(pipe_fds[1], 2);
+            ::execve(argv[0], argv.data(), envp.data());
+            ::_exit(127);
+        }
+        ::close(pipe_fds[1]);
+        stderr_fd_ = pipe_fds[0];
+        reader_ = std::thread([this] { read_stderr(); });
+        wait_ready();
+    }
+
+    DaemonProcess(const DaemonProcess&) = delete;
+    DaemonProcess& operator=(const DaemonProcess&) = delete;
+
+    ~DaemonProcess() {
+        stop();
+        if (reader_.joinable()) reader_.join();
+        ::close(stderr_fd_);
+        std::error_code ec;
+        std::filesystem::remove_all(dir_, ec);
+    }
+
+    void stop() {
+        if (pid_ <= 0) return;
+        ::kill(pid_, SIGTERM);
+        int status = 0;
+        ::waitpid(pid_, &status, 0);
+        pid_ = -1;
+    }
+
+    pid_t pid() const { return pid_; }
+    std::uint16_t port() const { return port_; }
+    Address address() const { return Address::v4(0x7f000001, port_); }
+
+    // The request's JSON answer on the control socket ("status" or "peers").
+    nlohmann::json control(std::string_view request) const {
+        const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0) fail_errno("socket");
+        sockaddr_un sa{};
+        sa.sun_family = AF_UNIX;
+        std::memcpy(sa.sun_path, control_.c_str(), control_.size() + 1);
+        timeval tv{5, 0};
+        ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        if (::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0) {
+            ::close(fd);
+            fail_errno("connect " + control_);
+        }
+        const std::string line = std::string(request) + "\n";
+        if (::send(fd, line.data(), line.size(), MSG_NOSIGNAL) < 0) {
+            ::close(fd);
+            fail_errno("send control request");
+        }
+        std::string reply;
+        char buf[65536];
+        for (;;) {
+            const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+            if (n <= 0) break;
+            reply.append(buf, static_cast<std::size_t>(n));
+        }
+        ::close(fd);
+        return nlohmann::json::parse(reply);
+    }
+
+    // Arrival time of the first "is down" line for each peer name.
+    std::unordered_map<std::string, TimePoint> down_times() const {
+        std::lock_guard lock(mutex_);
+        return down_times_;
+    }
+    LogCounts log_counts() const {
+        std::lock_guard lock(mutex_);
+        return counts_;
+    }
+
+private:
+    void read_stderr() {
+        std::string pending;
+        char buf[65536];
+        for (;;) {
+            const ssize_t n = ::read(stderr_fd_, buf, sizeof buf);
+            if (n < 0 && errno == EINTR) continue;
+            if (n <= 0) break;
+            const TimePoint arrived = Clock::now();
+            pending.append(buf, static_cast<std::size_t>(n));
+            std::size_t start = 0;
+            for (std::size_t nl; (nl = pending.find('\n', start)) != std::string::npos;
+                 start = nl + 1)
+                on_line(std::string_view(pending).substr(start, nl - start), arrived);
+            pending.erase(0, start);
+        }
+    }
+
+    void on_line(std::string_view line, TimePoint arrived) {
+        if (log_copy_.is_open()) log_copy_ << line << '\n';
+        std::lock_guard lock(mutex_);
+        ++counts_.lines;
+        if (line.find(" ready: listening on") != std::string_view::npos) ready_ = true;
+        if (line.find(" registered: interval") != std::string_view::npos) ++counts_.registered;
+        if (line.find(" is up: ") != std::string_view::npos) ++counts_.up;
+        if (line.find(" is suspect: ") != std::string_view::npos) ++counts_.suspect;
+        if (line.find(" is down: ") != std::string_view::npos) {
+            ++counts_.down;
+            // "<4>peer NAME (ADDRESS) is down: detection time expired"
+            const auto start = line.find("peer ");
+            const auto end = line.find(" (", start);
+            if (start != std::string_view::npos && end != std::string_view::npos) {
+                const std::string name(line.substr(start + 5, end - start - 5));
+                down_times_.emplace(name, arrived);
+            }
+        }
+        if (!ready_ && line.find("cannot start") != std::string_view::npos)
+            start_error_ = std::string(line);
+    }
+
+    void wait_ready() {
+        const TimePoint give_up = Clock::now() + 10s;
+        for (;;) {
+            {
+                std::lock_guard lock(mutex_);
+                if (ready_) return;
+                if (!start_error_.empty()) throw std::runtime_error("daemon: " + start_error_);
+            }
+            int status = 0;
+            if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+                pid_ = -1;
+                throw std::runtime_error("daemon exited before it was ready");
+            }
+            if (Clock::now() > give_up) throw std::runtime_error("daemon not ready after 10 s");
+            std::this_thread::sleep_for(5ms);
+        }
+    }
+
+    Options options_;
+    std::string dir_;
+    std::string control_;
+    std::uint16_t port_ = 0;
+    pid_t pid_ = -1;
+    int stderr_fd_ = -1;
+    std::thread reader_;
+    std::ofstream log_copy_;
+
+    mutable std::mutex mutex_;
+    bool ready_ = false;
+    std::string start_error_;
+    LogCounts counts_;
+    std::unordered_map<std::string, TimePoint> down_times_;
+};
+
+// ---- the peers ------------------------------------------------------------------
+
+// Many simulated peers behind one UDP socket connected to the daemon. A PROBE
+// is matched to its peer by session id, a CHALLENGE or ACCEPT by nonce (whose
+// low 32 bits are the peer's index).
+class Fleet {
+public:
+    enum class Phase : std::uint8_t { idle, registering, accepted, rejected };
+
+    struct SimPeer {
+        std::string name;
+        std::uint64_t nonce = 0;
+        std::uint64_t incarnation = 0;
+        std::uint32_t interval_ms = 0;
+        std::uint8_t probes = 0;
+        Phase phase = Phase::idle;
+        std::uint32_t session = 0;
+        TimePoint register_sent{};
+        std::uint64_t last_seq = 0;
+        std::uint64_t probes_received = 0;
+        // The first PROBE that arrived while answering was off.
+        std::optional<TimePoint> first_unanswered;
+        std::uint64_t first_unanswered_tx = 0;  // the daemon's tx_time in it
+        std::uint64_t first_unanswered_seq = 0;
+        // min over probes of tx_time - (seq - 1) x interval: probe deadlines are whole
+        // milliseconds spaced exactly one interval apart, so floor_ms of this is the
+        // deadline of seq 1 (provided one probe went out less than 1 ms late).
+        std::int64_t anchor_ns = INT64_MAX;
+
+        // When the daemon meant to send probe `seq` (valid until the peer is down).
+        TimePoint deadline_of(std::uint64_t seq) const {
+            const std::int64_t ms = 1'000'000;
+            const std::int64_t first = anchor_ns - anchor_ns % ms;
+            return TimePoint{Duration(first + static_cast<std::int64_t>(seq - 1) *
+                                                  static_cast<std::int64_t>(interval_ms) * ms)};
+        }
+    };
+
+    struct Stats {
+        std::uint64_t probes = 0;
+        std::uint64_t acks = 0;
+        std::uint64_t seq_gaps = 0;  // probes that never arrived
+        std::uint64_t byes = 0;
+        std::uint64_t rejects = 0;
+        std::uint64_t undecodable = 0;
+        std::uint64_t unknown_session = 0;
+        std::uint64_t send_errors = 0;
+    };
+
+    Fleet(const Address& server, std::uint64_t seed) : random_(seed) {
+        fd_ = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        if (fd_ < 0) fail_errno("socket");
+        // Room for bursts: the wheel sends a whole millisecond's probes at once.
+        const int size = 8 << 20;
+        if (::setsockopt(fd_, SOL_SOCKET, SO_RCVBUFFORCE, &size, sizeof size) != 0)
+            ::setsockopt(fd_, SOL_SOCKET, SO_RCVBUF, &size, sizeof size);
+        ::setsockopt(fd_, SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
+        sockaddr_storage ss{};
+        socklen_t len = Address::v4(0x7f000001, 0).to_sockaddr(ss);
+        if (::bind(fd_, reinterpret_cast<sockaddr*>(&ss), len) != 0) fail_errno("bind");
+        len = server.to_sockaddr(ss);
+        if (::connect(fd_, reinterpret_cast<sockaddr*>(&ss), len) != 0) fail_errno("connect");
+        for (std::size_t i = 0; i < kBatch; ++i) {
+            rx_iov_[i] = {rx_buf_[i].data(), rx_buf_[i].size()};
+            rx_msg_[i].msg_hdr.msg_iov = &rx_iov_[i];
+            rx_msg_[i].msg_hdr.msg_iovlen = 1;
+        }
+    }
+    Fleet(const Fleet&) = delete;
+    Fleet& operator=(const Fleet&) = delete;
+    ~Fleet() { ::close(fd_); }
+
+    void add(std::string_view prefix, std::size_t count, std::uint32_t interval_ms,
+             std::uint8_t probes) {
+        const std::uint64_t nonce_high = random_() << 32;
+        for (std::size_t i = 0; i < count; ++i) {
+            SimPeer p;
+            p.name = fmt::format("{}{}", prefix, peers_.size());
+            p.nonce = nonce_high | peers_.size();
+            p.incarnation = random_();
+            p.interval_ms = interval_ms;
+            p.probes = probes;
+            peers_.push_back(std::move(p));
+        }
+        sessions_.reserve(peers_.size());
+    }
+
+    // Registers every added peer, `window` handshakes at a time, answering
+    // probes meanwhile. False if some are still not accepted at `timeout`.
+    bool register_all(Duration timeout, std::size_t window = 256) {
+        window_ = window;
+        const TimePoint give_up = Clock::now() + timeout;
+        while (accepted_ + rejected_ < peers_.size()) {
+            if (Clock::now() > give_up) return false;
+            pump_until(Clock::now() + 50ms, true);
+        }
+        return rejected_ == 0;
+    }
+
+    void pump_for(Duration d) { pump_until(Clock::now() + d, false); }
+
+    // While off, probes are still read and recorded but not answered.
+    void set_answering(bool on) { answering_ = on; }
+
+    const std::vector<SimPeer>& peers() const { return peers_; }
+    const Stats& stats() const { return stats_; }
+    std::size_t accepted() const { return accepted_; }
+    std::uint16_t local_port() const {
+        sockaddr_storage ss{};
+        socklen_t len = sizeof ss;
+        ::getsockname(fd_, reinterpret_cast<sockaddr*>(&ss), &len);
+        return Address::from_sockaddr(reinterpret_cast<sockaddr*>(&ss), len)->port();
+    }
+
+private:
+    static constexpr std::size_t kBatch = 64;
+    static constexpr std::size_t kRxSize = 512;
+
+    void pump_until(TimePoint deadline, bool registering) {
+        for (;;) {
+            TimePoint now = Clock::now();
+            if (registering) feed_registrations(now);
+            flush();
+            if (now >= deadline) return;
+            if (registering && accepted_ + rejected_ == peers_.size()) return;
+            const auto left = duration_cast<std::chrono::nanoseconds>(deadline - now);
+            const auto cap = registering ? std::chrono::nanoseconds(5ms) : left;
+            const auto wait = std::min(left, cap);
+            timespec ts{static_cast<time_t>(wait.count() / 1'000'000'000),
+                        static_cast<long>(wait.count() % 1'000'000'000)};
+            pollfd pfd{fd_, POLLIN, 0};
+            const int r = ::ppoll(&pfd, 1, &ts, nullptr);
+            if (r < 0 && errno != EINTR) fail_errno("ppoll");
+            if (r <= 0) continue;
+            // Drain what is queued, answering batch by batch.
+            for (int round = 0; round < 64; ++round) {
+                const int n = ::recvmmsg(fd_, rx_msg_.data(), kBatch, MSG_DONTWAIT, nullptr);
+                if (n <= 0) break;
+                now = Clock::now();
+                for (int i = 0; i < n; ++i)
+                    on_datagram(std::span<const std::uint8_t>(rx_buf_[i].data(),
+                                                              rx_msg_[i].msg_len),
+                                now);
+                flush();
+                if (static_cast<std::size_t>(n) < kBatch) break;
+            }
+        }
+    }
+
+    void feed_registrations(TimePoint now) {
+        while (in_flight_ < window_ && next_ < peers_.size()) {
+            send_register(next_, kap::Cookie{}, now);
+            ++in_flight_;
+            ++next_;
+        }
+        // A lost datagram anywhere in the handshake: start it again.
+        if (now - last_retry_scan_ < 250ms) return;
+        last_retry_scan_ = now;
+        for (std::size_t i = 0; i < next_; ++i)
+            if (peers_[i].phase == Phase::registering && now - peers_[i].register_sent > 1s)
+                send_register(i, kap::Cookie{}, now);
+    }
+
+    void send_register(std::size_t index, const kap::Cookie& cookie, TimePoint now) {
+        SimPeer& p = peers_[index];
+        p.phase = Phase::registering;
+        p.register_sent = now;
+        queue({.session = 0,
+               .body = kap::Register{p.nonce, p.incarnation, p.interval_ms, p.probes, cookie,
+                                     p.name}});
+    }
+
+    SimPeer* by_nonce(std::uint64_t nonce) {
+        const std::uint64_t index = nonce & 0xffffffffu;
+        if (index >= peers_.size() || peers_[index].nonce != nonce) return nullptr;
+        return &peers_[index];
+    }
+
+    void on_datagram(std::span<const std::uint8_t> data, TimePoint now) {
+        auto decoded = kap::decode(data);
+        if (!decoded) {
+            ++stats_.undecodable;
+            return;
+        }
+        const kap::Message& m = *decoded;
+        if (const auto* probe = std::get_if<kap::Probe>(&m.body)) {
+            on_probe(m.session, *probe, now);
+        } else if (const auto* challenge = std::get_if<kap::Challenge>(&m.body)) {
+            SimPeer* p = by_nonce(challenge->nonce);
+            if (p != nullptr && p->phase == Phase::registering)
+                send_register(static_cast<std::size_t>(p - peers_.data()), challenge->cookie,
+                              now);
+        } else if (const auto* accept = std::get_if<kap::Accept>(&m.body)) {
+            SimPeer* p = by_nonce(accept->nonce);
+            if (p == nullptr || p->phase != Phase::registering) return;
+            p->phase = Phase::accepted;
+            p->session = m.session;
+            p->interval_ms = accept->interval_ms;
+            p->probes = accept->probes;
+            sessions_[m.session] = static_cast<std::uint32_t>(p - peers_.data());
+            ++accepted_;
+            --in_flight_;
+        } else if (const auto* reject = std::get_if<kap::Reject>(&m.body)) {
+            SimPeer* p = by_nonce(reject->nonce);
+            ++stats_.rejects;
+            if (p == nullptr || p->phase != Phase::registering) return;
+            p->phase = Phase::rejected;
+            ++rejected_;
+            --in_flight_;
+            if (stats_.rejects == 1)
+                fmt::print(stderr, "daemon_bench: REJECT diag {} for {}\n",
+                           static_cast<int>(m.diag), p->name);
+        } else if (std::holds_alternative<kap::Bye>(m.body)) {
+            ++stats_.byes;
+        }
+    }
+
+    void on_probe(std::uint32_t session, const kap::Probe& probe, TimePoint now) {
+        ++stats_.probes;
+        const auto it = sessions_.find(session);
+        if (it == sessions_.end()) {
+            ++stats_.unknown_session;
+            return;
+        }
+        SimPeer& p = peers_[it->second];
+        ++p.probes_received;
+        if (probe.seq > p.last_seq + 1) stats_.seq_gaps += probe.seq - p.last_seq - 1;
+        p.last_seq = std::max(p.last_seq, probe.seq);
+        const bool in_chain = answering_ || !p.first_unanswered;
+        if (in_chain) {
+            const auto since_first = static_cast<std::int64_t>(probe.seq - 1) *
+                                     static_cast<std::int64_t>(p.interval_ms) * 1'000'000;
+            p.anchor_ns = std::min(p.anchor_ns, static_cast<std::int64_t>(probe.tx_time) -
+                                                    since_first);
+        }
+        if (!answering_) {
+            if (!p.first_unanswered) {
+                p.first_unanswered = now;
+                p.first_unanswered_tx = probe.tx_time;
+                p.first_unanswered_seq = probe.seq;
+            }
+            return;
+        }
+        queue({.session = session, .body = kap::Ack{probe.seq, probe.tx_time, p.incarnation}});
+        ++stats_.acks;
+    }
+
+    void queue(const kap::Message& m) {
+        tx_len_[tx_count_] = kap::encode(m, tx_buf_[tx_count_]);
+        if (tx_len_[tx_count_] == 0) throw std::logic_error("unencodable message");
+        if (++tx_count_ == kBatch) flush();
+    }
+
+    void flush() {
+        std::array<mmsghdr, kBatch> msgs{};
+        std::array<iovec, kBatch> iov{};
+        for (std::size_t i = 0; i < tx_count_; ++i) {
+            iov[i] = {tx_buf_[i].data(), tx_len_[i]};
+            msgs[i].msg_hdr.msg_iov = &iov[i];
+            msgs[i].msg_hdr.msg_iovlen = 1;
+        }
+        std::size_t done = 0;
+        while (done < tx_count_) {
+            const int n = ::sendmmsg(fd_, msgs.data() + done,
+                                     static_cast<unsigned>(tx_count_ - done), 0);
+            if (n < 0) {
+                if (errno == EINTR) continue;
+                ++stats_.send_errors;  // e.g. ECONNREFUSED once the daemon is gone
+                ++done;
+                continue;
+            }
+            done += static_cast<std::size_t>(n);
+        }
+        tx_count_ = 0;
+    }
+
+    int fd_ = -1;
+    std::mt19937_64 random_;
+    std::vector<SimPeer> peers_;
+    std::unordered_map<std::uint32_t, std::uint32_t> sessions_;
+    bool answering_ = true;
+    Stats stats_;
+
+    std::size_t window_ = 256;
+    std::size_t next_ = 0;
+    std::size_t in_flight_ = 0;
+    std::size_t accepted_ = 0;
+    std::size_t rejected_ = 0;
+    TimePoint last_retry_scan_{};
+
+    std::array<std::array<std::uint8_t, kRxSize>, kBatch> rx_buf_{};
+    std::array<iovec, kBatch> rx_iov_{};
+    std::array<mmsghdr, kBatch> rx_msg_{};
+    std::array<std::array<std::uint8_t, kap::kMaxDatagramSize>, kBatch> tx_buf_{};
+    std::array<std::size_t, kBatch> tx_len_{};
+    std::size_t tx_count_ = 0;
+};
+
+// Busy-looping child processes that compete with the daemon for the CPUs.
+class CpuHogs {
+public:
+    explicit CpuHogs(int count) {
+        for (int i = 0; i < count; ++i) {
+            const pid_t pid = ::fork();
+            if (pid < 0) fail_errno("fork");
+            if (pid == 0) {
+                ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+                volatile std::uint64_t spin = 0;
+                for (;;) spin = spin + 1;
+            }
+            pids_.push_back(pid);
+        }
+    }
+    CpuHogs(const CpuHogs&) = delete;
+    CpuHogs& operator=(const CpuHogs&) = delete;
+    ~CpuHogs() {
+        for (pid_t pid : pids_) {
+            ::kill(pid, SIGKILL);
+            ::waitpid(pid, nullptr, 0);
+        }
+    }
+
+private:
+    std::vector<pid_t> pids_;
+};
+
+// ---- the measurements -------------------------------------------------------------
+
+struct BenchConfig {
+    std::string daemon;
+    std::string log_dir;  // keep each daemon's stderr here when set
+    std::uint64_t seed = 1;
+
+    std::size_t det_rounds = 5;
+    std::size_t det_peers = 100;
+    std::uint32_t det_interval_ms = 200;
+    std::uint8_t det_probes = 3;
+    std::vector<std::size_t> det_loads = {0};
+    double det_answer_s = 3.0;
+    double jitter_s = 5.0;
+
+    std::vector<std::size_t> rss_peers = {10'000, 100'000};
+    std::uint32_t rss_interval_ms = 1000;
+
+    std::vector<std::size_t> tp_peers = {5'000, 10'000, 20'000, 30'000, 40'000};
+    std::uint32_t tp_interval_ms = 100;
+    double tp_warmup_s = 3.0;
+    double tp_window_s = 10.0;
+};
+
+DaemonProcess::Options daemon_options(const BenchConfig& c, const std::string& run) {
+    DaemonProcess::Options o;
+    o.binary = c.daemon;
+    if (!c.log_dir.empty()) o.log_copy = c.log_dir + "/" + run + ".log";
+    return o;
+}
+
+Duration seconds(double s) { return duration_cast<Duration>(std::chrono::duration<double>(s)); }
+
+// Lateness of plain 1 ms clock_nanosleep wake-ups: what the machine itself
+// gives any timer, for comparison with the daemon's figures.
+std::vector<double> wakeup_lateness_ms(double seconds_to_run) {
+    std::vector<double> late;
+    timespec t{};
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    const auto count = static_cast<std::size_t>(seconds_to_run * 1000);
+    for (std::size_t i = 0; i < count; ++i) {
+        t.tv_nsec += 1'000'000;
+        if (t.tv_nsec >= 1'000'000'000) {
+            t.tv_nsec -= 1'000'000'000;
+            ++t.tv_sec;
+        }
+        clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &t, nullptr);
+        timespec now{};
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        late.push_back(static_cast<double>(now.tv_sec - t.tv_sec) * 1e3 +
+                       static_cast<double>(now.tv_nsec - t.tv_nsec) / 1e6);
+    }
+    return late;
+}
+
+std::string load_average() {
+    std::ifstream in("/proc/loadavg");
+    std::string line;
+    std::getline(in, line);
+    return line;
+}
+
+void run_detection(const BenchConfig& c, std::size_t load) {
+    fmt::print("\n## Detection error: {} peers, interval {} ms, probes {}, {} busy-loop "
+               "process{}\n\n",
+               c.det_peers, c.det_interval_ms, c.det_probes, load, load == 1 ? "" : "es");
+    fmt::print("loadavg before: {}\n\n", load_average());
+    fmt::print("error = arrival of the daemon's \"is down\" line on its stderr pipe - "
+               "(arrival of the first unanswered PROBE + probes x interval), in ms\n\n");
+    fmt::print("| run | peers | min | median | p99 | max | mean |\n");
+    fmt::print("|---|---:|---:|---:|---:|---:|---:|\n");
+    const Duration expected = milliseconds(c.det_interval_ms) * c.det_probes;
+    std::vector<double> all_recv, all_tx, all_probe_late, all_down_late;
+    std::size_t missing = 0;
+    std::uint64_t early_suspects = 0;
+    CpuHogs hogs(static_cast<int>(load));
+    const std::vector<double> jitter = wakeup_lateness_ms(c.jitter_s);
+    for (std::size_t round = 0; round < c.det_rounds; ++round) {
+        DaemonProcess daemon(daemon_options(c, fmt::format("detection-load{}-{}", load, round)));
+        Fleet fleet(daemon.address(), c.seed + round);
+        fleet.add(fmt::format("det{}-", round), c.det_peers, c.det_interval_ms, c.det_probes);
+        if (!fleet.register_all(20s)) throw std::runtime_error("detection: registration failed");
+        fleet.pump_for(seconds(c.det_answer_s));
+        early_suspects += daemon.log_counts().suspect;
+        fleet.set_answering(false);
+        const TimePoint give_up = Clock::now() + expected + 3s;
+        while (Clock::now() < give_up && daemon.down_times().size() < c.det_peers)
+            fleet.pump_for(20ms);
+        const auto downs = daemon.down_times();
+        std::vector<double> recv_err;
+        for (const auto& p : fleet.peers()) {
+            const auto it = downs.find(p.name);
+            if (it == downs.end() || !p.first_unanswered) {
+                ++missing;
+                continue;
+            }
+            const TimePoint line = it->second;
+            const TimePoint tx{Duration(static_cast<Duration::rep>(p.first_unanswered_tx))};
+            const TimePoint deadline = p.deadline_of(p.first_unanswered_seq);
+            recv_err.push_back(ms_between(*p.first_unanswered + expected, line));
+            all_tx.push_back(ms_between(tx + expected, line));
+            all_probe_late.push_back(ms_between(deadline, tx));
+            all_down_late.push_back(ms_between(deadline + expected, line));
+        }
+        fmt::print("{}\n", summary_row(fmt::format("round {}", round + 1), summarize(recv_err)));
+        all_recv.insert(all_recv.end(), recv_err.begin(), recv_err.end());
+        std::fflush(stdout);
+    }
+    fmt::print("{}\n", summary_row("**all rounds**", summarize(all_recv)));
+    fmt::print("\nWhere it comes from (all rounds, ms):\n\n");
+    fmt::print("| quantity | n | min | median | p99 | max | mean |\n");
+    fmt::print("|---|---:|---:|---:|---:|---:|---:|\n");
+    fmt::print("{}\n", summary_row("error (as above)", summarize(all_recv)));
+    fmt::print("{}\n", summary_row("error from the PROBE's tx_time instead of its arrival",
+                                   summarize(all_tx)));
+    fmt::print("{}\n", summary_row("first unanswered PROBE: tx_time - its scheduled time",
+                                   summarize(all_probe_late)));
+    fmt::print("{}\n", summary_row("down line arrival - scheduled down instant",
+                                   summarize(all_down_late)));
+    fmt::print("{}\n", summary_row(fmt::format("machine: 1 ms clock_nanosleep lateness ({:.0f} s)",
+                                               c.jitter_s),
+                                   summarize(jitter)));
+    fmt::print("\npeers without a down line or an unanswered probe: {}; suspect events "
+               "while still answering: {}; loadavg after: {}\n",
+               missing, early_suspects, load_average());
+    std::fflush(stdout);
+}
+
+std::size_t status_count(const nlohmann::json& status, const char* key) {
+    return status.value(key, std::size_t{0});
+}
+
+void run_rss(const BenchConfig& c) {
+    fmt::print("\n## Resident memory: peers at interval {} ms, probes 3, all up\n\n",
+               c.rss_interval_ms);
+    fmt::print("| peers | up | VmRSS KiB | VmHWM KiB | RssAnon KiB | RSS over 0 peers KiB | "
+               "bytes/peer | registration s |\n");
+    fmt::print("|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    bool baseline_printed = false;
+    for (std::size_t n : c.rss_peers) {
+        DaemonProcess daemon(daemon_options(c, fmt::format("rss-{}", n)));
+        (void)daemon.control("status");
+        std::this_thread::sleep_for(200ms);
+        const MemoryStatus base = read_memory(daemon.pid());
+        if (!baseline_printed) {
+            fmt::print("| 0 | 0 | {} | {} | {} | 0 | - | - |\n", base.rss_kib, base.hwm_kib,
+                       base.rss_anon_kib);
+            baseline_printed = true;
+        }
+        Fleet fleet(daemon.address(), c.seed + n);
+        fleet.add("rss-", n, c.rss_interval_ms, 3);
+        const TimePoint start = Clock::now();
+        if (!fleet.register_all(300s, 512)) throw std::runtime_error("rss: registration failed");
+        const double registration_s = ms_between(start, Clock::now()) / 1000;
+        std::size_t up = 0;
+        const TimePoint give_up = Clock::now() + 60s;
+        while (Clock::now() < give_up) {
+            fleet.pump_for(250ms);
+            up = status_count(daemon.control("status"), "up");
+            if (up == n) break;
+        }
+        // Steady state: every peer probed and answered at least twice more.
+        fleet.pump_for(milliseconds(2 * c.rss_interval_ms));
+        up = status_count(daemon.control("status"), "up");
+        const MemoryStatus m = read_memory(daemon.pid());
+        const long over = m.rss_kib - base.rss_kib;
+        fmt::print("| {} | {} | {} | {} | {} | {} | {:.0f} | {:.2f} |\n", n, up, m.rss_kib,
+                   m.hwm_kib, m.rss_anon_kib, over,
+                   static_cast<double>(over) * 1024.0 / static_cast<double>(n), registration_s);
+        std::fflush(stdout);
+    }
+    fmt::print("\n(bytes/peer = (VmRSS with N peers - VmRSS of the same daemon before any "
+               "registration) / N)\n");
+}
+
+void run_throughput(const BenchConfig& c) {
+    fmt::print("\n## Throughput: interval {} ms, probes 3, {:.0f} s window after {:.0f} s "
+               "warm-up\n\n",
+               c.tp_interval_ms, c.tp_window_s, c.tp_warmup_s);
+    fmt::print("loadavg before: {}\n\n", load_average());
+    fmt::print("| peers | nominal probes/s | probes received/s | ACKs handled/s | probes lost | "
+               "ACKs lost | daemon drops | suspect events | not up at end | daemon CPU % | "
+               "daemon CPU us per pair | bench CPU % |\n");
+    fmt::print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for (std::size_t n : c.tp_peers) {
+        DaemonProcess daemon(daemon_options(c, fmt::format("throughput-{}", n)));
+        Fleet fleet(daemon.address(), c.seed + n);
+        fleet.add("tp-", n, c.tp_interval_ms, 3);
+        if (!fleet.register_all(300s, 512))
+            throw std::runtime_error("throughput: registration failed");
+        fleet.pump_for(seconds(c.tp_warmup_s));
+
+        const auto status0 = daemon.control("status");
+        const double cpu0 = read_cpu_seconds(daemon.pid());
+        const double own0 = own_cpu_seconds();
+        const Fleet::Stats fs0 = fleet.stats();
+        const LogCounts log0 = daemon.log_counts();
+        const std::uint64_t ack_drops0 = udp_socket_drops(daemon.port());
+        const std::uint64_t probe_drops0 = udp_socket_drops(fleet.local_port());
+        const TimePoint t0 = Clock::now();
+
+        fleet.pump_for(seconds(c.tp_window_s));
+
+        const TimePoint t1 = Clock::now();
+        const auto status1 = daemon.control("status");
+        const double cpu1 = read_cpu_seconds(daemon.pid());
+        const double own1 = own_cpu_seconds();
+        const Fleet::Stats fs1 = fleet.stats();
+        const LogCounts log1 = daemon.log_counts();
+        const std::uint64_t ack_drops1 = udp_socket_drops(daemon.port());
+        const std::uint64_t probe_drops1 = udp_socket_drops(fleet.local_port());
+
+        const double elapsed = ms_between(t0, t1) / 1000;
+        const auto received = static_cast<double>(status_count(status1, "datagrams_received") -
+                                                  status_count(status0, "datagrams_received"));
+        const double nominal = static_cast<double>(n) * 1000.0 / c.tp_interval_ms;
+        const std::size_t not_up = status_count(status1, "suspect") +
+                                   status_count(status1, "down");
+        fmt::print("| {} | {:.0f} | {:.0f} | {:.0f} | {} | {} | {} | {} | {} | {:.1f} | {:.2f} | "
+                   "{:.1f} |\n",
+                   n, nominal, static_cast<double>(fs1.probes - fs0.probes) / elapsed,
+                   received / elapsed,
+                   std::max(fs1.seq_gaps - fs0.seq_gaps, probe_drops1 - probe_drops0),
+                   ack_drops1 - ack_drops0,
+                   status_count(status1, "datagrams_dropped") -
+                       status_count(status0, "datagrams_dropped"),
+                   log1.suspect - log0.suspect,
+                   not_up, 100.0 * (cpu1 - cpu0) / elapsed,
+                   received > 0 ? (cpu1 - cpu0) * 1e6 / received : 0.0,
+                   100.0 * (own1 - own0) / elapsed);
+        std::fflush(stdout);
+    }
+    fmt::print("\n(ACKs handled/s: the daemon's datagrams_received counter over the window. "
+               "Probes lost: seq gaps seen by the bench, or kernel drops at its socket. ACKs "
+               "lost: kernel drops at the daemon's socket (/proc/net/udp). Daemon drops: its "
+               "datagrams_dropped counter. CPU from /proc/<pid>/stat utime+stime; us per pair "
+               "= ms per 1000 pairs. loadavg after: {})\n",
+               load_average());
+}
+
+std::string first_line_of(const std::string& path, std::string_view prefix) {
+    std::ifstream in(path);
+    std::string line;
+    while (std::getline(in, line))
+        if (line.rfind(prefix, 0) == 0) return line;
+    return {};
+}
+
+void print_machine(const BenchConfig& c) {
+    std::string model = first_line_of("/proc/cpuinfo", "model name");
+    if (const auto colon = model.find(':'); colon != std::string::npos)
+        model = model.substr(colon + 2);
+    std::ifstream version("/proc/sys/kernel/osrelease");
+    std::string kernel;
+    std::getline(version, kernel);
+    fmt::print("# keepalived daemon benchmark\n\n");
+    fmt::print("daemon: {}\nCPUs online: {}\nCPU: {}\nkernel: {}\n", c.daemon,
+               sysconf(_SC_NPROCESSORS_ONLN), model, kernel);
+}
+
+constexpr const char* kUsage =
+    "Usage: daemon_bench [options] [KEEPALIVED]   (default: $KEEPALIVED)\n"
+    "  --only LIST             detection,rss,throughput (default: all three)\n"
+    "  --rounds N              detection rounds, a fresh daemon each (default 5)\n"
+    "  --det-peers N           peers per detection round (default 100)\n"
+    "  --det-interval-ms MS    (default 200)\n"
+    "  --det-probes N          (default 3)\n"
+    "  --load LIST             busy-loop processes per detection run, e.g. 0,2 (default 0)\n"
+    "  --rss-peers LIST        (default 10000,100000)\n"
+    "  --rss-interval-ms MS    (default 1000)\n"
+    "  --tp-peers LIST         (default 5000,10000,20000,30000,40000)\n"
+    "  --tp-interval-ms MS     (default 100)\n"
+    "  --tp-window S           measured seconds per step (default 10)\n"
+    "  --log-dir DIR           keep each daemon's stderr as DIR/<run>.log\n"
+    "  --seed N                (default 1)\n";
+
+}  // namespace
+}  // namespace keepalive
+
+int main(int argc, char** argv) {
+    using namespace keepalive;
+    signal(SIGPIPE, SIG_IGN);
+    BenchConfig c;
+    if (const char* env = std::getenv("KEEPALIVED")) c.daemon = env;
+    std::vector<std::string> only = {"detection", "rss", "throughput"};
+    try {
+        for (int i = 1; i < argc; ++i) {
+            const std::string arg = argv[i];
+            const auto value = [&]() -> std::string {
+                if (i + 1 >= argc) throw std::invalid_argument(arg + " needs a value");
+                return argv[++i];
+            };
+            if (arg == "--help" || arg == "-h") {
+                std::fputs(kUsage, stdout);
+                return 0;
+            } else if (arg == "--only") {
+                only.clear();
+                std::string list = value();
+                std::istringstream in(list);
+                for (std::string item; std::getline(in, item, ',');) only.push_back(item);
+            } else if (arg == "--rounds") {
+                c.det_rounds = std::stoul(value());
+            } else if (arg == "--det-peers") {
+                c.det_peers = std::stoul(value());
+            } else if (arg == "--det-interval-ms") {
+                c.det_interval_ms = static_cast<std::uint32_t>(std::stoul(value()));
+            } else if (arg == "--det-probes") {
+                c.det_probes = static_cast<std::uint8_t>(std::stoul(value()));
+            } else if (arg == "--load") {
+                c.det_loads = parse_list(value());
+            } else if (arg == "--rss-peers") {
+                c.rss_peers = parse_list(value());
+            } else if (arg == "--rss-interval-ms") {
+                c.rss_interval_ms = static_cast<std::uint32_t>(std::stoul(value()));
+            } else if (arg == "--tp-peers") {
+                c.tp_peers = parse_list(value());
+            } else if (arg == "--tp-interval-ms") {
+                c.tp_interval_ms = static_cast<std::uint32_t>(std::stoul(value()));
+            } else if (arg == "--tp-window") {
+                c.tp_window_s = std::stod(value());
+            } else if (arg == "--log-dir") {
+                c.log_dir = value();
+            } else if (arg == "--seed") {
+                c.seed = std::stoull(value());
+            } else if (!arg.empty() && arg[0] != '-' && i == argc - 1) {
+                c.daemon = arg;
+            } else {
+                throw std::invalid_argument("unknown argument " + arg);
+            }
+        }
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "daemon_bench: %s\n%s", e.what(), kUsage);
+        return 2;
+    }
+    if (c.daemon.empty()) {
+        std::fprintf(stderr, "daemon_bench: no daemon: pass its path or set KEEPALIVED\n%s",
+                     kUsage);
+        return 2;
+    }
+    try {
+        print_machine(c);
+        const auto wanted = [&](std::string_view m) {
+            return std::find(only.begin(), only.end(), m) != only.end();
+        };
+        if (wanted("detection"))
+            for (std::size_t load : c.det_loads) run_detection(c, load);
+        if (wanted("rss")) run_rss(c);
+        if (wanted("throughput")) run_throughput(c);
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "daemon_bench: %s\n", e.what());
+        return 1;
+    }
+    return 0;
+}
