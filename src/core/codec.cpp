@@ -27,7 +27,7 @@ constexpr std::size_t kOffRegisterNameLen = 33;
 // Reads big-endian fields from a span whose size the caller has already checked; each read is
 // still bounds-checked so that a wrong size computation fails safe instead of reading past the end.
 class Reader {
-  public:
+public:
     explicit Reader(std::span<const std::uint8_t> bytes) : bytes_(bytes) {}
 
     bool ok() const { return ok_; }
@@ -56,7 +56,7 @@ class Reader {
     }
     void skip(std::size_t n) { take(n); }
 
-  private:
+private:
     bool take(std::size_t n) {
         if (!ok_ || n > bytes_.size() - pos_) {
             ok_ = false;
@@ -72,7 +72,7 @@ class Reader {
 };
 
 class Writer {
-  public:
+public:
     explicit Writer(std::span<std::uint8_t> out) : out_(out) {}
 
     bool ok() const { return ok_; }
@@ -94,7 +94,7 @@ class Writer {
         pos_ += b.size();
     }
 
-  private:
+private:
     bool room(std::size_t n) {
         if (!ok_ || n > out_.size() - pos_) ok_ = false;
         return ok_;
@@ -236,10 +236,6 @@ std::size_t expected_plain_size(Type type, std::span<const std::uint8_t> plain) 
     return 0;
 }
 
-Sha256Digest trailer_mac(const AuthKey& key, std::span<const std::uint8_t> covered) {
-    return hmac_sha256(key.secret, covered);
-}
-
 }  // namespace
 
 Type type_of(const Body& body) {
@@ -361,7 +357,7 @@ Result<Message, DecodeError> decode(std::span<const std::uint8_t> datagram, cons
         const AuthKey* key = keys->find(trailer.u32());
         if (key == nullptr) return Err{DecodeError::unauthenticated};
         const auto covered = datagram.first(n - kAuthMacSize);
-        const auto mac = trailer_mac(*key, covered);
+        const auto mac = hmac_sha256(key->secret, covered);
         if (!constant_time_equal(mac, datagram.last(kAuthMacSize)))
             return Err{DecodeError::unauthenticated};
     } else if (require_auth) {
@@ -409,7 +405,7 @@ std::size_t encode(const Message& m, std::span<std::uint8_t> out, const AuthKey*
     write_body(w, m.body);
     if (key != nullptr) {
         w.u32(key->id);
-        const auto mac = trailer_mac(*key, out.first(w.pos()));
+        const auto mac = hmac_sha256(key->secret, out.first(w.pos()));
         w.bytes(mac);
     }
     return w.ok() && w.pos() == size ? size : 0;

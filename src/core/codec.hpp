@@ -147,7 +147,7 @@ struct AuthKey {
 // The keys a node holds. A receiver accepts any of them; a sender uses the active
 // one. The first key added is active until set_active() picks another.
 class KeyRing {
-  public:
+public:
     // Adds a key, replacing one with the same id.
     void add(AuthKey key);
     // Selects the key used for sending; active() is nullptr while no key has that id.
@@ -157,7 +157,7 @@ class KeyRing {
     bool empty() const { return keys_.empty(); }
     std::size_t size() const { return keys_.size(); }
 
-  private:
+private:
     std::vector<AuthKey> keys_;
     std::optional<std::uint32_t> active_id_;
 };

@@ -16,7 +16,7 @@
 namespace keepalive {
 
 class CookieJar {
-  public:
+public:
     static constexpr std::chrono::seconds kBucket{60};
 
     // `secret` is drawn at server start and never leaves the process.
@@ -32,7 +32,7 @@ class CookieJar {
     bool verify(const kap::Cookie& cookie, const Address& source, std::uint64_t nonce,
                 TimePoint now) const;
 
-  private:
+private:
     kap::Cookie compute(const Address& source, std::uint64_t nonce, std::uint64_t bucket) const;
 
     HmacSha256 keyed_;  // copied per cookie, so the secret is hashed once

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <utility>
 
+#include "core/duration.hpp"
 #include "core/legacy.hpp"
 
 namespace keepalive {
@@ -335,6 +336,13 @@ void ServerCore::on_legacy_reply(std::span<const std::uint8_t> data, const Addre
 void ServerCore::on_bye(const kap::Message& m, const Address& from, const Route& route,
                         TimePoint now) {
     const auto& bye = std::get<kap::Bye>(m.body);
+    // BYE diag 7 is the server's own answer to an unknown session: answering
+    // one would let a single spoofed datagram start an endless exchange
+    // between two servers.
+    if (m.diag == kap::Diag::unknown_session) {
+        count(Drop::bad_diag);
+        return;
+    }
     const Slot slot = table_.find_session(m.session);
     if (slot == PeerTable::kNone) {
         answer_unknown_session(from, route, now);
@@ -476,8 +484,8 @@ void ServerCore::forget(Slot slot) {
     Peer& p = table_.at(slot);
     wheel_.cancel(p.timer);
     emit(EventKind::forgotten, p.state, slot,
-         fmt::format("forgotten after {} s",
-                     duration_cast<std::chrono::seconds>(limits_.forget_after).count()));
+         fmt::format("forgotten after {} {}", format_duration(limits_.forget_after),
+                     to_string(p.state)));
     table_.erase(slot);
 }
 

@@ -14,7 +14,7 @@ using Sha256Digest = std::array<std::uint8_t, 32>;
 // Incremental SHA-256. update() any number of times, then finish() once; after
 // finish() the object must be reset() before it is used again.
 class Sha256 {
-  public:
+public:
     static constexpr std::size_t kBlockSize = 64;
     static constexpr std::size_t kDigestSize = 32;
 
@@ -23,7 +23,7 @@ class Sha256 {
     void update(std::span<const std::uint8_t> data);
     Sha256Digest finish();
 
-  private:
+private:
     void compress(const std::uint8_t* block);
 
     std::array<std::uint32_t, 8> state_{};
@@ -37,12 +37,12 @@ Sha256Digest sha256(std::span<const std::uint8_t> data);
 // Incremental HMAC-SHA256. The key is absorbed at construction, so a keyed
 // instance can be copied to MAC many messages without rehashing the key.
 class HmacSha256 {
-  public:
+public:
     explicit HmacSha256(std::span<const std::uint8_t> key);
     void update(std::span<const std::uint8_t> data) { inner_.update(data); }
     Sha256Digest finish();
 
-  private:
+private:
     Sha256 inner_;
     Sha256 outer_;
 };

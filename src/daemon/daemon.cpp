@@ -234,7 +234,6 @@ void Daemon::stop() {
     log_.log(LOG_INFO, "stopping: saying goodbye to every peer");
     core_.shutdown();
     after_work();
-    loop_.stop();
 }
 
 std::optional<std::uint32_t> Daemon::legacy_probe_listener() const {
@@ -273,7 +272,16 @@ int Daemon::run() {
               fmt::join(listen_addresses(), ", "));
     notify("READY=1");
     notify_status();
-    loop_.run();
+    // After READY nothing a peer sends may stop the daemon: a handler that
+    // throws is logged (rate-limited) and the loop goes on.
+    while (!stopping_) {
+        try {
+            loop_.run_once(std::nullopt);
+        } catch (const std::exception& e) {
+            log_.log_limited("handler", LOG_ERR, fmt::format("event handler failed: {}", e.what()),
+                             clock_.now());
+        }
+    }
     return 0;
 }
 

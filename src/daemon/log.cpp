@@ -70,6 +70,7 @@ std::string describe(const PeerEvent& e) {
         case EventKind::restarted: return fmt::format("{} restarted and registered again", who);
         case EventKind::moved: return fmt::format("{} {}", who, e.reason);
         case EventKind::forgotten: return fmt::format("{} {}", who, e.reason);
+        case EventKind::left: return fmt::format("{} has left: {}", who, e.reason);
         default: return fmt::format("{} is {}: {}", who, to_string(p.state), e.reason);
     }
 }

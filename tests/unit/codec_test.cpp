@@ -427,7 +427,7 @@ TEST(KeyRing, ActiveAndFind) {
 }
 
 class CodecAuth : public ::testing::Test {
-  protected:
+protected:
     void SetUp() override {
         ring_.add(key1_);
         ring_.add(key2_);

@@ -137,7 +137,7 @@ TEST(ConstantTimeEqual, ComparesContentAndLength) {
 }
 
 class CookieTest : public ::testing::Test {
-  protected:
+protected:
     static std::array<std::uint8_t, 32> secret(std::uint8_t first) {
         std::array<std::uint8_t, 32> s{};
         for (std::size_t i = 0; i < s.size(); ++i) s[i] = static_cast<std::uint8_t>(first + i);

@@ -689,11 +689,12 @@ protected:
             if (next > until) break;
             if (next > clock.now()) clock.set(next);
             if (delivery && *delivery <= clock.now()) {
-                auto node = net.extract(net.begin());
-                if (node.mapped().to_server)
-                    server->on_datagram(node.mapped().bytes, peer_addr, route, clock.now());
+                const Packet packet = std::move(net.begin()->second);
+                net.erase(net.begin());
+                if (packet.to_server)
+                    server->on_datagram(packet.bytes, peer_addr, route, clock.now());
                 else
-                    peer->on_datagram(node.mapped().bytes, clock.now());
+                    peer->on_datagram(packet.bytes, clock.now());
             } else if (sd && *sd <= clock.now()) {
                 server->on_timer(clock.now());
             } else {
@@ -707,6 +708,15 @@ protected:
     const Peer* server_peer() const {
         const auto slot = server->peers().find_name("db-7");
         return slot == PeerTable::kNone ? nullptr : &server->peers().at(slot);
+    }
+    const Peer& sp() const {
+        static const Peer none;
+        const Peer* p = server_peer();
+        if (p == nullptr) {
+            ADD_FAILURE() << "the server does not know db-7";
+            return none;
+        }
+        return *p;
     }
     std::vector<Sent> probes_sent(std::size_t from = 0) const {
         std::vector<Sent> out;
@@ -747,7 +757,7 @@ TEST_F(LoopbackTest, RegistersAndStaysUpForAMinute) {
     run_for(10ms);
     ASSERT_EQ(peer->state(), SessionState::registered);
     ASSERT_NE(server_peer(), nullptr);
-    EXPECT_EQ(peer->session(), server_peer()->session);
+    EXPECT_EQ(peer->session(), sp().session);
     EXPECT_EQ(peer->epoch(), server->epoch());
     EXPECT_EQ(peer->granted_interval_ms(), 200u);
     EXPECT_EQ(peer->granted_probes(), 3);
@@ -758,7 +768,7 @@ TEST_F(LoopbackTest, RegistersAndStaysUpForAMinute) {
     ASSERT_EQ(server_end.events.size(), 1u);
     EXPECT_EQ(server_end.events[0].kind, EventKind::registered);
     EXPECT_EQ(registers_sent(), 2u);
-    const Peer& p = *server_peer();
+    const Peer& p = sp();
     EXPECT_EQ(p.state, PeerState::up);
     EXPECT_GE(p.probes_sent, 299u);
     EXPECT_LE(p.probes_sent, 301u);
@@ -782,7 +792,7 @@ TEST_F(LoopbackTest, ServerDeclaresASilentPeerDownAtTheContractInstant) {
     start_server(1);
     peer->start(clock.now());
     run_for(60s);
-    ASSERT_EQ(server_peer()->state, PeerState::up);
+    ASSERT_EQ(sp().state, PeerState::up);
     const std::size_t events = server_end.events.size();
 
     drop_to_server = true;  // the peer still hears probes, but its answers are lost
@@ -801,14 +811,14 @@ TEST_F(LoopbackTest, ServerDeclaresASilentPeerDownAtTheContractInstant) {
     EXPECT_EQ(ev[1].kind, EventKind::down);
     EXPECT_EQ(ev[1].at, first_unanswered + 600ms);
     EXPECT_EQ(ev[1].since, first_unanswered + 600ms);
-    EXPECT_EQ(server_peer()->since, first_unanswered + 600ms);
+    EXPECT_EQ(sp().since, first_unanswered + 600ms);
     // The peer, still probed (slowly now), never thought the server lost.
     EXPECT_EQ(peer_sink.kinds(), std::vector<SessionEventKind>{SessionEventKind::registered});
 
     // Its answers get through again: up at the next slow probe's ACK.
     drop_to_server = false;
     run_for(2s);
-    EXPECT_EQ(server_peer()->state, PeerState::up);
+    EXPECT_EQ(sp().state, PeerState::up);
     EXPECT_EQ(server_end.events.back().kind, EventKind::up);
     EXPECT_EQ(peer_sink.kinds(), std::vector<SessionEventKind>{SessionEventKind::registered});
 }
@@ -838,14 +848,14 @@ TEST_F(LoopbackTest, PeerNoticesARestartedServerAndRegistersAgain) {
     EXPECT_EQ(ev.size(), 4u);
     EXPECT_EQ(peer->epoch(), server->epoch());
     ASSERT_NE(server_peer(), nullptr);
-    EXPECT_EQ(peer->session(), server_peer()->session);
+    EXPECT_EQ(peer->session(), sp().session);
     ASSERT_EQ(server_end.events.size(), server_events + 1);
     EXPECT_EQ(server_end.events.back().kind, EventKind::registered);
 
     // And it carries on with the new server.
     run_for(30s);
-    EXPECT_EQ(server_peer()->state, PeerState::up);
-    EXPECT_GT(server_peer()->acks_received, 140u);
+    EXPECT_EQ(sp().state, PeerState::up);
+    EXPECT_GT(sp().acks_received, 140u);
     EXPECT_EQ(peer_sink.events.size(), 4u);
 }
 
@@ -868,7 +878,7 @@ TEST_F(LoopbackTest, AckToARestartedServerGetsBye7AndTheLoopCloses) {
     EXPECT_EQ(peer_sink.events[3].at, probe_at + 7 * one_way);
     EXPECT_EQ(server->drops()[static_cast<std::size_t>(Drop::unknown_session)], 1u);
     ASSERT_NE(server_peer(), nullptr);
-    EXPECT_EQ(server_peer()->state, PeerState::up);
+    EXPECT_EQ(sp().state, PeerState::up);
 }
 
 TEST_F(LoopbackTest, ServerShutdownMakesThePeerRegisterAgainAtOnce) {
@@ -885,7 +895,7 @@ TEST_F(LoopbackTest, ServerShutdownMakesThePeerRegisterAgainAtOnce) {
     EXPECT_EQ(peer_sink.events[1].diag, kap::Diag::shutting_down);
     EXPECT_EQ(peer_sink.events[3].at, restart + 5 * one_way);
     ASSERT_NE(server_peer(), nullptr);
-    EXPECT_EQ(server_peer()->state, PeerState::up);
+    EXPECT_EQ(sp().state, PeerState::up);
     EXPECT_EQ(peer->epoch(), server->epoch());
 }
 
@@ -895,7 +905,7 @@ TEST_F(LoopbackTest, PeerStopIsAGoodbyeThatTheServerForgets) {
     peer->stop();
     const TimePoint stopped = clock.now();
     run_for(1s);
-    ASSERT_EQ(server_peer()->state, PeerState::left);
+    ASSERT_EQ(sp().state, PeerState::left);
     EXPECT_EQ(server_end.events.back().kind, EventKind::left);
     EXPECT_EQ(server_end.events.back().at, stopped + one_way);
     // The probe in flight when it stopped went unanswered, nothing else was sent.
@@ -908,12 +918,12 @@ TEST_F(LoopbackTest, PeerStopIsAGoodbyeThatTheServerForgets) {
 TEST_F(LoopbackTest, PeerRestartIsReportedWithANewSession) {
     peer->start(clock.now());
     run_for(5s);
-    const std::uint32_t old_session = server_peer()->session;
+    const std::uint32_t old_session = sp().session;
     // The process dies without a goodbye and a new one starts.
     peer = std::make_unique<PeerSession>(PeerSessionOptions{"db-7", 200, 3}, peer_random, peer_sink);
     peer->start(clock.now());
     run_for(5s);
-    const Peer& p = *server_peer();
+    const Peer& p = sp();
     EXPECT_NE(p.session, old_session);
     EXPECT_EQ(p.session, peer->session());
     EXPECT_EQ(p.incarnation, peer->incarnation());
@@ -934,7 +944,7 @@ TEST_F(LoopbackTest, PartitionDownThenLostThenBothRecover) {
     drop_to_server = drop_to_peer = true;
     const TimePoint cut = clock.now();
     run_for(20s);
-    EXPECT_EQ(server_peer()->state, PeerState::down);
+    EXPECT_EQ(sp().state, PeerState::down);
     EXPECT_EQ(peer->state(), SessionState::registering);
     EXPECT_EQ(peer_sink.events.back().kind, SessionEventKind::lost);
     EXPECT_LE(peer_sink.events.back().at, cut + 1s);
@@ -946,7 +956,7 @@ TEST_F(LoopbackTest, PartitionDownThenLostThenBothRecover) {
     run_for(30s);  // the next attempt, at most 30 s away, gets through
     EXPECT_EQ(peer->state(), SessionState::registered);
     EXPECT_EQ(peer->session(), session) << "same incarnation: same session";
-    EXPECT_EQ(server_peer()->state, PeerState::up);
+    EXPECT_EQ(sp().state, PeerState::up);
     EXPECT_EQ(peer_sink.kinds().back(), SessionEventKind::registered);
     for (const Noted& n : peer_sink.events) EXPECT_NE(n.kind, SessionEventKind::server_restarted);
     const std::uint64_t answered = peer->probes_answered();
@@ -968,7 +978,7 @@ TEST_F(LoopbackTest, LongPartitionServerForgetsPeerRegistersAfresh) {
     ASSERT_NE(server_peer(), nullptr);
     EXPECT_EQ(peer->state(), SessionState::registered);
     EXPECT_NE(peer->session(), session);
-    EXPECT_EQ(peer->session(), server_peer()->session);
+    EXPECT_EQ(peer->session(), sp().session);
     const std::uint64_t answered = peer->probes_answered();
     run_for(2s);
     EXPECT_GE(peer->probes_answered(), answered + 9) << "probes of the new session from seq 1";

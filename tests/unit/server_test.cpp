@@ -1288,6 +1288,44 @@ TEST_F(ServerTest, UnknownSessionsAreAnsweredWithRateLimitedBye7) {
     EXPECT_TRUE(sink.events.empty());
 }
 
+// BYE diag 7 is what a server sends. If a server answered one with another,
+// a single datagram spoofed from server A to server B would start an endless
+// exchange between them.
+TEST_F(ServerTest, Bye7IsNeverAnswered) {
+    clock.advance(5s);
+    const std::uint32_t session = add_peer("alpha", kAlpha);
+    const std::size_t sent = sink.sent.size();
+    bye(kGamma, 0, 0, kap::Diag::unknown_session);
+    bye(kGamma, 0x1234, 0, kap::Diag::unknown_session);
+    bye(kAlpha, session, 0, kap::Diag::unknown_session);
+    EXPECT_EQ(sink.sent.size(), sent);
+    EXPECT_EQ(drops(Drop::bad_diag), 3u);
+    EXPECT_EQ(peer("alpha").state, PeerState::up);
+
+    // Two servers wired back to back, one spoofed BYE 7 between them: silence.
+    SeededRandom other_random{43};
+    RecordingSink other_sink{clock};
+    ServerCore other(limits, other_random, other_sink, clock.now());
+    const Address a = addr("192.0.2.10:7371"), b = addr("192.0.2.20:7371");
+    std::vector<std::pair<bool, Bytes>> wire = {
+        {true, encode({.diag = kap::Diag::unknown_session, .session = 0, .body = kap::Bye{0}})}};
+    std::size_t hops = 0, seen_a = sink.sent.size(), seen_b = 0;
+    while (!wire.empty() && hops < 100) {
+        auto [to_b, bytes] = wire.back();
+        wire.pop_back();
+        ++hops;
+        if (to_b) {
+            other.on_datagram(bytes, a, route, clock.now());
+        } else {
+            server->on_datagram(bytes, b, route, clock.now());
+        }
+        for (; seen_a < sink.sent.size(); ++seen_a) wire.push_back({true, sink.sent[seen_a].bytes});
+        for (; seen_b < other_sink.sent.size(); ++seen_b)
+            wire.push_back({false, other_sink.sent[seen_b].bytes});
+    }
+    EXPECT_EQ(hops, 1u);
+}
+
 TEST_F(ServerTest, RateLimitDoesNotTouchKnownSessions) {
     const std::uint32_t session = add_peer("alpha", kAlpha, 200, 3);
     clock.advance(2s);
