@@ -16,6 +16,7 @@
 // Prints figures; it is not a test and asserts nothing about them.
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -155,6 +156,28 @@ double read_cpu_seconds(pid_t pid) {
         if (i == 15) stime = std::stoull(f);
     }
     return static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+// Seconds a process's threads spent running and waiting on a run queue
+// (/proc/<pid>/task/*/schedstat), for telling a slow daemon from a starved one.
+struct SchedTimes {
+    double running = 0;
+    double waiting = 0;
+};
+
+SchedTimes read_sched_times(pid_t pid) {
+    SchedTimes t;
+    std::error_code ec;
+    for (const auto& task :
+         std::filesystem::directory_iterator(fmt::format("/proc/{}/task", pid), ec)) {
+        std::ifstream in(task.path() / "schedstat");
+        unsigned long long run_ns = 0, wait_ns = 0;
+        if (in >> run_ns >> wait_ns) {
+            t.running += static_cast<double>(run_ns) / 1e9;
+            t.waiting += static_cast<double>(wait_ns) / 1e9;
+        }
+    }
+    return t;
 }
 
 double own_cpu_seconds() {
@@ -709,6 +732,12 @@ public:
             if (pid < 0) fail_errno("fork");
             if (pid == 0) {
                 ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+                // Under a real-time bench (chrt) the hogs still compete as ordinary
+                // processes, not as real-time spinners that would starve the machine.
+                if (::sched_getscheduler(0) != SCHED_OTHER) {
+                    const sched_param normal{};
+                    ::sched_setscheduler(0, SCHED_OTHER, &normal);
+                }
                 volatile std::uint64_t spin = 0;
                 for (;;) spin = spin + 1;
             }
@@ -734,6 +763,7 @@ struct BenchConfig {
     std::string daemon;
     std::string log_dir;  // keep each daemon's stderr here when set
     std::uint64_t seed = 1;
+    bool verbose = false;
 
     std::size_t det_rounds = 5;
     std::size_t det_peers = 100;
@@ -746,10 +776,11 @@ struct BenchConfig {
     std::vector<std::size_t> rss_peers = {10'000, 100'000};
     std::uint32_t rss_interval_ms = 1000;
 
-    std::vector<std::size_t> tp_peers = {5'000, 10'000, 20'000, 30'000, 40'000};
+    std::vector<std::size_t> tp_peers = {5'000, 10'000, 12'500, 15'000, 17'500, 20'000};
     std::uint32_t tp_interval_ms = 100;
     double tp_warmup_s = 3.0;
     double tp_window_s = 10.0;
+    std::size_t register_window = 512;  // handshakes in flight (rss and throughput)
 };
 
 DaemonProcess::Options daemon_options(const BenchConfig& c, const std::string& run) {
@@ -880,7 +911,8 @@ void run_rss(const BenchConfig& c) {
         Fleet fleet(daemon.address(), c.seed + n);
         fleet.add("rss-", n, c.rss_interval_ms, 3);
         const TimePoint start = Clock::now();
-        if (!fleet.register_all(300s, 512)) throw std::runtime_error("rss: registration failed");
+        if (!fleet.register_all(300s, c.register_window))
+            throw std::runtime_error("rss: registration failed");
         const double registration_s = ms_between(start, Clock::now()) / 1000;
         std::size_t up = 0;
         const TimePoint give_up = Clock::now() + 60s;
@@ -910,19 +942,22 @@ void run_throughput(const BenchConfig& c) {
     fmt::print("loadavg before: {}\n\n", load_average());
     fmt::print("| peers | nominal probes/s | probes received/s | ACKs handled/s | probes lost | "
                "ACKs lost | daemon drops | suspect events | not up at end | daemon CPU % | "
-               "daemon CPU us per pair | bench CPU % |\n");
-    fmt::print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+               "daemon CPU us per pair | daemon run-queue wait % | bench CPU % | "
+               "bench run-queue wait % |\n");
+    fmt::print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for (std::size_t n : c.tp_peers) {
         DaemonProcess daemon(daemon_options(c, fmt::format("throughput-{}", n)));
         Fleet fleet(daemon.address(), c.seed + n);
         fleet.add("tp-", n, c.tp_interval_ms, 3);
-        if (!fleet.register_all(300s, 512))
+        if (!fleet.register_all(300s, c.register_window))
             throw std::runtime_error("throughput: registration failed");
         fleet.pump_for(seconds(c.tp_warmup_s));
 
         const auto status0 = daemon.control("status");
         const double cpu0 = read_cpu_seconds(daemon.pid());
         const double own0 = own_cpu_seconds();
+        const SchedTimes daemon_sched0 = read_sched_times(daemon.pid());
+        const SchedTimes own_sched0 = read_sched_times(::getpid());
         const Fleet::Stats fs0 = fleet.stats();
         const LogCounts log0 = daemon.log_counts();
         const std::uint64_t ack_drops0 = udp_socket_drops(daemon.port());
@@ -935,6 +970,8 @@ void run_throughput(const BenchConfig& c) {
         const auto status1 = daemon.control("status");
         const double cpu1 = read_cpu_seconds(daemon.pid());
         const double own1 = own_cpu_seconds();
+        const SchedTimes daemon_sched1 = read_sched_times(daemon.pid());
+        const SchedTimes own_sched1 = read_sched_times(::getpid());
         const Fleet::Stats fs1 = fleet.stats();
         const LogCounts log1 = daemon.log_counts();
         const std::uint64_t ack_drops1 = udp_socket_drops(daemon.port());
@@ -947,7 +984,7 @@ void run_throughput(const BenchConfig& c) {
         const std::size_t not_up = status_count(status1, "suspect") +
                                    status_count(status1, "down");
         fmt::print("| {} | {:.0f} | {:.0f} | {:.0f} | {} | {} | {} | {} | {} | {:.1f} | {:.2f} | "
-                   "{:.1f} |\n",
+                   "{:.1f} | {:.1f} | {:.1f} |\n",
                    n, nominal, static_cast<double>(fs1.probes - fs0.probes) / elapsed,
                    received / elapsed,
                    std::max(fs1.seq_gaps - fs0.seq_gaps, probe_drops1 - probe_drops0),
@@ -957,14 +994,17 @@ void run_throughput(const BenchConfig& c) {
                    log1.suspect - log0.suspect,
                    not_up, 100.0 * (cpu1 - cpu0) / elapsed,
                    received > 0 ? (cpu1 - cpu0) * 1e6 / received : 0.0,
-                   100.0 * (own1 - own0) / elapsed);
+                   100.0 * (daemon_sched1.waiting - daemon_sched0.waiting) / elapsed,
+                   100.0 * (own1 - own0) / elapsed,
+                   100.0 * (own_sched1.waiting - own_sched0.waiting) / elapsed);
         std::fflush(stdout);
     }
     fmt::print("\n(ACKs handled/s: the daemon's datagrams_received counter over the window. "
                "Probes lost: seq gaps seen by the bench, or kernel drops at its socket. ACKs "
                "lost: kernel drops at the daemon's socket (/proc/net/udp). Daemon drops: its "
                "datagrams_dropped counter. CPU from /proc/<pid>/stat utime+stime; us per pair "
-               "= ms per 1000 pairs. loadavg after: {})\n",
+               "= ms per 1000 pairs. Run-queue wait: time runnable but not running, all "
+               "threads, from /proc/<pid>/task/*/schedstat. loadavg after: {})\n",
                load_average());
 }
 
@@ -984,8 +1024,20 @@ void print_machine(const BenchConfig& c) {
     std::string kernel;
     std::getline(version, kernel);
     fmt::print("# keepalived daemon benchmark\n\n");
+    std::ifstream autogroup_file("/proc/self/autogroup");
+    std::string autogroup;
+    std::getline(autogroup_file, autogroup);
+    const int policy = ::sched_getscheduler(0);
+    sched_param param{};
+    ::sched_getparam(0, &param);
+    const std::string policy_text =
+        policy == SCHED_FIFO ? fmt::format("SCHED_FIFO {}", param.sched_priority)
+        : policy == SCHED_RR ? fmt::format("SCHED_RR {}", param.sched_priority)
+                             : fmt::format("SCHED_OTHER nice {}", ::getpriority(PRIO_PROCESS, 0));
     fmt::print("daemon: {}\nCPUs online: {}\nCPU: {}\nkernel: {}\n", c.daemon,
                sysconf(_SC_NPROCESSORS_ONLN), model, kernel);
+    fmt::print("scheduling (bench and daemon): {}, autogroup {}\nloadavg: {}\n", policy_text,
+               autogroup, load_average());
 }
 
 constexpr const char* kUsage =
@@ -998,11 +1050,14 @@ constexpr const char* kUsage =
     "  --load LIST             busy-loop processes per detection run, e.g. 0,2 (default 0)\n"
     "  --rss-peers LIST        (default 10000,100000)\n"
     "  --rss-interval-ms MS    (default 1000)\n"
-    "  --tp-peers LIST         (default 5000,10000,20000,30000,40000)\n"
+    "  --tp-peers LIST         (default 5000,10000,12500,15000,17500,20000)\n"
     "  --tp-interval-ms MS     (default 100)\n"
     "  --tp-window S           measured seconds per step (default 10)\n"
+    "  --register-window N     handshakes in flight while registering (default 512)\n"
     "  --log-dir DIR           keep each daemon's stderr as DIR/<run>.log\n"
-    "  --seed N                (default 1)\n";
+    "  --seed N                (default 1)\n"
+    "  --verbose               detection: one line per peer on stderr\n"
+    "The daemon inherits this program's scheduling policy and nice value.\n";
 
 }  // namespace
 }  // namespace keepalive
@@ -1048,8 +1103,12 @@ int main(int argc, char** argv) {
                 c.tp_interval_ms = static_cast<std::uint32_t>(std::stoul(value()));
             } else if (arg == "--tp-window") {
                 c.tp_window_s = std::stod(value());
+            } else if (arg == "--register-window") {
+                c.register_window = std::max<std::size_t>(1, std::stoul(value()));
             } else if (arg == "--log-dir") {
                 c.log_dir = value();
+            } else if (arg == "--verbose") {
+                c.verbose = true;
             } else if (arg == "--seed") {
                 c.seed = std::stoull(value());
             } else if (!arg.empty() && arg[0] != '-' && i == argc - 1) {

@@ -37,7 +37,7 @@ std::uint64_t to_wire_time(TimePoint t) {
 // unanswered, and a stalled daemon would declare every peer down.
 TimePoint next_on_grid(TimePoint deadline, Duration step, TimePoint now) {
     TimePoint next = deadline + step;
-    if (next <= now) next += ((now - next) / step + 1) * step;
+    if (next <= now && step > Duration::zero()) next += ((now - next) / step + 1) * step;
     return next;
 }
 
@@ -207,10 +207,21 @@ void ServerCore::on_register(const kap::Message& m, const Address& from, const R
                                probes}});
 }
 
+// Legacy peers hold session ids too (the table indexes them) but no KAP/1
+// session: an ACK or BYE naming one, e.g. read from keepalivectl and sent from
+// the legacy peer's forgeable address, must not acknowledge it or make it
+// "left" (an old client never registers again once forgotten).
+PeerTable::Slot ServerCore::kap1_session(std::uint32_t session) const {
+    const Slot slot = table_.find_session(session);
+    if (slot == PeerTable::kNone || table_.at(slot).protocol != Protocol::kap1)
+        return PeerTable::kNone;
+    return slot;
+}
+
 void ServerCore::on_ack(const kap::Message& m, const Address& from, const Route& route,
                         TimePoint now) {
     const auto& ack = std::get<kap::Ack>(m.body);
-    const Slot slot = table_.find_session(m.session);
+    const Slot slot = kap1_session(m.session);
     if (slot == PeerTable::kNone) {
         answer_unknown_session(from, route, now);
         return;
@@ -343,7 +354,7 @@ void ServerCore::on_bye(const kap::Message& m, const Address& from, const Route&
         count(Drop::bad_diag);
         return;
     }
-    const Slot slot = table_.find_session(m.session);
+    const Slot slot = kap1_session(m.session);
     if (slot == PeerTable::kNone) {
         answer_unknown_session(from, route, now);
         return;

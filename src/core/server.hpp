@@ -99,6 +99,7 @@ private:
     void on_register(const kap::Message& m, const Address& from, const Route& route, TimePoint now);
     void on_ack(const kap::Message& m, const Address& from, const Route& route, TimePoint now);
     void on_bye(const kap::Message& m, const Address& from, const Route& route, TimePoint now);
+    Slot kap1_session(std::uint32_t session) const;  // kNone for unknown and legacy sessions
     void acknowledge(Slot slot, std::uint64_t seq, std::optional<Duration> rtt, TimePoint now);
     void on_due(Slot slot, TimePoint deadline, TimePoint now);
     void send_probe(Slot slot, TimePoint now);

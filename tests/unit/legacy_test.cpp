@@ -52,8 +52,12 @@ std::uint64_t test_seed() {
     return seed;
 }
 
-Bytes bytes(std::string_view s) { return Bytes(s.begin(), s.end()); }
-std::string text(const Bytes& b) { return std::string(b.begin(), b.end()); }
+Bytes bytes(std::string_view s) {
+    return Bytes(s.begin(), s.end());
+}
+std::string text(const Bytes& b) {
+    return std::string(b.begin(), b.end());
+}
 
 // Printable form of a datagram for failure messages: NULs as \0.
 std::string shown(std::string_view s) {
@@ -195,7 +199,8 @@ TEST(LegacyCodec, MalformedRegistrationsAreRejected) {
         "peer/1:2:3",
         "peer#1:2:3",
         "peer,1:2:3",
-        "p\xc3\xa9" "er:2:3",
+        "p\xc3\xa9"
+        "er:2:3",
         "\xff:2:3",
         "peer\n1:2:3",
         std::string(65, 'x') + ":2:3",
@@ -222,7 +227,8 @@ TEST(LegacyCodec, ProbeHasTheExactShape) {
 
     EXPECT_EQ(parse_probe("keepalive:7"), std::optional<std::uint64_t>(7));
     EXPECT_EQ(parse_probe("keepalive:1"), std::optional<std::uint64_t>(1));
-    EXPECT_EQ(parse_probe("keepalive:18446744073709551615"), std::optional<std::uint64_t>(UINT64_MAX));
+    EXPECT_EQ(parse_probe("keepalive:18446744073709551615"),
+              std::optional<std::uint64_t>(UINT64_MAX));
     for (std::uint64_t t : {1ull, 9ull, 10ull, 99ull, 100ull, 65536ull, 4294967296ull})
         EXPECT_EQ(parse_probe(legacy::format_probe(t)), std::optional<std::uint64_t>(t)) << t;
 }
@@ -284,7 +290,9 @@ TEST(LegacyCodec, ReplyNameIsUpToTheFirstColonAndTokenUpToTheFirstNul) {
     EXPECT_EQ(parse_reply(std::string("peer1:7") + std::string(245, '\0')),
               std::optional<P>(P{"peer1", 7}));
     // Whatever follows the first NUL is the old client's stale buffer, not ours to judge.
-    EXPECT_EQ(parse_reply(std::string("peer1:12\0" "3:xyz\xff", 15)),
+    EXPECT_EQ(parse_reply(std::string("peer1:12\0"
+                                      "3:xyz\xff",
+                                      15)),
               std::optional<P>(P{"peer1", 12}));
     EXPECT_EQ(parse_reply(std::string("peer1:12\0\0\0\0keepalive:99", 24)),
               std::optional<P>(P{"peer1", 12}));
@@ -315,7 +323,8 @@ TEST(LegacyCodec, MalformedRepliesAreRejected) {
         "peer1:99999999999999999999999999",
         "pe er:7",
         "peer/1:7",
-        "p\xc3\xa9" "er:7",
+        "p\xc3\xa9"
+        "er:7",
         std::string("pe\0er:7", 7),
         std::string(65, 'x') + ":7",
         std::string(300, '\0'),
@@ -345,10 +354,18 @@ TEST(LegacyCodec, RandomBytesNeverCrashAndValidMessagesRoundTrip) {
         Bytes b(rng() % 320);
         for (auto& c : b) {
             switch (rng() % 4) {
-                case 0: c = static_cast<std::uint8_t>(rng()); break;
-                case 1: c = ':'; break;
-                case 2: c = static_cast<std::uint8_t>('0' + rng() % 10); break;
-                default: c = static_cast<std::uint8_t>(alphabet[rng() % alphabet.size()]); break;
+                case 0:
+                    c = static_cast<std::uint8_t>(rng());
+                    break;
+                case 1:
+                    c = ':';
+                    break;
+                case 2:
+                    c = static_cast<std::uint8_t>('0' + rng() % 10);
+                    break;
+                default:
+                    c = static_cast<std::uint8_t>(alphabet[rng() % alphabet.size()]);
+                    break;
             }
         }
         if (const auto r = legacy::parse_registration(b)) {
@@ -461,7 +478,8 @@ TEST_F(LegacyPeerTest, AnswersEachProbeWithTheOldClientsBytes) {
         const Bytes& r = sink.replies.back().bytes;
         const std::string t = std::to_string(token);
         ASSERT_EQ(r.size(), 5u + 1u + 246u) << token;
-        EXPECT_EQ(text(Bytes(r.begin(), r.begin() + 6 + static_cast<long>(t.size()))), "peer1:" + t);
+        EXPECT_EQ(text(Bytes(r.begin(), r.begin() + 6 + static_cast<long>(t.size()))),
+                  "peer1:" + t);
         EXPECT_TRUE(std::all_of(r.begin() + 6 + static_cast<long>(t.size()), r.end(),
                                 [](std::uint8_t b) { return b == 0; }));
         EXPECT_EQ(r, reply_to("peer1", legacy::format_probe(token)));
@@ -479,9 +497,9 @@ TEST_F(LegacyPeerTest, WhatIsNotAProbeIsIgnored) {
     session->start(clock.now());
     const TimePoint deadline = session->next_deadline();
     clock.advance(1s);
-    for (const std::string& d : {std::string(), std::string("hello"), std::string("keepalive:"),
-                                 std::string("keepalive:0"), std::string("peer1:1"),
-                                 std::string("keepalive:1\0", 12)}) {
+    for (const std::string& d :
+         {std::string(), std::string("hello"), std::string("keepalive:"),
+          std::string("keepalive:0"), std::string("peer1:1"), std::string("keepalive:1\0", 12)}) {
         const Bytes b = bytes(d);
         session->on_probe(b, clock.now());
     }
@@ -678,9 +696,7 @@ protected:
         limits.forget_after = 10min;
     }
     void SetUp() override { make_server(); }
-    void make_server() {
-        server = std::make_unique<ServerCore>(limits, random, sink, clock.now());
-    }
+    void make_server() { server = std::make_unique<ServerCore>(limits, random, sink, clock.now()); }
 
     void register_legacy(std::string_view text, const Address& from) {
         const Bytes b = bytes(text);
@@ -972,9 +988,19 @@ TEST_F(LegacyServerTest, MalformedDatagramsAreCountedAndChangeNothing) {
     const std::size_t sent = sink.sent.size();
     const std::size_t events = sink.events.size();
     const std::vector<std::string> garbage = {
-        "", "peer1", "peer1:2x", "peer1:2:3:4", "peer1:0:3", "peer1:2:0", "peer1:+2:3",
-        "peer1:02:3", "pe er:2:3", std::string("peer1:2:3\0", 10), "\xff\xfe:1:1",
-        "peer1:99999999999999999999:3", std::string(400, 'x'),
+        "",
+        "peer1",
+        "peer1:2x",
+        "peer1:2:3:4",
+        "peer1:0:3",
+        "peer1:2:0",
+        "peer1:+2:3",
+        "peer1:02:3",
+        "pe er:2:3",
+        std::string("peer1:2:3\0", 10),
+        "\xff\xfe:1:1",
+        "peer1:99999999999999999999:3",
+        std::string(400, 'x'),
     };
     for (const auto& g : garbage) register_legacy(g, kPeerHost);
     EXPECT_EQ(drops(Drop::legacy_malformed), garbage.size());
@@ -1224,8 +1250,8 @@ TEST_F(LegacyServerTest, RandomGarbageOnBothPortsChangesNothing) {
     ASSERT_EQ(peer("peer2").state, PeerState::up);
 
     const Address attacker = addr("192.0.2.99:5002");
-    const std::vector<std::string> shapes = {"peer1:", "peer2:", "keepalive:", "peer1:1:",
-                                             ":", "peer2:2:2"};
+    const std::vector<std::string> shapes = {
+        "peer1:", "peer2:", "keepalive:", "peer1:1:", ":", "peer2:2:2"};
     std::uint64_t sent_garbage = 0;
     for (int round = 0; round < 50; ++round) {
         const auto before = snapshot(server->peers());

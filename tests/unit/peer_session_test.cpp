@@ -76,7 +76,8 @@ public:
     void send(std::span<const std::uint8_t> datagram) override {
         auto decoded = kap::decode(datagram);
         if (!decoded) {
-            ADD_FAILURE() << "peer sent an undecodable datagram: " << kap::to_string(decoded.error());
+            ADD_FAILURE() << "peer sent an undecodable datagram: "
+                          << kap::to_string(decoded.error());
             return;
         }
         sent.push_back({clock_.now(), Bytes(datagram.begin(), datagram.end()), *decoded});
@@ -253,8 +254,8 @@ TEST_F(PeerSessionTest, ProbesAreAnsweredWithAcksEchoingSeqAndTxTime) {
     const auto deadline = session.next_deadline();
 
     clock.advance(10ms);
-    probe(3);  // duplicate
-    probe(2);  // older
+    probe(3);          // duplicate
+    probe(2);          // older
     probe(4, 0x5E56);  // another session
     probe(4, 0);
     EXPECT_EQ(sink.sent.size(), base + 2);
@@ -494,10 +495,9 @@ TEST_F(PeerSessionTest, AcceptWithANewEpochMeansTheServerRestarted) {
     ASSERT_EQ(session.state(), SessionState::registering);
     feed({.session = 0, .body = kap::Challenge{nonce(), cookie}});
     feed({.session = 0x0A0A, .body = kap::Accept{nonce(), 0xE2, 200, 3}});
-    EXPECT_EQ(sink.kinds(),
-              (std::vector<SessionEventKind>{SessionEventKind::registered, SessionEventKind::lost,
-                                             SessionEventKind::registered,
-                                             SessionEventKind::server_restarted}));
+    EXPECT_EQ(sink.kinds(), (std::vector<SessionEventKind>{
+                                SessionEventKind::registered, SessionEventKind::lost,
+                                SessionEventKind::registered, SessionEventKind::server_restarted}));
     EXPECT_EQ(session.epoch(), 0xE2u);
     EXPECT_EQ(session.session(), 0x0A0Au);
     // A new server counts from 1 again.
@@ -580,7 +580,8 @@ TEST_F(PeerSessionTest, GarbageAndPeerBoundTypesAreDropped) {
 
     Bytes ack = encode({.session = 0x5E55, .body = kap::Ack{3, 3, 3}});
     session.on_datagram(ack, clock.now());
-    session.on_datagram(encode({.session = 0, .body = kap::Register{1, 2, 3, 4, {}, "x"}}), clock.now());
+    session.on_datagram(encode({.session = 0, .body = kap::Register{1, 2, 3, 4, {}, "x"}}),
+                        clock.now());
     Bytes p = encode({.session = 0x5E55, .body = kap::Probe{3, 3}});
     for (std::size_t n = 0; n < p.size(); ++n)
         session.on_datagram(std::span(p.data(), n), clock.now());
@@ -783,7 +784,8 @@ TEST_F(LoopbackTest, RegistersAndStaysUpForAMinute) {
     for (auto c : server->drops()) drops += c;
     EXPECT_EQ(drops, 0u);
     const auto probes = probes_sent();
-    for (std::size_t i = 1; i < probes.size(); ++i) EXPECT_EQ(probes[i].at - probes[i - 1].at, 200ms);
+    for (std::size_t i = 1; i < probes.size(); ++i)
+        EXPECT_EQ(probes[i].at - probes[i - 1].at, 200ms);
 }
 
 TEST_F(LoopbackTest, ServerDeclaresASilentPeerDownAtTheContractInstant) {
@@ -870,9 +872,9 @@ TEST_F(LoopbackTest, AckToARestartedServerGetsBye7AndTheLoopCloses) {
     start_server(6);
     run_for(1s);
     EXPECT_EQ(peer_sink.kinds(),
-              (std::vector<SessionEventKind>{SessionEventKind::registered, SessionEventKind::goodbye,
-                                             SessionEventKind::registered,
-                                             SessionEventKind::server_restarted}));
+              (std::vector<SessionEventKind>{
+                  SessionEventKind::registered, SessionEventKind::goodbye,
+                  SessionEventKind::registered, SessionEventKind::server_restarted}));
     EXPECT_EQ(peer_sink.events[1].diag, kap::Diag::unknown_session);
     EXPECT_EQ(peer_sink.events[1].at, probe_at + 3 * one_way);
     EXPECT_EQ(peer_sink.events[3].at, probe_at + 7 * one_way);
@@ -889,9 +891,9 @@ TEST_F(LoopbackTest, ServerShutdownMakesThePeerRegisterAgainAtOnce) {
     const TimePoint restart = clock.now();
     run_for(1s);
     EXPECT_EQ(peer_sink.kinds(),
-              (std::vector<SessionEventKind>{SessionEventKind::registered, SessionEventKind::goodbye,
-                                             SessionEventKind::registered,
-                                             SessionEventKind::server_restarted}));
+              (std::vector<SessionEventKind>{
+                  SessionEventKind::registered, SessionEventKind::goodbye,
+                  SessionEventKind::registered, SessionEventKind::server_restarted}));
     EXPECT_EQ(peer_sink.events[1].diag, kap::Diag::shutting_down);
     EXPECT_EQ(peer_sink.events[3].at, restart + 5 * one_way);
     ASSERT_NE(server_peer(), nullptr);
@@ -920,7 +922,8 @@ TEST_F(LoopbackTest, PeerRestartIsReportedWithANewSession) {
     run_for(5s);
     const std::uint32_t old_session = sp().session;
     // The process dies without a goodbye and a new one starts.
-    peer = std::make_unique<PeerSession>(PeerSessionOptions{"db-7", 200, 3}, peer_random, peer_sink);
+    peer =
+        std::make_unique<PeerSession>(PeerSessionOptions{"db-7", 200, 3}, peer_random, peer_sink);
     peer->start(clock.now());
     run_for(5s);
     const Peer& p = sp();
