@@ -31,7 +31,6 @@
 
 #include <algorithm>
 #include <array>
-#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
@@ -41,9 +40,6 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <functional>
-#include <map>
-#include <memory>
 #include <mutex>
 #include <optional>
 #include <random>
@@ -198,11 +194,12 @@ std::uint64_t udp_socket_drops(std::uint16_t port) {
     std::uint64_t drops = 0;
     while (std::getline(in, line)) {
         std::istringstream fields(line);
-        std::string slot, address, f;
+        std::string slot, address;
         fields >> slot >> address;
         if (address != local) continue;
-        while (fields >> f) {}
-        drops += std::stoull(f);
+        const auto end = line.find_last_not_of(' ');
+        const auto start = line.find_last_of(' ', end) + 1;
+        drops += std::stoull(line.substr(start, end - start + 1));
     }
     return drops;
 }
@@ -286,19 +283,18 @@ public:
         ::close(pipe_fds[1]);
         stderr_fd_ = pipe_fds[0];
         reader_ = std::thread([this] { read_stderr(); });
-        wait_ready();
+        try {
+            wait_ready();
+        } catch (...) {
+            clean_up();
+            throw;
+        }
     }
 
     DaemonProcess(const DaemonProcess&) = delete;
     DaemonProcess& operator=(const DaemonProcess&) = delete;
 
-    ~DaemonProcess() {
-        stop();
-        if (reader_.joinable()) reader_.join();
-        ::close(stderr_fd_);
-        std::error_code ec;
-        std::filesystem::remove_all(dir_, ec);
-    }
+    ~DaemonProcess() { clean_up(); }
 
     void stop() {
         if (pid_ <= 0) return;
@@ -352,6 +348,14 @@ public:
     }
 
 private:
+    void clean_up() {
+        stop();
+        if (reader_.joinable()) reader_.join();  // EOF once the daemon has exited
+        ::close(stderr_fd_);
+        std::error_code ec;
+        std::filesystem::remove_all(dir_, ec);
+    }
+
     void read_stderr() {
         std::string pending;
         char buf[65536];
@@ -402,7 +406,7 @@ private:
             int status = 0;
             if (::waitpid(pid_, &status, WNOHANG) == pid_) {
                 pid_ = -1;
-                throw std::runtime_error("daemon exited before it was ready");
+                throw std::runtime_error(options_.binary + " exited before it was ready");
             }
             if (Clock::now() > give_up) throw std::runtime_error("daemon not ready after 10 s");
             std::this_thread::sleep_for(5ms);
@@ -862,6 +866,10 @@ void run_detection(const BenchConfig& c, std::size_t load) {
             all_tx.push_back(ms_between(tx + expected, line));
             all_probe_late.push_back(ms_between(deadline, tx));
             all_down_late.push_back(ms_between(deadline + expected, line));
+            if (c.verbose)
+                fmt::print(stderr, "{}: error {:.3f} ms, probe sent {:.3f} ms late, down line "
+                                   "{:.3f} ms after the scheduled instant\n",
+                           p.name, recv_err.back(), all_probe_late.back(), all_down_late.back());
         }
         fmt::print("{}\n", summary_row(fmt::format("round {}", round + 1), summarize(recv_err)));
         all_recv.insert(all_recv.end(), recv_err.begin(), recv_err.end());
@@ -1065,6 +1073,8 @@ constexpr const char* kUsage =
 int main(int argc, char** argv) {
     using namespace keepalive;
     signal(SIGPIPE, SIG_IGN);
+    // Tables appear row by row even when stdout is a file.
+    std::setvbuf(stdout, nullptr, _IOLBF, 0);
     BenchConfig c;
     if (const char* env = std::getenv("KEEPALIVED")) c.daemon = env;
     std::vector<std::string> only = {"detection", "rss", "throughput"};

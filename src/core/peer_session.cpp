@@ -76,13 +76,16 @@ void PeerSession::on_datagram(std::span<const std::uint8_t> data, TimePoint now)
         nonce_ = random_.next_u64();
         sink_.session_event({SessionEventKind::rejected, m.diag});
     } else if (const auto* p = std::get_if<kap::Probe>(&m.body)) {
-        if (state_ != SessionState::registered || m.session != session_ || p->seq <= highest_seq_) {
+        // While registering again we keep answering our old session: a spoofed
+        // BYE 7 must not silence us, and a real loss means no probes come.
+        if (state_ == SessionState::stopped || session_ == 0 || m.session != session_ ||
+            p->seq <= highest_seq_) {
             ++dropped_;
             return;
         }
         highest_seq_ = p->seq;
         ++probes_answered_;
-        deadline_ = now + lost_after();
+        if (state_ == SessionState::registered) deadline_ = now + lost_after();
         send({.session = session_, .body = kap::Ack{p->seq, p->tx_time, incarnation_}});
     } else if (const auto* b = std::get_if<kap::Bye>(&m.body)) {
         // diag 7 carries session 0 and seq 0; it is trusted for coming from the

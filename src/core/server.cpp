@@ -180,6 +180,7 @@ void ServerCore::on_register(const kap::Message& m, const Address& from, const R
         p.missed = 0;
         const PeerState previous = p.state;
         table_.set_state(slot, PeerState::up, now);
+        p.since = now;  // a new session starts its time in "up" afresh
         emit(EventKind::restarted, previous, slot, "restarted (new incarnation)");
     } else {
         // A retransmission, a peer that lost us, or a move: same session. The

@@ -24,7 +24,7 @@ namespace {
 constexpr const char* kUsage =
     "Usage: keepalive-peer --server HOST:PORT --name NAME [--interval DURATION] [--probes N]\n"
     "                      [--bind ADDR] [--log-target auto|journal|stderr]\n"
-    "       keepalive-peer --legacy --server IP --name NAME [--interval SECONDS] [--probes N]\n"
+    "       keepalive-peer --legacy --server IP --name NAME [--interval DURATION] [--probes N]\n"
     "                      [--bind IP] [--legacy-ports REGISTER:PROBE]\n"
     "\n"
     "Registers NAME with a keepalived server and answers its probes until stopped.\n"

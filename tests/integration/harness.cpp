@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <linux/sockios.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -14,8 +15,6 @@
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-#include <gtest/gtest.h>
 
 #include <algorithm>
 #include <array>
@@ -37,7 +36,9 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string errno_text(const std::string& what) { return what + ": " + std::strerror(errno); }
+std::string errno_text(const std::string& what) {
+    return what + ": " + std::strerror(errno);
+}
 
 // An fd closed on scope exit; the harness is test code, so a tiny local type
 // rather than the daemon's UniqueFd keeps it independent of src/net.
@@ -82,8 +83,9 @@ std::string find_program(const std::string& name) {
 
 bool is_stripped_variable(std::string_view entry) {
     static constexpr std::array<std::string_view, 9> kStripped = {
-        "NOTIFY_SOCKET=", "WATCHDOG_USEC=",  "WATCHDOG_PID=",   "LISTEN_FDS=",   "LISTEN_PID=",
-        "LISTEN_FDNAMES=", "JOURNAL_STREAM=", "INVOCATION_ID=", "KEEPALIVE_TEST_SEED="};
+        "NOTIFY_SOCKET=",  "WATCHDOG_USEC=", "WATCHDOG_PID=",
+        "LISTEN_FDS=",     "LISTEN_PID=",    "LISTEN_FDNAMES=",
+        "JOURNAL_STREAM=", "INVOCATION_ID=", "KEEPALIVE_TEST_SEED="};
     return std::any_of(kStripped.begin(), kStripped.end(),
                        [&](std::string_view p) { return entry.substr(0, p.size()) == p; });
 }
@@ -209,15 +211,20 @@ bool journal_socket_accepts() {
     sockaddr_un sa{};
     sa.sun_family = AF_UNIX;
     std::strcpy(sa.sun_path, "/run/systemd/journal/socket");
-    return fd.get() >= 0 &&
-           ::connect(fd.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0;
+    return fd.get() >= 0 && ::connect(fd.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0;
 }
 
 }  // namespace
 
-std::string keepalived_path() { return binary("KEEPALIVED", "keepalived"); }
-std::string peer_path() { return binary("KEEPALIVE_PEER", "keepalive-peer"); }
-std::string ctl_path() { return binary("KEEPALIVECTL", "keepalivectl"); }
+std::string keepalived_path() {
+    return binary("KEEPALIVED", "keepalived");
+}
+std::string peer_path() {
+    return binary("KEEPALIVE_PEER", "keepalive-peer");
+}
+std::string ctl_path() {
+    return binary("KEEPALIVECTL", "keepalivectl");
+}
 
 std::string source_root() {
     if (const char* p = std::getenv("KEEPALIVE_SOURCE_ROOT"); p != nullptr && *p != '\0') return p;
@@ -268,7 +275,8 @@ void write_file(const std::string& path, std::string_view content) {
 
 TempDir::TempDir() {
     const char* tmp = std::getenv("TMPDIR");
-    std::string pattern = std::string(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp") + "/ka-it-XXXXXX";
+    std::string pattern =
+        std::string(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp") + "/ka-it-XXXXXX";
     if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error(errno_text("mkdtemp"));
     path_ = pattern;
 }
@@ -320,7 +328,9 @@ void Process::signal(int sig) const {
     if (pid_ > 0 && !status_) ::kill(pid_, sig);
 }
 
-void Process::reap(int wstatus) { status_ = decode_status(wstatus); }
+void Process::reap(int wstatus) {
+    status_ = decode_status(wstatus);
+}
 
 bool Process::running() {
     if (pid_ <= 0 || status_) return false;
@@ -349,8 +359,12 @@ ExitStatus Process::kill() {
     return status_.value_or(ExitStatus{});
 }
 
-std::string Process::stdout_text() const { return read_file(options_.stdout_path); }
-std::string Process::stderr_text() const { return read_file(options_.stderr_path); }
+std::string Process::stdout_text() const {
+    return read_file(options_.stdout_path);
+}
+std::string Process::stderr_text() const {
+    return read_file(options_.stderr_path);
+}
 
 RunResult run(std::vector<std::string> argv, Millis timeout, SpawnOptions options) {
     int out_pipe[2];
@@ -653,8 +667,8 @@ Journald::Journald() {
         reason_ = std::string("cannot start systemd-journald: ") + e.what();
         return;
     }
-    if (!wait_until([this] { return journal_socket_accepts() || !journald_->running(); },
-                    kPatience, 50ms) ||
+    if (!wait_until([this] { return journal_socket_accepts() || !journald_->running(); }, kPatience,
+                    50ms) ||
         !journal_socket_accepts()) {
         reason_ = "systemd-journald did not open /run/systemd/journal/socket (" +
                   (journald_->running() ? std::string("still running")

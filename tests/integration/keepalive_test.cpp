@@ -2,13 +2,12 @@
 // loopback. Every test has its own directory, ports and control socket, waits
 // by polling with generous limits, and kills what it started.
 #include <arpa/inet.h>
+#include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
-
-#include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -17,7 +16,6 @@
 #include <map>
 #include <optional>
 #include <random>
-#include <regex>
 #include <set>
 #include <sstream>
 #include <stdexcept>
@@ -37,15 +35,34 @@ using Strings = std::vector<std::string>;
 constexpr Millis kInterval = 200ms;
 constexpr int kProbes = 3;
 
-[[noreturn]] void fail(const std::string& message) { throw std::runtime_error(message); }
+[[noreturn]] void fail(const std::string& message) {
+    throw std::runtime_error(message);
+}
 
-std::string regex_escape(std::string_view s) {
-    static const std::string special = R"(\^$.|?*+()[]{}/)";
-    std::string out;
-    for (const char c : s) {
-        if (special.find(c) != std::string::npos) out += '\\';
-        out += c;
+bool all_digits(std::string_view s) {
+    return !s.empty() &&
+           std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
+}
+
+// Whether `text` holds "FILE:LINE:COLUMN: " for this file and line (at its start
+// if `at_start`). Hand-written: GCC 12's <regex> trips -Wmaybe-uninitialized
+// under the sanitizers.
+bool has_location(std::string_view text, const std::string& file, int line, bool at_start) {
+    const std::string prefix = file + ":" + std::to_string(line) + ":";
+    for (auto pos = text.find(prefix); pos != std::string_view::npos;
+         pos = text.find(prefix, pos + 1)) {
+        if (at_start && pos != 0) return false;
+        const std::string_view rest = text.substr(pos + prefix.size());
+        const auto colon = rest.find(": ");
+        if (colon != std::string_view::npos && all_digits(rest.substr(0, colon))) return true;
     }
+    return false;
+}
+
+std::vector<std::string> fields_of(const std::string& line) {
+    std::vector<std::string> out;
+    std::istringstream in(line);
+    for (std::string f; in >> f;) out.push_back(f);
     return out;
 }
 
@@ -107,12 +124,12 @@ protected:
         options.stderr_path = dir_.file("keepalived-" + std::to_string(++daemon_runs_) + ".log");
         options.stdout_path = options.stderr_path;
         daemon_.emplace(std::move(argv), std::move(options));
-        const bool ready = wait_until([&] {
-            return !daemon_->running() || try_ctl_json(ctl_args({"status"})).has_value();
-        });
+        const bool ready = wait_until(
+            [&] { return !daemon_->running() || try_ctl_json(ctl_args({"status"})).has_value(); });
         if (!ready || !daemon_->running())
             fail("keepalived did not come up (" +
-                 (daemon_->running() ? std::string("still running") : daemon_->status()->to_string()) +
+                 (daemon_->running() ? std::string("still running")
+                                     : daemon_->status()->to_string()) +
                  "):\n" + daemon_log());
         return *daemon_;
     }
@@ -121,8 +138,8 @@ protected:
 
     Process& start_peer(const std::string& name, const std::string& server,
                         Strings extra_args = {}) {
-        Strings argv{peer_path(),  "--server",  server, "--name", name, "--interval",
-                     "200ms",      "--probes", "3",    "--log-target", "stderr"};
+        Strings argv{peer_path(), "--server", server, "--name",       name,    "--interval",
+                     "200ms",     "--probes", "3",    "--log-target", "stderr"};
         argv.insert(argv.end(), extra_args.begin(), extra_args.end());
         SpawnOptions options;
         options.stderr_path = dir_.file("peer-" + name + ".log");
@@ -171,7 +188,7 @@ protected:
                  (died.empty() ? peers_json().dump() : died) + "\ndaemon log:\n" + daemon_log());
     }
 
-    // The names of the peers whose state changed in the daemon's current log.
+    // Expects no state-change line for any of `names` in the current daemon's log.
     void expect_no_state_changes(const Strings& names) {
         const std::string log = daemon_log();
         for (const auto& n : names) EXPECT_EQ(state_changes(log, n), Strings{}) << "peer " << n;
@@ -216,9 +233,7 @@ TEST(CheckConfig, ErrorsNameFileLineAndColumn) {
         write_file(path, c.text);
         const RunResult r = run({keepalived_path(), "--check-config", path});
         EXPECT_TRUE(r.status.exited_with(1)) << c.what << ": " << r.status.to_string();
-        const std::regex where("^" + regex_escape(path) + ":" + std::to_string(c.line) +
-                               ":[0-9]+: .+");
-        EXPECT_TRUE(std::regex_search(r.err, where)) << c.what << ": " << r.err;
+        EXPECT_TRUE(has_location(r.err, path, c.line, true)) << c.what << ": " << r.err;
         EXPECT_NE(r.err.find(c.mentions), std::string::npos) << c.what << ": " << r.err;
     }
     const RunResult missing = run({keepalived_path(), "--check-config", dir.file("absent.toml")});
@@ -291,13 +306,13 @@ TEST_F(KeepaliveTest, KilledPeerIsDeclaredDownOnTime) {
         return std::chrono::duration_cast<Millis>(t - killed_at).count();
     };
     std::cout << "kill -9 to down: seen after " << ms(*seen_at) << " ms, declared after "
-              << ms(*down_lower) << ".." << ms(*down_upper) << " ms (probes x interval = "
-              << detection.count() << " ms)" << std::endl;
+              << ms(*down_lower) << ".." << ms(*down_upper)
+              << " ms (probes x interval = " << detection.count() << " ms)" << std::endl;
     EXPECT_GE(*down_upper, killed_at + detection - kInterval);
     EXPECT_LE(*seen_at, killed_at + detection + 2s);
 
     const auto final_peers = peers_by_name();
-    EXPECT_EQ(final_peers.at("bravo").at("missed").get<int>() >= kProbes, true)
+    EXPECT_GE(final_peers.at("bravo").at("missed").get<int>(), kProbes)
         << final_peers.at("bravo").dump();
     const Strings others = {"alpha", "charlie", "delta"};
     for (const auto& n : others) {
@@ -346,10 +361,14 @@ TEST_F(KeepaliveTest, PeersComeBackAfterDaemonRestart) {
     for (const auto& n : names) pids[n] = peer(n).pid();
     const std::string first_epoch = status_json().at("epoch");
 
+    const auto stop_sent = Clock::now();
     daemon_->signal(SIGTERM);
     const auto status = daemon_->wait(5s);
     ASSERT_TRUE(status.has_value()) << "keepalived did not stop within 5 s";
     EXPECT_TRUE(status->exited_with(0)) << status->to_string() << "\n" << daemon_log();
+    std::cout << "keepalived stopped "
+              << std::chrono::duration_cast<Millis>(Clock::now() - stop_sent).count()
+              << " ms after SIGTERM" << std::endl;
 
     start_daemon();
     wait_for_state(names, "up");
@@ -372,50 +391,70 @@ public:
     Garbage(std::uint64_t seed, std::vector<std::uint32_t> real_sessions)
         : rng_(seed), real_(std::move(real_sessions)) {}
 
+    std::vector<std::uint8_t> unknown_session_ack() {
+        return encode({kap::Diag::none, random_session(), kap::Ack{rng_(), rng_(), rng_()}});
+    }
+
     std::vector<std::uint8_t> next() {
-        const unsigned kind = pick(0, 13);
-        switch (kind) {
-            case 0: return random_bytes(pick(0, 200));
-            case 1: return random_bytes(pick(1000, 1400));  // bigger than any KAP/1 datagram
-            case 2: {  // truncated: shorter than the header, or than its length field says
+        switch (pick(0, 13)) {
+            case 0:
+                return random_bytes(pick(0, 200));
+            case 1:
+                // Bigger than any KAP/1 datagram.
+                return random_bytes(pick(1000, 1400));
+            case 2: {
+                // Truncated: shorter than the header, or than its length field says.
                 auto d = valid();
                 d.resize(pick(0, static_cast<unsigned>(d.size() - 1)));
                 return d;
             }
-            case 3: return with(valid(), pick(0, 1), static_cast<std::uint8_t>(pick(0, 0x40)));
-            case 4: return with(valid(), 2, static_cast<std::uint8_t>(pick(2, 255)));
-            case 5: {  // length field disagrees with the size
+            case 3:
+                // Wrong magic ("KA" is 0x4B 0x41).
+                return with(valid(), pick(0, 1), static_cast<std::uint8_t>(pick(0, 0x40)));
+            case 4:
+                // Wrong version.
+                return with(valid(), 2, static_cast<std::uint8_t>(pick(2, 255)));
+            case 5: {
+                // The length field disagrees with the size.
                 auto d = valid();
                 const auto wrong = static_cast<std::uint16_t>(d.size() + pick(1, 500));
                 d[6] = static_cast<std::uint8_t>(wrong >> 8);
                 d[7] = static_cast<std::uint8_t>(wrong);
                 return d;
             }
-            case 6: return with(valid(), 4, static_cast<std::uint8_t>(pick(1, 127) << 1));
-            case 7: {  // AUTH with a trailer, but the daemon holds no key
+            case 6:
+                // An unknown flag.
+                return with(valid(), 4, static_cast<std::uint8_t>(pick(1, 127) << 1));
+            case 7: {
+                // AUTH with a trailer, but the daemon holds no key.
                 auto d = with(valid(), 4, kap::kFlagAuth);
                 const auto trailer = random_bytes(kap::kAuthTrailerSize);
                 d.insert(d.end(), trailer.begin(), trailer.end());
                 set_length(d);
                 return d;
             }
-            case 8: return with(valid(), 3, static_cast<std::uint8_t>(pick(0, 1) ? 0 : pick(8, 255)));
-            case 9: {  // body of the wrong size for its type, length field consistent
+            case 8:
+                // An unknown type.
+                return with(valid(), 3, static_cast<std::uint8_t>(pick(0, 1) ? 0 : pick(8, 255)));
+            case 9: {
+                // A body of the wrong size for its type, the length field consistent.
                 auto d = valid();
                 d.resize(d.size() + pick(1, 30), 0);
                 set_length(d);
                 return d;
             }
-            case 10: {  // a server-to-peer message sent to the server
-                kap::Message m{kap::Diag::none, random_session(),
-                               kap::Probe{rng_(), rng_()}};
-                return encode(m);
-            }
-            case 11:  // an ACK for a session that does not exist: answered, rate-limited
-                return encode({kap::Diag::none, random_session(), kap::Ack{rng_(), rng_(), rng_()}});
-            case 12:  // an ACK for a real session from the wrong address
-                return encode({kap::Diag::none, real_session(), kap::Ack{pick(1, 1000), rng_(), rng_()}});
-            default:  // a goodbye for a real session from the wrong address
+            case 10:
+                // A server-to-peer message sent to the server.
+                return encode({kap::Diag::none, random_session(), kap::Probe{rng_(), rng_()}});
+            case 11:
+                // Answered with BYE (unknown session), within the rate limit.
+                return unknown_session_ack();
+            case 12:
+                // An ACK for a real session from the wrong address.
+                return encode(
+                    {kap::Diag::none, real_session(), kap::Ack{pick(1, 1000), rng_(), rng_()}});
+            default:
+                // A goodbye for a real session from the wrong address.
                 return encode({kap::Diag::shutting_down, real_session(), kap::Bye{1u << 30}});
         }
     }
@@ -453,8 +492,11 @@ private:
     }
     std::vector<std::uint8_t> valid() {
         switch (pick(0, 2)) {
-            case 0: return encode({kap::Diag::none, real_session(), kap::Ack{pick(1, 9), rng_(), rng_()}});
-            case 1: return encode({kap::Diag::shutting_down, real_session(), kap::Bye{pick(1, 9)}});
+            case 0:
+                return encode(
+                    {kap::Diag::none, real_session(), kap::Ack{pick(1, 9), rng_(), rng_()}});
+            case 1:
+                return encode({kap::Diag::shutting_down, real_session(), kap::Bye{pick(1, 9)}});
             default: {
                 kap::Register r;
                 r.nonce = rng_();
@@ -479,7 +521,8 @@ public:
         sockaddr_in local{};
         local.sin_family = AF_INET;
         local.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        if (::bind(fd_, reinterpret_cast<sockaddr*>(&local), sizeof local) != 0) fail("bind failed");
+        if (::bind(fd_, reinterpret_cast<sockaddr*>(&local), sizeof local) != 0)
+            fail("bind failed");
     }
     ~UdpClient() { ::close(fd_); }
     UdpClient(const UdpClient&) = delete;
@@ -494,6 +537,16 @@ public:
             pollfd p{fd_, POLLOUT, 0};
             ::poll(&p, 1, 100);
         }
+    }
+    // The next datagram, if one arrives within `timeout`.
+    std::optional<std::vector<std::uint8_t>> receive_one(Millis timeout) {
+        pollfd p{fd_, POLLIN, 0};
+        if (::poll(&p, 1, static_cast<int>(timeout.count())) <= 0) return std::nullopt;
+        std::vector<std::uint8_t> buf(2048);
+        const ssize_t n = ::recv(fd_, buf.data(), buf.size(), 0);
+        if (n < 0) return std::nullopt;
+        buf.resize(static_cast<std::size_t>(n));
+        return buf;
     }
     // Every datagram waiting now, with its arrival time.
     void receive(std::vector<std::pair<Clock::time_point, std::vector<std::uint8_t>>>& out) {
@@ -540,8 +593,8 @@ TEST_F(KeepaliveTest, MalformedFloodChangesNoPeer) {
     for (int sent = 0; sent < kTotal;) {
         for (int i = 0; i < kChunk && sent < kTotal; ++i, ++sent) {
             const auto d = garbage.next();
-            if (const auto m = kap::decode(d);
-                m.ok() && (kap::type_of(*m) == kap::Type::ack || kap::type_of(*m) == kap::Type::bye))
+            if (const auto m = kap::decode(d); m.ok() && (kap::type_of(*m) == kap::Type::ack ||
+                                                          kap::type_of(*m) == kap::Type::bye))
                 smallest_answerable = std::min(smallest_answerable, d.size());
             client.send(d);
         }
@@ -556,17 +609,34 @@ TEST_F(KeepaliveTest, MalformedFloodChangesNoPeer) {
         ASSERT_TRUE(drained) << "keepalived stopped reading after " << sent << " datagrams";
         ASSERT_TRUE(daemon_->running()) << daemon_log();
     }
-    const auto flood_end = Clock::now();
+    const double flood_seconds = std::chrono::duration<double>(Clock::now() - flood_start).count();
+
+    // Then a trickle of ACKs for unknown sessions for two seconds, so that the
+    // answers' rate limit is seen over more than one of its one-second windows.
+    // The sleep paces the sender; nothing is inferred from it.
+    int trickled = 0;
+    for (const auto end = Clock::now() + 2s; Clock::now() < end;) {
+        for (int i = 0; i < 8; ++i, ++trickled) client.send(garbage.unknown_session_ack());
+        client.receive(replies);
+        std::this_thread::sleep_for(20ms);
+    }
+    const auto expected = received_before + static_cast<unsigned>(kTotal + trickled);
+    ASSERT_TRUE(wait_until([&] {
+        client.receive(replies);
+        return control_request(config_.control_socket, "status")
+                   .at("datagrams_received")
+                   .get<std::uint64_t>() >= expected;
+    }));
     client.receive(replies);
-    const double seconds = std::chrono::duration<double>(flood_end - flood_start).count();
-    std::cout << kTotal << " malformed datagrams in " << seconds << " s, " << replies.size()
-              << " replies" << std::endl;
+    const double seconds = std::chrono::duration<double>(Clock::now() - flood_start).count();
+    std::cout << kTotal << " malformed datagrams in " << flood_seconds << " s, then " << trickled
+              << " in 2 s; " << replies.size() << " replies" << std::endl;
 
     ASSERT_TRUE(daemon_->running()) << daemon_log();
     const json status_after = status_json();
     const auto dropped = status_after.at("datagrams_dropped").get<std::uint64_t>() -
                          status_before.at("datagrams_dropped").get<std::uint64_t>();
-    EXPECT_GE(dropped, static_cast<std::uint64_t>(kTotal)) << status_after.dump(2);
+    EXPECT_GE(dropped, static_cast<std::uint64_t>(kTotal + trickled)) << status_after.dump(2);
     for (const char* reason : {"too_short", "bad_magic", "bad_version", "bad_length", "bad_flags",
                                "bad_type", "bad_size", "unauthenticated", "wrong_direction",
                                "wrong_source", "unknown_session", "rate_limited"})
@@ -575,8 +645,16 @@ TEST_F(KeepaliveTest, MalformedFloodChangesNoPeer) {
     EXPECT_EQ(status_after.at("peers"), status_before.at("peers"));
 
     // At most a few BYE (unknown session) per second, none larger than its trigger.
-    const auto budget = static_cast<std::size_t>(5 * (seconds + 2));
-    EXPECT_LE(replies.size(), budget);
+    // The daemon allows 4 per one-second window; a sliding second spans two windows,
+    // and arrival times are only known to the 20 ms of the receive loop.
+    EXPECT_GE(replies.size(), 2u) << "no BYE for unknown sessions";
+    EXPECT_LE(replies.size(), static_cast<std::size_t>(4 * (seconds + 2)));
+    for (std::size_t i = 0; i < replies.size(); ++i) {
+        std::size_t in_second = 0;
+        for (std::size_t j = i; j < replies.size() && replies[j].first < replies[i].first + 1s; ++j)
+            ++in_second;
+        EXPECT_LE(in_second, 10u) << "replies in the second after reply " << i;
+    }
     for (const auto& [at, d] : replies) {
         EXPECT_LE(d.size(), smallest_answerable);
         const auto m = kap::decode(d);
@@ -607,17 +685,24 @@ TEST_F(KeepaliveTest, ReloadKeepsRunningConfigOnErrorAndAppliesAValidOne) {
     const auto sessions_before = peers_by_name();
     const json listen_before = status_json().at("daemon").at("listen");
 
-    write_file(config_path(), "[server]\nlisten = [\"127.0.0.1:1\"]\n[peers]\nmax_probes = 3\n"
-                              "this line is not TOML\n");
+    write_file(config_path(),
+               "[server]\nlisten = [\"127.0.0.1:1\"]\n[peers]\nmax_probes = 3\n"
+               "this line is not TOML\n");
     daemon_->signal(SIGHUP);
-    const std::regex error("reload failed.*" + regex_escape(config_path()) + ":5:[0-9]+: ");
-    ASSERT_TRUE(wait_until([&] { return std::regex_search(daemon_log(), error); }))
-        << daemon_log();
+    const auto reported = [&] {
+        for (const auto& line : lines_of(daemon_log()))
+            if (line.find("reload failed") != std::string::npos &&
+                has_location(line, config_path(), 5, false))
+                return true;
+        return false;
+    };
+    ASSERT_TRUE(wait_until(reported)) << daemon_log();
     ASSERT_TRUE(daemon_->running());
     EXPECT_EQ(status_json().at("daemon").at("listen"), listen_before);
     // Peers keep being probed on the old configuration.
     const auto acks = sessions_before.at("old-1").at("acks_received").get<std::uint64_t>();
-    ASSERT_TRUE(wait_until([&] { return peers_by_name().at("old-1").at("acks_received") > acks + 3; }));
+    ASSERT_TRUE(
+        wait_until([&] { return peers_by_name().at("old-1").at("acks_received") > acks + 3; }));
     EXPECT_TRUE(all_in_state(names, "up")) << peers_json().dump();
 
     const std::uint16_t new_port = free_udp_port();
@@ -680,7 +765,8 @@ TEST_F(KeepaliveTest, NotifiesReadyStatusReloadingAndStopping) {
     ASSERT_TRUE(usec.has_value()) << reload_message.text;
     timespec ts{};
     ::clock_gettime(CLOCK_MONOTONIC, &ts);
-    const std::uint64_t now_usec = std::uint64_t(ts.tv_sec) * 1'000'000 + std::uint64_t(ts.tv_nsec) / 1000;
+    const std::uint64_t now_usec = static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000 +
+                                   static_cast<std::uint64_t>(ts.tv_nsec) / 1000;
     const std::uint64_t sent_usec = std::stoull(*usec);
     EXPECT_LE(sent_usec, now_usec);
     EXPECT_LT(now_usec - sent_usec, 30'000'000u);
@@ -714,8 +800,8 @@ TEST_F(KeepaliveTest, WatchdogPingsFromTheLoopAtHalfThePeriod) {
     }();
     const auto span = pings[first + 4] - pings[first - 1];
     EXPECT_GE(span, 5 * 150ms) << "WATCHDOG=1 more often than every half period";
-    std::cout << "5 watchdog intervals took "
-              << std::chrono::duration_cast<Millis>(span).count() << " ms" << std::endl;
+    std::cout << "5 watchdog intervals took " << std::chrono::duration_cast<Millis>(span).count()
+              << " ms" << std::endl;
 
     daemon_->signal(SIGSTOP);
     ASSERT_TRUE(wait_until([&] { return process_state(daemon_->pid()) == 'T'; }));
@@ -732,7 +818,8 @@ TEST_F(KeepaliveTest, WatchdogPingsFromTheLoopAtHalfThePeriod) {
 
 TEST_F(KeepaliveTest, PeerEventsAreStructuredJournalEntries) {
     Journald journald;
-    if (!journald.available()) GTEST_SKIP() << "journald unavailable: " << journald.why_unavailable();
+    if (!journald.available())
+        GTEST_SKIP() << "journald unavailable: " << journald.why_unavailable();
 
     start_daemon({}, {"--log-target", "journal"});
     const std::string token = unique_token();
@@ -777,7 +864,7 @@ TEST_F(KeepaliveTest, PeerEventsAreStructuredJournalEntries) {
     EXPECT_EQ(down.value("PEER_PROBES", ""), "3");
     EXPECT_EQ(down.value("PEER_MISSED", ""), "3");
     const std::string rtt = down.value("PEER_RTT_USEC", "");
-    EXPECT_TRUE(std::regex_match(rtt, std::regex("[0-9]+"))) << down.dump();
+    EXPECT_TRUE(all_digits(rtt)) << down.dump();
     EXPECT_LT(std::stoull(rtt.empty() ? "0" : rtt), 1'000'000u);
     EXPECT_EQ(down.value("PEER_REASON", ""), "detection time expired");
     EXPECT_EQ(down.value("PEER_PROTOCOL", ""), "kap1");
@@ -804,20 +891,21 @@ TEST_F(KeepaliveTest, PeerEventsAreStructuredJournalEntries) {
 
 TEST_F(KeepaliveTest, CtlShowsEveryAllowedNameCharacter) {
     start_daemon();
-    const Strings names = {"dotted.name", "under_score", "dash-name", "colon:name", "at@name",
-                           "All.of_them-0:9@Z"};
+    const Strings names = {"dotted.name", "under_score", "dash-name",
+                           "colon:name",  "at@name",     "All.of_them-0:9@Z"};
     for (const auto& n : names) start_peer(n, v4_address());
     wait_for_state(names, "up");
 
-    const RunResult json_run = run({ctl_path(), "--socket", config_.control_socket, "peers", "--json"});
+    const RunResult json_run =
+        run({ctl_path(), "--socket", config_.control_socket, "peers", "--json"});
     ASSERT_TRUE(json_run.status.exited_with(0)) << json_run.err;
     const json parsed = json::parse(json_run.out);  // throws, failing the test, if invalid
     std::set<std::string> listed;
     for (const auto& p : parsed.at("peers")) {
         listed.insert(p.at("name").get<std::string>());
-        for (const char* key : {"name", "address", "protocol", "state", "session", "interval_ms",
-                                "probes", "missed", "rtt_us", "since", "probes_sent",
-                                "acks_received"})
+        for (const char* key :
+             {"name", "address", "protocol", "state", "session", "interval_ms", "probes", "missed",
+              "rtt_us", "since", "probes_sent", "acks_received"})
             EXPECT_TRUE(p.contains(key)) << key << " missing in " << p.dump();
         EXPECT_EQ(p.at("interval_ms"), 200);
         EXPECT_EQ(p.at("probes"), 3);
@@ -828,8 +916,12 @@ TEST_F(KeepaliveTest, CtlShowsEveryAllowedNameCharacter) {
     ASSERT_TRUE(table.status.exited_with(0)) << table.err;
     EXPECT_NE(table.out.find("NAME"), std::string::npos) << table.out;
     for (const auto& n : names) {
-        const std::regex row("(^|\n)" + regex_escape(n) + " +127\\.0\\.0\\.1:[0-9]+ +up ");
-        EXPECT_TRUE(std::regex_search(table.out, row)) << n << " not in\n" << table.out;
+        const auto lines = lines_of(table.out);
+        const bool listed_up = std::any_of(lines.begin(), lines.end(), [&](const std::string& l) {
+            const auto f = fields_of(l);
+            return f.size() >= 3 && f[0] == n && f[1].rfind("127.0.0.1:", 0) == 0 && f[2] == "up";
+        });
+        EXPECT_TRUE(listed_up) << n << " not in\n" << table.out;
     }
 
     const RunResult status = run({ctl_path(), "--socket", config_.control_socket, "status"});
@@ -841,6 +933,53 @@ TEST_F(KeepaliveTest, CtlShowsEveryAllowedNameCharacter) {
                             "datagrams_received", "datagrams_dropped", "drops", "epoch", "daemon"})
         EXPECT_TRUE(status_json_out.contains(key)) << key;
     EXPECT_EQ(status_json_out.at("up"), 6);
+}
+
+// Names are data: one the protocol forbids never reaches the table, even after
+// a complete cookie handshake.
+TEST_F(KeepaliveTest, ForbiddenNameIsRejectedAfterTheHandshake) {
+    start_daemon();
+    start_peer("legit", v4_address());
+    wait_for_state({"legit"}, "up");
+
+    UdpClient client(*Address::parse(v4_address()));
+    kap::Register reg;
+    reg.nonce = 0x0123456789abcdefULL;
+    reg.incarnation = 42;
+    reg.interval_ms = 200;
+    reg.probes = 3;
+    reg.name = std::string("q\"uote\\ \n\x01\xff}{", 13);
+    const auto exchange = [&](const kap::Register& r) -> std::optional<kap::Message> {
+        std::vector<std::uint8_t> d(kap::kMaxDatagramSize);
+        d.resize(kap::encode({kap::Diag::none, 0, r}, d));
+        // UDP on loopback does not lose datagrams, but a retry costs nothing.
+        for (int attempt = 0; attempt < 5; ++attempt) {
+            client.send(d);
+            if (const auto reply = client.receive_one(2s)) {
+                EXPECT_LE(reply->size(), d.size());
+                auto m = kap::decode(*reply);
+                if (m.ok()) return *m;
+            }
+        }
+        return std::nullopt;
+    };
+    const auto challenge = exchange(reg);
+    ASSERT_TRUE(challenge.has_value());
+    ASSERT_EQ(kap::type_of(*challenge), kap::Type::challenge);
+    const auto& c = std::get<kap::Challenge>(challenge->body);
+    EXPECT_EQ(c.nonce, reg.nonce);
+    reg.cookie = c.cookie;
+    const auto answer = exchange(reg);
+    ASSERT_TRUE(answer.has_value());
+    ASSERT_EQ(kap::type_of(*answer), kap::Type::reject);
+    EXPECT_EQ(answer->diag, kap::Diag::invalid_parameters);
+    EXPECT_EQ(std::get<kap::Reject>(answer->body).nonce, reg.nonce);
+
+    const RunResult r = run({ctl_path(), "--socket", config_.control_socket, "peers", "--json"});
+    ASSERT_TRUE(r.status.exited_with(0)) << r.err;
+    const json parsed = json::parse(r.out);
+    ASSERT_EQ(parsed.at("peers").size(), 1u) << r.out;
+    EXPECT_EQ(parsed.at("peers").at(0).at("name"), "legit");
 }
 
 TEST(Ctl, UnreachableDaemonExits1WithAMessage) {

@@ -287,22 +287,24 @@ protected:
         config_.down_probe_interval = "1s";
     }
 
-    void start_daemon() {
+    void start_daemon(const std::string& log_target = "stderr") {
         const std::string path = dir_.file("keepalived.toml");
         write_file(path, config_.to_toml() + "\n[legacy]\nenable = true\naddress = \"" + kServerIp +
-                             "\"\n");
+                             "\"\nregister_port = " + std::to_string(register_port_) +
+                             "\nprobe_port = " + std::to_string(probe_port_) + "\n");
         SpawnOptions options;
         options.stderr_path = dir_.file("keepalived.log");
         options.stdout_path = options.stderr_path;
-        daemon_.emplace(Strings{keepalived_path(), "--config", path, "--log-target", "stderr"},
+        daemon_.emplace(Strings{keepalived_path(), "--config", path, "--log-target", log_target},
                         std::move(options));
         const bool ready = wait_until(
             [&] { return !daemon_->running() || try_ctl_json(ctl({"status"})).has_value(); });
         if (!ready || !daemon_->running()) fail("keepalived did not come up:\n" + daemon_log());
         const json status = ctl_json(ctl({"status"}));
         const std::string listen = status.at("daemon").at("listen").dump();
-        if (listen.find("127.0.0.2:5001") == std::string::npos ||
-            listen.find("127.0.0.2:5002") == std::string::npos)
+        const std::string ip = std::string(kServerIp) + ":";
+        if (listen.find(ip + std::to_string(register_port_) + " (legacy)") == std::string::npos ||
+            listen.find(ip + std::to_string(probe_port_) + " (legacy)") == std::string::npos)
             fail("the legacy sockets are not listed: " + listen);
     }
 
@@ -373,6 +375,8 @@ protected:
 
     TempDir dir_;  // first: outlives the processes writing into it
     DaemonConfig config_;
+    std::uint16_t register_port_ = kRegisterPort;
+    std::uint16_t probe_port_ = kProbePort;
     std::optional<Process> daemon_;
 };
 
@@ -778,6 +782,62 @@ TEST_F(LegacyDaemonTest, LegacyPeerAgentComesUpAndIsDownAfterSigkill) {
         return down != std::string::npos &&
                log.find("peer agent1 (127.0.0.6:5002) is up: ", down) != std::string::npos;
     })) << daemon_log();
+}
+
+TEST_F(LegacyDaemonTest, OtherPortsOnBothSides) {
+    // [legacy] register_port / probe_port and --legacy-ports, for setups where
+    // 5001/5002 cannot be used; the probe port is the same on both sides.
+    register_port_ = free_udp_port();
+    probe_port_ = free_udp_port();
+    start_daemon();
+    const std::string ports = std::to_string(register_port_) + ":" + std::to_string(probe_port_);
+    SpawnOptions options;
+    options.stderr_path = dir_.file("agent2.log");
+    Process agent({peer_path(), "--legacy", "--legacy-ports", ports, "--server", kServerIp,
+                   "--bind", kPeerToDaemonIp, "--name", "agent2", "--interval", "1s", "--probes",
+                   "2", "--log-target", "stderr"},
+                  options);
+    wait_for_state("agent2", "up");
+    const auto entry = ctl_peer("agent2");
+    ASSERT_TRUE(entry);
+    EXPECT_EQ(entry->at("protocol"), "legacy");
+    EXPECT_EQ(entry->at("address"),
+              std::string(kPeerToDaemonIp) + ":" + std::to_string(probe_port_));
+    ASSERT_TRUE(wait_until([&] {
+        const auto p = peer_entry("agent2");
+        return p && p->at("acks_received").get<int>() >= 2;
+    })) << daemon_log()
+        << agent.stderr_text();
+    EXPECT_EQ(state_of("agent2"), "up");
+}
+
+TEST_F(LegacyDaemonTest, JournalEntriesAreMarkedLegacy) {
+    Journald journald;
+    if (!journald.available())
+        GTEST_SKIP() << "journald unavailable: " << journald.why_unavailable();
+    start_daemon("journal");
+    const std::string name = "jl" + unique_token();  // unique across runs in a kept journal
+    OldClient client(name, kOldClientIp, kServerIp);
+    client.register_now(1, 1);
+    wait_for_state(name, "up");
+    ASSERT_TRUE(wait_until([&] { return client.answered() >= 2; }));
+    client.set_answering(false);
+    wait_for_state(name, "down");
+
+    for (const std::string event : {"registered", "down"}) {
+        std::vector<json> found;
+        ASSERT_TRUE(wait_until(
+            [&] {
+                found = journald.entries({"PEER_NAME=" + name, "PEER_EVENT=" + event});
+                return !found.empty();
+            },
+            kPatience, 100ms))
+            << "no journal entry for " << name << " " << event;
+        ASSERT_EQ(found.size(), 1u);
+        EXPECT_EQ(found[0].at("PEER_PROTOCOL"), "legacy");
+        EXPECT_EQ(found[0].at("PEER_ADDRESS"), "127.0.0.3:5002");
+        EXPECT_EQ(found[0].at("PEER_INTERVAL_MSEC"), "1000");
+    }
 }
 
 }  // namespace

@@ -31,6 +31,8 @@ command -v lintian >/dev/null || { echo "FAIL: lintian not found (apt-get instal
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/check-deb.XXXXXX")
 trap 'rm -rf "$work"' EXIT
+# A signal (a meson timeout, a closed output pipe) must also run the EXIT trap.
+trap 'exit 1' HUP INT TERM PIPE
 failures=0
 fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
 start=$SECONDS

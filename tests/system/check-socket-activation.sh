@@ -42,6 +42,9 @@ echo "# activator: $activator"
 work=$(mktemp -d "${TMPDIR:-/tmp}/check-sockact.XXXXXX")
 pids=()
 cleanup() {
+    # Finish even when stdout/stderr are gone or a command fails.
+    trap '' PIPE HUP INT TERM
+    set +e
     local pid
     for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     for pid in "${pids[@]}"; do
@@ -52,6 +55,8 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
+# A signal (a meson timeout, a closed output pipe) must also run the EXIT trap.
+trap 'exit 1' HUP INT TERM PIPE
 failures=0
 fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
 
