@@ -189,13 +189,12 @@ void ServerCore::on_register(const kap::Message& m, const Address& from, const R
         p.missed = 0;
         p.interval = interval;
         p.probes = probes;
+        p.route = route;
         if (p.address != from) {
             const std::string old = p.address.to_string();
             p.address = from;
-            p.route = route;
             emit(EventKind::moved, p.state, slot, "moved from " + old);
         }
-        p.route = route;
         if (p.state != PeerState::up)
             change_state(slot, PeerState::up, EventKind::up, "registered again", now);
     }
