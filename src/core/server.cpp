@@ -153,17 +153,14 @@ void ServerCore::on_register(const kap::Message& m, const Address& from, const R
             reject(kap::Diag::server_full);
             return;
         }
-        Peer fresh;
-        fresh.name = reg.name;
-        fresh.session = new_session_id();
-        fresh.incarnation = reg.incarnation;
-        fresh.address = from;
-        fresh.route = route;
-        fresh.interval = interval;
-        fresh.probes = probes;
-        fresh.since = now;
-        slot = table_.insert(std::move(fresh));
-        emit(EventKind::registered, std::nullopt, slot, "registered");
+        slot = admit({.name = reg.name,
+                      .protocol = Protocol::kap1,
+                      .incarnation = reg.incarnation,
+                      .address = from,
+                      .route = route,
+                      .interval = interval,
+                      .probes = probes},
+                     now);
     } else if (Peer& p = table_.at(slot);
                p.incarnation != reg.incarnation || p.protocol == Protocol::legacy) {
         // A new process behind a known name: a fresh session from seq 1.
@@ -186,17 +183,7 @@ void ServerCore::on_register(const kap::Message& m, const Address& from, const R
         // A retransmission, a peer that lost us, or a move: same session. The
         // handshake just proved the path, so probes in flight count as answered.
         p.seq_acked = p.seq_sent;
-        p.missed = 0;
-        p.interval = interval;
-        p.probes = probes;
-        p.route = route;
-        if (p.address != from) {
-            const std::string old = p.address.to_string();
-            p.address = from;
-            emit(EventKind::moved, p.state, slot, "moved from " + old);
-        }
-        if (p.state != PeerState::up)
-            change_state(slot, PeerState::up, EventKind::up, "registered again", now);
+        renew(slot, interval, probes, from, route, now);
     }
     const Peer& p = table_.at(slot);
     schedule(slot, first_probe_time(interval, now));
@@ -205,6 +192,41 @@ void ServerCore::on_register(const kap::Message& m, const Address& from, const R
            .body = kap::Accept{reg.nonce, epoch_,
                                static_cast<std::uint32_t>(duration_cast<milliseconds>(interval).count()),
                                probes}});
+}
+
+PeerTable::Slot ServerCore::admit(NewPeer n, TimePoint now) {
+    Peer p;
+    p.name = std::move(n.name);
+    p.protocol = n.protocol;
+    p.session = new_session_id();
+    p.incarnation = n.incarnation;
+    p.address = n.address;
+    p.route = n.route;
+    p.interval = n.interval;
+    p.probes = n.probes;
+    p.since = now;
+    const Slot slot = table_.insert(std::move(p));
+    emit(EventKind::registered, std::nullopt, slot,
+         n.protocol == Protocol::legacy ? "registered (legacy protocol)" : "registered");
+    return slot;
+}
+
+// A known peer registered again within its session: new grant, new path,
+// and up if it was not.
+void ServerCore::renew(Slot slot, Duration interval, std::uint8_t probes, const Address& to,
+                       const Route& route, TimePoint now) {
+    Peer& p = table_.at(slot);
+    p.missed = 0;
+    p.interval = interval;
+    p.probes = probes;
+    p.route = route;
+    if (p.address != to) {
+        const std::string old = p.address.to_string();
+        p.address = to;
+        emit(EventKind::moved, p.state, slot, "moved from " + old);
+    }
+    if (p.state != PeerState::up)
+        change_state(slot, PeerState::up, EventKind::up, "registered again", now);
 }
 
 // Legacy peers hold session ids too (the table indexes them) but no KAP/1
@@ -282,17 +304,14 @@ void ServerCore::on_legacy_register(std::span<const std::uint8_t> data, const Ad
             count(Drop::legacy_refused);
             return;
         }
-        Peer fresh;
-        fresh.name = reg->name;
-        fresh.protocol = Protocol::legacy;
-        fresh.session = new_session_id();
-        fresh.address = target;
-        fresh.route = probe_route;
-        fresh.interval = interval;
-        fresh.probes = probes;
-        fresh.since = now;
-        slot = table_.insert(std::move(fresh));
-        emit(EventKind::registered, std::nullopt, slot, "registered (legacy protocol)");
+        slot = admit({.name = reg->name,
+                      .protocol = Protocol::legacy,
+                      .incarnation = 0,
+                      .address = target,
+                      .route = probe_route,
+                      .interval = interval,
+                      .probes = probes},
+                     now);
     } else {
         Peer& p = table_.at(slot);
         // Without authentication, a name belongs to the host that holds it
@@ -304,17 +323,7 @@ void ServerCore::on_legacy_register(std::span<const std::uint8_t> data, const Ad
         }
         // A re-registration: the token restarts.
         p.seq_sent = p.seq_acked = 0;
-        p.missed = 0;
-        p.interval = interval;
-        p.probes = probes;
-        p.route = probe_route;
-        if (p.address != target) {
-            const std::string old = p.address.to_string();
-            p.address = target;
-            emit(EventKind::moved, p.state, slot, "moved from " + old);
-        }
-        if (p.state != PeerState::up)
-            change_state(slot, PeerState::up, EventKind::up, "registered again", now);
+        renew(slot, interval, probes, target, probe_route, now);
     }
     schedule(slot, first_probe_time(interval, now));
 }

@@ -99,6 +99,18 @@ private:
     void on_register(const kap::Message& m, const Address& from, const Route& route, TimePoint now);
     void on_ack(const kap::Message& m, const Address& from, const Route& route, TimePoint now);
     void on_bye(const kap::Message& m, const Address& from, const Route& route, TimePoint now);
+    struct NewPeer {
+        std::string name;
+        Protocol protocol;
+        std::uint64_t incarnation;
+        Address address;
+        Route route;
+        Duration interval;
+        std::uint8_t probes;
+    };
+    Slot admit(NewPeer peer, TimePoint now);  // a new name: a new session
+    void renew(Slot slot, Duration interval, std::uint8_t probes, const Address& to,
+               const Route& route, TimePoint now);
     Slot kap1_session(std::uint32_t session) const;  // kNone for unknown and legacy sessions
     void acknowledge(Slot slot, std::uint64_t seq, std::optional<Duration> rtt, TimePoint now);
     void on_due(Slot slot, TimePoint deadline, TimePoint now);
