@@ -81,12 +81,6 @@ Drop drop_for(kap::DecodeError e) {
     return Drop::bad_type;
 }
 
-std::size_t ServerCore::HostKeyHash::operator()(const HostKey& k) const noexcept {
-    std::uint64_t h = 1469598103934665603ULL;
-    for (auto b : k.bytes) h = (h ^ b) * 1099511628211ULL;
-    return static_cast<std::size_t>(h);
-}
-
 ServerCore::ServerCore(const PeerLimits& limits, RandomSource& random, ServerSink& sink,
                        TimePoint now)
     : limits_(limits),
@@ -394,7 +388,8 @@ void ServerCore::answer_unknown_session(const Address& from, const Route& route,
     }
     // Bounded so that a spoofed-source flood cannot grow the map without limit.
     constexpr std::size_t kMaxTrackedHosts = 65536;
-    const HostKey key{from.bytes()};
+    Address key = from;
+    key.set_port(0);
     auto it = answered_.find(key);
     if (it == answered_.end()) {
         if (answered_.size() >= kMaxTrackedHosts) {

@@ -136,15 +136,8 @@ private:
     std::uint64_t received_ = 0;
 
     // BYE diag 7 budget: answers per source host in the current one-second window.
-    struct HostKey {
-        std::array<std::uint8_t, 16> bytes;
-        bool operator==(const HostKey&) const = default;
-    };
-    struct HostKeyHash {
-        std::size_t operator()(const HostKey& k) const noexcept;
-    };
     TimePoint window_start_{};
-    std::unordered_map<HostKey, unsigned, HostKeyHash> answered_;
+    std::unordered_map<Address, unsigned, AddressHash> answered_;  // keyed by host, port 0
 };
 
 }  // namespace keepalive
