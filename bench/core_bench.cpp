@@ -112,12 +112,10 @@ struct Bench {
                           .probes = 3,
                           .cookie = {},
                           .name = fmt::format("peer-{}", i)};
-        core.on_datagram(make_datagram({.session = 0, .body = reg}, from).view(), from, route,
-                         now);
+        core.on_datagram(make_datagram({.session = 0, .body = reg}, from).view(), from, route, now);
         const kap::Message challenge = sink.last_message();
         reg.cookie = std::get<kap::Challenge>(challenge.body).cookie;
-        core.on_datagram(make_datagram({.session = 0, .body = reg}, from).view(), from, route,
-                         now);
+        core.on_datagram(make_datagram({.session = 0, .body = reg}, from).view(), from, route, now);
         if (!std::holds_alternative<kap::Accept>(sink.last_message().body))
             throw std::runtime_error("registration not accepted");
         addresses.push_back(from);
@@ -148,10 +146,10 @@ std::vector<Datagram> make_acks(const ServerCore& core, TimePoint now, std::mt19
     std::vector<Datagram> acks;
     acks.reserve(core.peers().size());
     core.peers().for_each([&](PeerTable::Slot, const Peer& p) {
-        acks.push_back(make_datagram(
-            {.session = p.session,
-             .body = kap::Ack{p.seq_sent, wire_time(now - 1ms), p.incarnation}},
-            p.address));
+        acks.push_back(
+            make_datagram({.session = p.session,
+                           .body = kap::Ack{p.seq_sent, wire_time(now - 1ms), p.incarnation}},
+                          p.address));
     });
     std::shuffle(acks.begin(), acks.end(), rng);
     return acks;
@@ -197,12 +195,14 @@ int run(const Bench& b) {
     const auto reg_time = WallClock::now() - reg_start;
 
     fmt::print("# ServerCore benchmark\n\n");
-    fmt::print("peers {}, interval {} ms, probes 3, {} rounds (one probe and one ACK per peer "
-               "each), seed {}\n\n",
-               b.peers, b.interval_ms, b.rounds, b.seed);
-    fmt::print("registration (REGISTER, CHALLENGE, REGISTER with cookie, ACCEPT): "
-               "{:.0f} ns per peer\n\n",
-               ns_per(reg_time, b.peers));
+    fmt::print(
+        "peers {}, interval {} ms, probes 3, {} rounds (one probe and one ACK per peer "
+        "each), seed {}\n\n",
+        b.peers, b.interval_ms, b.rounds, b.seed);
+    fmt::print(
+        "registration (REGISTER, CHALLENGE, REGISTER with cookie, ACCEPT): "
+        "{:.0f} ns per peer\n\n",
+        ns_per(reg_time, b.peers));
 
     std::vector<double> probe_ns;
     std::vector<double> ack_ns;
@@ -225,8 +225,8 @@ int run(const Bench& b) {
         const auto t3 = WallClock::now();
         const std::uint64_t accepted = total_acks(core) - acked0;
         if (accepted != acks.size() || total_drops(core) != drops0 || probes != b.peers) {
-            fmt::print(stderr, "round {}: {} probes, {} of {} ACKs accepted, {} dropped\n",
-                       round, probes, accepted, acks.size(), total_drops(core) - drops0);
+            fmt::print(stderr, "round {}: {} probes, {} of {} ACKs accepted, {} dropped\n", round,
+                       probes, accepted, acks.size(), total_drops(core) - drops0);
             return 1;
         }
         acks_total += accepted;

@@ -15,6 +15,7 @@
 // Usage: daemon_bench [options] [PATH-TO-KEEPALIVED]   (or env KEEPALIVED)
 // Prints figures; it is not a test and asserts nothing about them.
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -25,9 +26,6 @@
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-#include <fmt/format.h>
-#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <array>
@@ -41,6 +39,7 @@
 #include <filesystem>
 #include <fstream>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <random>
 #include <sstream>
@@ -69,7 +68,9 @@ using Ms = std::chrono::duration<double, std::milli>;
     throw std::system_error(errno, std::generic_category(), what);
 }
 
-double ms_between(TimePoint from, TimePoint to) { return Ms(to - from).count(); }
+double ms_between(TimePoint from, TimePoint to) {
+    return Ms(to - from).count();
+}
 
 std::vector<std::size_t> parse_list(std::string_view text) {
     std::vector<std::size_t> out;
@@ -569,9 +570,8 @@ private:
                 if (n <= 0) break;
                 now = Clock::now();
                 for (int i = 0; i < n; ++i)
-                    on_datagram(std::span<const std::uint8_t>(rx_buf_[i].data(),
-                                                              rx_msg_[i].msg_len),
-                                now);
+                    on_datagram(
+                        std::span<const std::uint8_t>(rx_buf_[i].data(), rx_msg_[i].msg_len), now);
                 flush();
                 if (static_cast<std::size_t>(n) < kBatch) break;
             }
@@ -597,8 +597,8 @@ private:
         p.phase = Phase::registering;
         p.register_sent = now;
         queue({.session = 0,
-               .body = kap::Register{p.nonce, p.incarnation, p.interval_ms, p.probes, cookie,
-                                     p.name}});
+               .body =
+                   kap::Register{p.nonce, p.incarnation, p.interval_ms, p.probes, cookie, p.name}});
     }
 
     SimPeer* by_nonce(std::uint64_t nonce) {
@@ -619,8 +619,7 @@ private:
         } else if (const auto* challenge = std::get_if<kap::Challenge>(&m.body)) {
             SimPeer* p = by_nonce(challenge->nonce);
             if (p != nullptr && p->phase == Phase::registering)
-                send_register(static_cast<std::size_t>(p - peers_.data()), challenge->cookie,
-                              now);
+                send_register(static_cast<std::size_t>(p - peers_.data()), challenge->cookie, now);
         } else if (const auto* accept = std::get_if<kap::Accept>(&m.body)) {
             SimPeer* p = by_nonce(accept->nonce);
             if (p == nullptr || p->phase != Phase::registering) return;
@@ -661,8 +660,8 @@ private:
         if (in_chain) {
             const auto since_first = static_cast<std::int64_t>(probe.seq - 1) *
                                      static_cast<std::int64_t>(p.interval_ms) * 1'000'000;
-            p.anchor_ns = std::min(p.anchor_ns, static_cast<std::int64_t>(probe.tx_time) -
-                                                    since_first);
+            p.anchor_ns =
+                std::min(p.anchor_ns, static_cast<std::int64_t>(probe.tx_time) - since_first);
         }
         if (!answering_) {
             if (!p.first_unanswered) {
@@ -692,8 +691,8 @@ private:
         }
         std::size_t done = 0;
         while (done < tx_count_) {
-            const int n = ::sendmmsg(fd_, msgs.data() + done,
-                                     static_cast<unsigned>(tx_count_ - done), 0);
+            const int n =
+                ::sendmmsg(fd_, msgs.data() + done, static_cast<unsigned>(tx_count_ - done), 0);
             if (n < 0) {
                 if (errno == EINTR) continue;
                 ++stats_.send_errors;  // e.g. ECONNREFUSED once the daemon is gone
@@ -794,7 +793,9 @@ DaemonProcess::Options daemon_options(const BenchConfig& c, const std::string& r
     return o;
 }
 
-Duration seconds(double s) { return duration_cast<Duration>(std::chrono::duration<double>(s)); }
+Duration seconds(double s) {
+    return duration_cast<Duration>(std::chrono::duration<double>(s));
+}
 
 // Lateness of plain 1 ms clock_nanosleep wake-ups: what the machine itself
 // gives any timer, for comparison with the daemon's figures.
@@ -826,12 +827,14 @@ std::string load_average() {
 }
 
 void run_detection(const BenchConfig& c, std::size_t load) {
-    fmt::print("\n## Detection error: {} peers, interval {} ms, probes {}, {} busy-loop "
-               "process{}\n\n",
-               c.det_peers, c.det_interval_ms, c.det_probes, load, load == 1 ? "" : "es");
+    fmt::print(
+        "\n## Detection error: {} peers, interval {} ms, probes {}, {} busy-loop "
+        "process{}\n\n",
+        c.det_peers, c.det_interval_ms, c.det_probes, load, load == 1 ? "" : "es");
     fmt::print("loadavg before: {}\n\n", load_average());
-    fmt::print("error = arrival of the daemon's \"is down\" line on its stderr pipe - "
-               "(arrival of the first unanswered PROBE + probes x interval), in ms\n\n");
+    fmt::print(
+        "error = arrival of the daemon's \"is down\" line on its stderr pipe - "
+        "(arrival of the first unanswered PROBE + probes x interval), in ms\n\n");
     fmt::print("| run | peers | min | median | p99 | max | mean |\n");
     fmt::print("|---|---:|---:|---:|---:|---:|---:|\n");
     const Duration expected = milliseconds(c.det_interval_ms) * c.det_probes;
@@ -867,8 +870,9 @@ void run_detection(const BenchConfig& c, std::size_t load) {
             all_probe_late.push_back(ms_between(deadline, tx));
             all_down_late.push_back(ms_between(deadline + expected, line));
             if (c.verbose)
-                fmt::print(stderr, "{}: error {:.3f} ms, probe sent {:.3f} ms late, down line "
-                                   "{:.3f} ms after the scheduled instant\n",
+                fmt::print(stderr,
+                           "{}: error {:.3f} ms, probe sent {:.3f} ms late, down line "
+                           "{:.3f} ms after the scheduled instant\n",
                            p.name, recv_err.back(), all_probe_late.back(), all_down_late.back());
         }
         fmt::print("{}\n", summary_row(fmt::format("round {}", round + 1), summarize(recv_err)));
@@ -884,14 +888,15 @@ void run_detection(const BenchConfig& c, std::size_t load) {
                                    summarize(all_tx)));
     fmt::print("{}\n", summary_row("first unanswered PROBE: tx_time - its scheduled time",
                                    summarize(all_probe_late)));
-    fmt::print("{}\n", summary_row("down line arrival - scheduled down instant",
-                                   summarize(all_down_late)));
+    fmt::print("{}\n",
+               summary_row("down line arrival - scheduled down instant", summarize(all_down_late)));
     fmt::print("{}\n", summary_row(fmt::format("machine: 1 ms clock_nanosleep lateness ({:.0f} s)",
                                                c.jitter_s),
                                    summarize(jitter)));
-    fmt::print("\npeers without a down line or an unanswered probe: {}; suspect events "
-               "while still answering: {}; loadavg after: {}\n",
-               missing, early_suspects, load_average());
+    fmt::print(
+        "\npeers without a down line or an unanswered probe: {}; suspect events "
+        "while still answering: {}; loadavg after: {}\n",
+        missing, early_suspects, load_average());
     std::fflush(stdout);
 }
 
@@ -902,8 +907,9 @@ std::size_t status_count(const nlohmann::json& status, const char* key) {
 void run_rss(const BenchConfig& c) {
     fmt::print("\n## Resident memory: peers at interval {} ms, probes 3, all up\n\n",
                c.rss_interval_ms);
-    fmt::print("| peers | up | VmRSS KiB | VmHWM KiB | RssAnon KiB | RSS over 0 peers KiB | "
-               "bytes/peer | registration s |\n");
+    fmt::print(
+        "| peers | up | VmRSS KiB | VmHWM KiB | RssAnon KiB | RSS over 0 peers KiB | "
+        "bytes/peer | registration s |\n");
     fmt::print("|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     bool baseline_printed = false;
     for (std::size_t n : c.rss_peers) {
@@ -939,19 +945,22 @@ void run_rss(const BenchConfig& c) {
                    static_cast<double>(over) * 1024.0 / static_cast<double>(n), registration_s);
         std::fflush(stdout);
     }
-    fmt::print("\n(bytes/peer = (VmRSS with N peers - VmRSS of the same daemon before any "
-               "registration) / N)\n");
+    fmt::print(
+        "\n(bytes/peer = (VmRSS with N peers - VmRSS of the same daemon before any "
+        "registration) / N)\n");
 }
 
 void run_throughput(const BenchConfig& c) {
-    fmt::print("\n## Throughput: interval {} ms, probes 3, {:.0f} s window after {:.0f} s "
-               "warm-up\n\n",
-               c.tp_interval_ms, c.tp_window_s, c.tp_warmup_s);
+    fmt::print(
+        "\n## Throughput: interval {} ms, probes 3, {:.0f} s window after {:.0f} s "
+        "warm-up\n\n",
+        c.tp_interval_ms, c.tp_window_s, c.tp_warmup_s);
     fmt::print("loadavg before: {}\n\n", load_average());
-    fmt::print("| peers | nominal probes/s | probes received/s | ACKs handled/s | probes lost | "
-               "ACKs lost | daemon drops | suspect events | not up at end | daemon CPU % | "
-               "daemon CPU us per pair | daemon run-queue wait % | bench CPU % | "
-               "bench run-queue wait % |\n");
+    fmt::print(
+        "| peers | nominal probes/s | probes received/s | ACKs handled/s | probes lost | "
+        "ACKs lost | daemon drops | suspect events | not up at end | daemon CPU % | "
+        "daemon CPU us per pair | daemon run-queue wait % | bench CPU % | "
+        "bench run-queue wait % |\n");
     fmt::print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for (std::size_t n : c.tp_peers) {
         DaemonProcess daemon(daemon_options(c, fmt::format("throughput-{}", n)));
@@ -989,31 +998,29 @@ void run_throughput(const BenchConfig& c) {
         const auto received = static_cast<double>(status_count(status1, "datagrams_received") -
                                                   status_count(status0, "datagrams_received"));
         const double nominal = static_cast<double>(n) * 1000.0 / c.tp_interval_ms;
-        const std::size_t not_up = status_count(status1, "suspect") +
-                                   status_count(status1, "down");
-        fmt::print("| {} | {:.0f} | {:.0f} | {:.0f} | {} | {} | {} | {} | {} | {:.1f} | {:.2f} | "
-                   "{:.1f} | {:.1f} | {:.1f} |\n",
-                   n, nominal, static_cast<double>(fs1.probes - fs0.probes) / elapsed,
-                   received / elapsed,
-                   std::max(fs1.seq_gaps - fs0.seq_gaps, probe_drops1 - probe_drops0),
-                   ack_drops1 - ack_drops0,
-                   status_count(status1, "datagrams_dropped") -
-                       status_count(status0, "datagrams_dropped"),
-                   log1.suspect - log0.suspect,
-                   not_up, 100.0 * (cpu1 - cpu0) / elapsed,
-                   received > 0 ? (cpu1 - cpu0) * 1e6 / received : 0.0,
-                   100.0 * (daemon_sched1.waiting - daemon_sched0.waiting) / elapsed,
-                   100.0 * (own1 - own0) / elapsed,
-                   100.0 * (own_sched1.waiting - own_sched0.waiting) / elapsed);
+        const std::size_t not_up = status_count(status1, "suspect") + status_count(status1, "down");
+        fmt::print(
+            "| {} | {:.0f} | {:.0f} | {:.0f} | {} | {} | {} | {} | {} | {:.1f} | {:.2f} | "
+            "{:.1f} | {:.1f} | {:.1f} |\n",
+            n, nominal, static_cast<double>(fs1.probes - fs0.probes) / elapsed, received / elapsed,
+            std::max(fs1.seq_gaps - fs0.seq_gaps, probe_drops1 - probe_drops0),
+            ack_drops1 - ack_drops0,
+            status_count(status1, "datagrams_dropped") - status_count(status0, "datagrams_dropped"),
+            log1.suspect - log0.suspect, not_up, 100.0 * (cpu1 - cpu0) / elapsed,
+            received > 0 ? (cpu1 - cpu0) * 1e6 / received : 0.0,
+            100.0 * (daemon_sched1.waiting - daemon_sched0.waiting) / elapsed,
+            100.0 * (own1 - own0) / elapsed,
+            100.0 * (own_sched1.waiting - own_sched0.waiting) / elapsed);
         std::fflush(stdout);
     }
-    fmt::print("\n(ACKs handled/s: the daemon's datagrams_received counter over the window. "
-               "Probes lost: seq gaps seen by the bench, or kernel drops at its socket. ACKs "
-               "lost: kernel drops at the daemon's socket (/proc/net/udp). Daemon drops: its "
-               "datagrams_dropped counter. CPU from /proc/<pid>/stat utime+stime; us per pair "
-               "= ms per 1000 pairs. Run-queue wait: time runnable but not running, all "
-               "threads, from /proc/<pid>/task/*/schedstat. loadavg after: {})\n",
-               load_average());
+    fmt::print(
+        "\n(ACKs handled/s: the daemon's datagrams_received counter over the window. "
+        "Probes lost: seq gaps seen by the bench, or kernel drops at its socket. ACKs "
+        "lost: kernel drops at the daemon's socket (/proc/net/udp). Daemon drops: its "
+        "datagrams_dropped counter. CPU from /proc/<pid>/stat utime+stime; us per pair "
+        "= ms per 1000 pairs. Run-queue wait: time runnable but not running, all "
+        "threads, from /proc/<pid>/task/*/schedstat. loadavg after: {})\n",
+        load_average());
 }
 
 std::string first_line_of(const std::string& path, std::string_view prefix) {

@@ -20,9 +20,9 @@
 namespace keepalive {
 
 struct ClientOptions {
-    std::string server;      // "host:port", "[v6]:port" or "host" (port 7371)
-    std::string bind;        // optional local address, "addr" or "addr:port"
-    std::string name;        // 1..64 of A-Z a-z 0-9 . _ - : @
+    std::string server;  // "host:port", "[v6]:port" or "host" (port 7371)
+    std::string bind;    // optional local address, "addr" or "addr:port"
+    std::string name;    // 1..64 of A-Z a-z 0-9 . _ - : @
     std::chrono::milliseconds interval{1000};
     unsigned probes = 3;
 };
@@ -37,8 +37,8 @@ enum class ClientEvent {
 
 struct ClientNotice {
     ClientEvent event;
-    int diag = 0;             // KAP/1 diag code where one applies
-    std::string message;      // a sentence for a log
+    int diag = 0;         // KAP/1 diag code where one applies
+    std::string message;  // a sentence for a log
 };
 
 class Client {
@@ -53,12 +53,12 @@ public:
     Client(Client&&) noexcept;
     Client& operator=(Client&&) noexcept;
 
-    void start();                                  // sends the first REGISTER
-    int fd() const;                                // poll for readability
+    void start();    // sends the first REGISTER
+    int fd() const;  // poll for readability
     std::optional<Clock::time_point> next_deadline() const;
-    void on_readable();                            // drains the socket
-    void on_timeout();                             // runs what is due
-    void stop();                                   // BYE (shutting down) if registered
+    void on_readable();  // drains the socket
+    void on_timeout();   // runs what is due
+    void stop();         // BYE (shutting down) if registered
 
     bool registered() const;
     std::uint32_t session() const;

@@ -27,7 +27,8 @@ Address resolve(const std::string& text, std::uint16_t default_port, const char*
     hints.ai_socktype = SOCK_DGRAM;
     hints.ai_flags = AI_NUMERICSERV;
     addrinfo* res = nullptr;
-    if (host.empty() || getaddrinfo(host.c_str(), port.c_str(), &hints, &res) != 0 || res == nullptr)
+    if (host.empty() || getaddrinfo(host.c_str(), port.c_str(), &hints, &res) != 0 ||
+        res == nullptr)
         throw std::invalid_argument(std::string("cannot resolve ") + what + " '" + text + "'");
     auto a = Address::from_sockaddr(res->ai_addr, res->ai_addrlen);
     freeaddrinfo(res);
@@ -35,7 +36,9 @@ Address resolve(const std::string& text, std::uint16_t default_port, const char*
     return *a;
 }
 
-std::string_view diag_text(kap::Diag d) { return kap::to_string(d); }
+std::string_view diag_text(kap::Diag d) {
+    return kap::to_string(d);
+}
 
 }  // namespace
 
@@ -45,15 +48,14 @@ struct Client::Impl final : PeerSessionSink {
           handler(std::move(h)),
           server(resolve(options.server, kap::kDefaultPort, "server")),
           socket(open_socket()),
-          session(PeerSessionOptions{options.name,
-                                     static_cast<std::uint32_t>(options.interval.count()),
-                                     static_cast<std::uint8_t>(options.probes)},
-                  random, *this) {}
+          session(
+              PeerSessionOptions{options.name, static_cast<std::uint32_t>(options.interval.count()),
+                                 static_cast<std::uint8_t>(options.probes)},
+              random, *this) {}
 
     UdpSocket open_socket() {
-        Address local = server.family() == Address::Family::v4
-                            ? Address::v4(0, 0)
-                            : *Address::parse("[::]:0");
+        Address local =
+            server.family() == Address::Family::v4 ? Address::v4(0, 0) : *Address::parse("[::]:0");
         if (!options.bind.empty()) local = resolve(options.bind, 0, "bind address");
         if (local.family() != server.family())
             throw std::invalid_argument("bind address and server are of different families");
@@ -70,9 +72,10 @@ struct Client::Impl final : PeerSessionSink {
         switch (e.kind) {
             case SessionEventKind::registered:
                 n.event = ClientEvent::registered;
-                n.message = fmt::format("registered with {} as {}: session {:08x}, interval {} ms, {} probes",
-                                        server.to_string(), options.name, session.session(),
-                                        session.granted_interval_ms(), session.granted_probes());
+                n.message = fmt::format(
+                    "registered with {} as {}: session {:08x}, interval {} ms, {} probes",
+                    server.to_string(), options.name, session.session(),
+                    session.granted_interval_ms(), session.granted_probes());
                 break;
             case SessionEventKind::server_restarted:
                 n.event = ClientEvent::server_restarted;
@@ -86,10 +89,9 @@ struct Client::Impl final : PeerSessionSink {
                 break;
             case SessionEventKind::lost:
                 n.event = ClientEvent::lost;
-                n.message = fmt::format("server {} lost: no probe for {} ms, registering again",
-                                        server.to_string(),
-                                        std::uint64_t{session.granted_interval_ms()} *
-                                            (session.granted_probes() + 1u));
+                n.message = fmt::format(
+                    "server {} lost: no probe for {} ms, registering again", server.to_string(),
+                    std::uint64_t{session.granted_interval_ms()} * (session.granted_probes() + 1u));
                 break;
             case SessionEventKind::goodbye:
                 n.event = ClientEvent::goodbye;
@@ -122,8 +124,12 @@ Client::~Client() = default;
 Client::Client(Client&&) noexcept = default;
 Client& Client::operator=(Client&&) noexcept = default;
 
-void Client::start() { impl_->session.start(Clock::now()); }
-int Client::fd() const { return impl_->socket.fd(); }
+void Client::start() {
+    impl_->session.start(Clock::now());
+}
+int Client::fd() const {
+    return impl_->socket.fd();
+}
 std::optional<Client::Clock::time_point> Client::next_deadline() const {
     return impl_->session.next_deadline();
 }
@@ -137,15 +143,29 @@ void Client::on_readable() {
     });
 }
 
-void Client::on_timeout() { impl_->session.on_timer(Clock::now()); }
-void Client::stop() { impl_->session.stop(); }
-bool Client::registered() const { return impl_->session.state() == SessionState::registered; }
-std::uint32_t Client::session() const { return impl_->session.session(); }
+void Client::on_timeout() {
+    impl_->session.on_timer(Clock::now());
+}
+void Client::stop() {
+    impl_->session.stop();
+}
+bool Client::registered() const {
+    return impl_->session.state() == SessionState::registered;
+}
+std::uint32_t Client::session() const {
+    return impl_->session.session();
+}
 std::chrono::milliseconds Client::granted_interval() const {
     return std::chrono::milliseconds(impl_->session.granted_interval_ms());
 }
-unsigned Client::granted_probes() const { return impl_->session.granted_probes(); }
-std::string Client::server_address() const { return impl_->server.to_string(); }
-std::string Client::local_address() const { return impl_->socket.local().to_string(); }
+unsigned Client::granted_probes() const {
+    return impl_->session.granted_probes();
+}
+std::string Client::server_address() const {
+    return impl_->server.to_string();
+}
+std::string Client::local_address() const {
+    return impl_->socket.local().to_string();
+}
 
 }  // namespace keepalive

@@ -28,18 +28,16 @@ public:
     static std::optional<Address> from_sockaddr(const sockaddr* sa, socklen_t len);
 
     socklen_t to_sockaddr(sockaddr_storage& out) const;
-    std::string to_string() const;       // with port, IPv6 in brackets
-    std::string host_string() const;     // without port
+    std::string to_string() const;    // with port, IPv6 in brackets
+    std::string host_string() const;  // without port
     Family family() const { return family_; }
     std::uint16_t port() const { return port_; }
     void set_port(std::uint16_t p) { port_ = p; }
-    bool is_any() const;                 // 0.0.0.0 or ::
+    bool is_any() const;  // 0.0.0.0 or ::
     const std::array<std::uint8_t, 16>& bytes() const { return bytes_; }
     std::uint32_t scope_id() const { return scope_id_; }
 
-    bool same_host(const Address& o) const {
-        return family_ == o.family_ && bytes_ == o.bytes_;
-    }
+    bool same_host(const Address& o) const { return family_ == o.family_ && bytes_ == o.bytes_; }
     friend bool operator==(const Address&, const Address&) = default;
 
 private:

@@ -43,7 +43,9 @@ std::string format_registration(const Registration& r) {
     return r.name + ":" + std::to_string(r.interval_s) + ":" + std::to_string(r.probes);
 }
 
-std::string format_probe(std::uint64_t token) { return "keepalive:" + std::to_string(token); }
+std::string format_probe(std::uint64_t token) {
+    return "keepalive:" + std::to_string(token);
+}
 
 std::optional<std::uint64_t> parse_probe(std::span<const std::uint8_t> data) {
     constexpr std::string_view kPrefix = "keepalive:";

@@ -22,7 +22,7 @@ inline constexpr std::uint16_t kProbePort = 5002;
 inline constexpr std::size_t kClientBuffer = 256;
 
 struct Registration {
-    std::string name;          // a KAP/1 name without ':' (the old format splits on it)
+    std::string name;              // a KAP/1 name without ':' (the old format splits on it)
     std::uint32_t interval_s = 0;  // 1 .. 3600
     std::uint32_t probes = 0;      // 1 .. 255
 };
@@ -34,8 +34,8 @@ std::string format_probe(std::uint64_t token);
 std::optional<std::uint64_t> parse_probe(std::span<const std::uint8_t> data);
 
 struct Reply {
-    std::string_view name;   // up to the first ':'
-    std::uint64_t token = 0; // after it, up to the first NUL
+    std::string_view name;    // up to the first ':'
+    std::uint64_t token = 0;  // after it, up to the first NUL
 };
 std::optional<Reply> parse_reply(std::span<const std::uint8_t> data);
 // What the old client sends back for `probe`: the name, ':', then the rest of

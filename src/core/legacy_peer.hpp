@@ -32,7 +32,8 @@ public:
     // Repeat the registration when no probe came within this many intervals.
     static constexpr unsigned kRegisterPatience = 3;
 
-    LegacyPeerSession(legacy::Registration registration, RandomSource& random, LegacyPeerSink& sink);
+    LegacyPeerSession(legacy::Registration registration, RandomSource& random,
+                      LegacyPeerSink& sink);
 
     void start(TimePoint now);
     // A datagram that came from the server's IP:5002.

@@ -41,19 +41,28 @@ struct Peer {
     std::uint8_t probes = 0;
 
     PeerState state = PeerState::up;
-    TimePoint since{};          // when the current state began
+    TimePoint since{};  // when the current state began
     std::uint64_t seq_sent = 0;
     std::uint64_t seq_acked = 0;
-    std::uint32_t missed = 0;   // consecutive unanswered probes
+    std::uint32_t missed = 0;  // consecutive unanswered probes
     std::optional<Duration> rtt;
     TimePoint last_probe_at{};  // RTT of legacy peers, whose replies carry no time
     std::uint64_t probes_sent = 0;
     std::uint64_t acks_received = 0;
 
-    TimerWheel::Handle timer;   // the one wheel entry: next probe, or forgetting
+    TimerWheel::Handle timer;  // the one wheel entry: next probe, or forgetting
 };
 
-enum class EventKind : std::uint8_t { registered, up, suspect, down, left, restarted, moved, forgotten };
+enum class EventKind : std::uint8_t {
+    registered,
+    up,
+    suspect,
+    down,
+    left,
+    restarted,
+    moved,
+    forgotten
+};
 inline constexpr std::size_t kEventKindCount = 8;
 std::string_view to_string(EventKind);
 

@@ -47,8 +47,10 @@ void PeerSession::on_datagram(std::span<const std::uint8_t> data, TimePoint now)
     }
     const kap::Message& m = *decoded;
     if (const auto* c = std::get_if<kap::Challenge>(&m.body)) {
-        if (state_ == SessionState::registering && c->nonce == nonce_) send_register(c->cookie);
-        else ++dropped_;
+        if (state_ == SessionState::registering && c->nonce == nonce_)
+            send_register(c->cookie);
+        else
+            ++dropped_;
     } else if (const auto* a = std::get_if<kap::Accept>(&m.body)) {
         if (state_ != SessionState::registering || a->nonce != nonce_ || a->interval_ms == 0 ||
             a->probes == 0) {
@@ -92,8 +94,8 @@ void PeerSession::on_datagram(std::span<const std::uint8_t> data, TimePoint now)
         // server's address. Others must be for our session and not a replay.
         const bool unknown =
             m.diag == kap::Diag::unknown_session && state_ == SessionState::registered;
-        const bool ours = state_ == SessionState::registered && m.session == session_ &&
-                          b->seq >= highest_seq_;
+        const bool ours =
+            state_ == SessionState::registered && m.session == session_ && b->seq >= highest_seq_;
         if (!unknown && !ours) {
             ++dropped_;
             return;
@@ -130,7 +132,9 @@ std::optional<TimePoint> PeerSession::next_deadline() const {
 
 void PeerSession::stop() {
     if (state_ == SessionState::registered)
-        send({.diag = kap::Diag::shutting_down, .session = session_, .body = kap::Bye{highest_seq_}});
+        send({.diag = kap::Diag::shutting_down,
+              .session = session_,
+              .body = kap::Bye{highest_seq_}});
     state_ = SessionState::stopped;
 }
 

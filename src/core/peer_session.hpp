@@ -82,7 +82,7 @@ private:
     SessionState state_ = SessionState::stopped;
     std::uint64_t nonce_ = 0;
     Duration backoff_ = kMinBackoff;
-    TimePoint deadline_{};   // retry (registering) or server lost (registered)
+    TimePoint deadline_{};  // retry (registering) or server lost (registered)
 
     std::uint32_t session_ = 0;
     std::uint64_t epoch_ = 0;

@@ -8,26 +8,40 @@ namespace keepalive {
 
 std::string_view to_string(PeerState s) {
     switch (s) {
-        case PeerState::up: return "up";
-        case PeerState::suspect: return "suspect";
-        case PeerState::down: return "down";
-        case PeerState::left: return "left";
+        case PeerState::up:
+            return "up";
+        case PeerState::suspect:
+            return "suspect";
+        case PeerState::down:
+            return "down";
+        case PeerState::left:
+            return "left";
     }
     return "?";
 }
 
-std::string_view to_string(Protocol p) { return p == Protocol::kap1 ? "kap1" : "legacy"; }
+std::string_view to_string(Protocol p) {
+    return p == Protocol::kap1 ? "kap1" : "legacy";
+}
 
 std::string_view to_string(EventKind k) {
     switch (k) {
-        case EventKind::registered: return "registered";
-        case EventKind::up: return "up";
-        case EventKind::suspect: return "suspect";
-        case EventKind::down: return "down";
-        case EventKind::left: return "left";
-        case EventKind::restarted: return "restarted";
-        case EventKind::moved: return "moved";
-        case EventKind::forgotten: return "forgotten";
+        case EventKind::registered:
+            return "registered";
+        case EventKind::up:
+            return "up";
+        case EventKind::suspect:
+            return "suspect";
+        case EventKind::down:
+            return "down";
+        case EventKind::left:
+            return "left";
+        case EventKind::restarted:
+            return "restarted";
+        case EventKind::moved:
+            return "moved";
+        case EventKind::forgotten:
+            return "forgotten";
     }
     return "?";
 }
@@ -35,8 +49,9 @@ std::string_view to_string(EventKind k) {
 bool valid_peer_name(std::string_view name) {
     if (name.empty() || name.size() > 64) return false;
     for (const char c : name) {
-        const bool ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-                        c == '.' || c == '_' || c == '-' || c == ':' || c == '@';
+        const bool ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
+                        (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-' || c == ':' ||
+                        c == '@';
         if (!ok) return false;
     }
     return true;

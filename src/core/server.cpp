@@ -45,38 +45,64 @@ TimePoint next_on_grid(TimePoint deadline, Duration step, TimePoint now) {
 
 std::string_view to_string(Drop d) {
     switch (d) {
-        case Drop::too_short: return "too_short";
-        case Drop::bad_magic: return "bad_magic";
-        case Drop::bad_version: return "bad_version";
-        case Drop::bad_length: return "bad_length";
-        case Drop::bad_flags: return "bad_flags";
-        case Drop::bad_type: return "bad_type";
-        case Drop::bad_size: return "bad_size";
-        case Drop::unauthenticated: return "unauthenticated";
-        case Drop::wrong_direction: return "wrong_direction";
-        case Drop::wrong_source: return "wrong_source";
-        case Drop::stale_ack: return "stale_ack";
-        case Drop::stale_bye: return "stale_bye";
-        case Drop::bad_diag: return "bad_diag";
-        case Drop::unknown_session: return "unknown_session";
-        case Drop::rate_limited: return "rate_limited";
-        case Drop::legacy_malformed: return "legacy_malformed";
-        case Drop::legacy_unknown: return "legacy_unknown";
-        case Drop::legacy_refused: return "legacy_refused";
+        case Drop::too_short:
+            return "too_short";
+        case Drop::bad_magic:
+            return "bad_magic";
+        case Drop::bad_version:
+            return "bad_version";
+        case Drop::bad_length:
+            return "bad_length";
+        case Drop::bad_flags:
+            return "bad_flags";
+        case Drop::bad_type:
+            return "bad_type";
+        case Drop::bad_size:
+            return "bad_size";
+        case Drop::unauthenticated:
+            return "unauthenticated";
+        case Drop::wrong_direction:
+            return "wrong_direction";
+        case Drop::wrong_source:
+            return "wrong_source";
+        case Drop::stale_ack:
+            return "stale_ack";
+        case Drop::stale_bye:
+            return "stale_bye";
+        case Drop::bad_diag:
+            return "bad_diag";
+        case Drop::unknown_session:
+            return "unknown_session";
+        case Drop::rate_limited:
+            return "rate_limited";
+        case Drop::legacy_malformed:
+            return "legacy_malformed";
+        case Drop::legacy_unknown:
+            return "legacy_unknown";
+        case Drop::legacy_refused:
+            return "legacy_refused";
     }
     return "?";
 }
 
 Drop drop_for(kap::DecodeError e) {
     switch (e) {
-        case kap::DecodeError::too_short: return Drop::too_short;
-        case kap::DecodeError::bad_magic: return Drop::bad_magic;
-        case kap::DecodeError::bad_version: return Drop::bad_version;
-        case kap::DecodeError::bad_length: return Drop::bad_length;
-        case kap::DecodeError::bad_flags: return Drop::bad_flags;
-        case kap::DecodeError::bad_type: return Drop::bad_type;
-        case kap::DecodeError::bad_size: return Drop::bad_size;
-        case kap::DecodeError::unauthenticated: return Drop::unauthenticated;
+        case kap::DecodeError::too_short:
+            return Drop::too_short;
+        case kap::DecodeError::bad_magic:
+            return Drop::bad_magic;
+        case kap::DecodeError::bad_version:
+            return Drop::bad_version;
+        case kap::DecodeError::bad_length:
+            return Drop::bad_length;
+        case kap::DecodeError::bad_flags:
+            return Drop::bad_flags;
+        case kap::DecodeError::bad_type:
+            return Drop::bad_type;
+        case kap::DecodeError::bad_size:
+            return Drop::bad_size;
+        case kap::DecodeError::unauthenticated:
+            return Drop::unauthenticated;
     }
     return Drop::bad_type;
 }
@@ -101,10 +127,18 @@ void ServerCore::on_datagram(std::span<const std::uint8_t> data, const Address& 
     }
     const kap::Message& m = *decoded;
     switch (kap::type_of(m.body)) {
-        case kap::Type::register_: on_register(m, from, route, now); break;
-        case kap::Type::ack: on_ack(m, from, route, now); break;
-        case kap::Type::bye: on_bye(m, from, route, now); break;
-        default: count(Drop::wrong_direction); break;
+        case kap::Type::register_:
+            on_register(m, from, route, now);
+            break;
+        case kap::Type::ack:
+            on_ack(m, from, route, now);
+            break;
+        case kap::Type::bye:
+            on_bye(m, from, route, now);
+            break;
+        default:
+            count(Drop::wrong_direction);
+            break;
     }
 }
 
@@ -119,15 +153,16 @@ void ServerCore::on_register(const kap::Message& m, const Address& from, const R
     const auto& reg = std::get<kap::Register>(m.body);
     // The cookie proves the source address is real before any state exists.
     if (!cookies_.verify(reg.cookie, from, reg.nonce, now)) {
-        reply(route, from,
-              {.session = 0, .body = kap::Challenge{reg.nonce, cookies_.make(from, reg.nonce, now)}});
+        reply(
+            route, from,
+            {.session = 0, .body = kap::Challenge{reg.nonce, cookies_.make(from, reg.nonce, now)}});
         return;
     }
     const auto reject = [&](kap::Diag diag) {
         reply(route, from, {.diag = diag, .session = 0, .body = kap::Reject{reg.nonce}});
     };
-    if (!valid_peer_name(reg.name) || reg.interval_ms < 1 || reg.interval_ms > kap::kMaxIntervalMs ||
-        reg.probes < 1) {
+    if (!valid_peer_name(reg.name) || reg.interval_ms < 1 ||
+        reg.interval_ms > kap::kMaxIntervalMs || reg.probes < 1) {
         reject(kap::Diag::invalid_parameters);
         return;
     }
@@ -183,9 +218,9 @@ void ServerCore::on_register(const kap::Message& m, const Address& from, const R
     schedule(slot, first_probe_time(interval, now));
     reply(route, from,
           {.session = p.session,
-           .body = kap::Accept{reg.nonce, epoch_,
-                               static_cast<std::uint32_t>(duration_cast<milliseconds>(interval).count()),
-                               probes}});
+           .body = kap::Accept{
+               reg.nonce, epoch_,
+               static_cast<std::uint32_t>(duration_cast<milliseconds>(interval).count()), probes}});
 }
 
 PeerTable::Slot ServerCore::admit(NewPeer n, TimePoint now) {
@@ -253,9 +288,9 @@ void ServerCore::on_ack(const kap::Message& m, const Address& from, const Route&
         return;
     }
     const TimePoint sent{Duration(static_cast<Duration::rep>(ack.tx_time))};
-    acknowledge(slot, ack.seq,
-                ack.tx_time <= to_wire_time(now) ? std::optional<Duration>(now - sent) : std::nullopt,
-                now);
+    acknowledge(
+        slot, ack.seq,
+        ack.tx_time <= to_wire_time(now) ? std::optional<Duration>(now - sent) : std::nullopt, now);
 }
 
 // Only fields change here: the peer's one timer (its next probe) stays put,
@@ -341,10 +376,10 @@ void ServerCore::on_legacy_reply(std::span<const std::uint8_t> data, const Addre
         count(Drop::stale_ack);
         return;
     }
-    acknowledge(slot, reply->token,
-                reply->token == p.seq_sent ? std::optional<Duration>(now - p.last_probe_at)
-                                           : std::nullopt,
-                now);
+    acknowledge(
+        slot, reply->token,
+        reply->token == p.seq_sent ? std::optional<Duration>(now - p.last_probe_at) : std::nullopt,
+        now);
 }
 
 void ServerCore::on_bye(const kap::Message& m, const Address& from, const Route& route,
@@ -431,9 +466,10 @@ void ServerCore::on_due(Slot slot, TimePoint deadline, TimePoint now) {
                 return;
             }
             if (p.missed > 0 && p.state == PeerState::up)
-                change_state(slot, PeerState::suspect, EventKind::suspect,
-                             fmt::format("{} probe{} unanswered", p.missed, p.missed == 1 ? "" : "s"),
-                             deadline);
+                change_state(
+                    slot, PeerState::suspect, EventKind::suspect,
+                    fmt::format("{} probe{} unanswered", p.missed, p.missed == 1 ? "" : "s"),
+                    deadline);
             send_probe(slot, now);
             schedule(slot, next_on_grid(deadline, p.interval, now));
             return;
@@ -472,8 +508,9 @@ void ServerCore::send_probe(Slot slot, TimePoint now) {
 void ServerCore::shutdown() {
     table_.for_each([&](Slot, const Peer& p) {
         if (p.state == PeerState::left || p.protocol == Protocol::legacy) return;  // no BYE there
-        reply(p.route, p.address,
-              {.diag = kap::Diag::shutting_down, .session = p.session, .body = kap::Bye{p.seq_sent}});
+        reply(
+            p.route, p.address,
+            {.diag = kap::Diag::shutting_down, .session = p.session, .body = kap::Bye{p.seq_sent}});
     });
 }
 

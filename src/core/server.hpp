@@ -29,16 +29,16 @@ enum class Drop : std::uint8_t {
     bad_type,
     bad_size,
     unauthenticated,
-    wrong_direction,  // a server-to-peer type sent to the server
-    wrong_source,     // ACK or BYE from an address other than the session's
-    stale_ack,        // seq not above the highest acknowledged, or never sent; wrong incarnation
-    stale_bye,        // BYE seq below the highest acknowledged
-    bad_diag,         // BYE from a peer with a diag other than "shutting down"
-    unknown_session,  // answered with BYE diag 7 when the rate limit allows
-    rate_limited,     // unknown session, over the BYE diag 7 budget: not answered
-    legacy_malformed, // legacy (Go module) datagram that does not parse
-    legacy_unknown,   // legacy reply for no known peer, or from another address
-    legacy_refused,   // legacy registration for a name held by another host, or table full
+    wrong_direction,   // a server-to-peer type sent to the server
+    wrong_source,      // ACK or BYE from an address other than the session's
+    stale_ack,         // seq not above the highest acknowledged, or never sent; wrong incarnation
+    stale_bye,         // BYE seq below the highest acknowledged
+    bad_diag,          // BYE from a peer with a diag other than "shutting down"
+    unknown_session,   // answered with BYE diag 7 when the rate limit allows
+    rate_limited,      // unknown session, over the BYE diag 7 budget: not answered
+    legacy_malformed,  // legacy (Go module) datagram that does not parse
+    legacy_unknown,    // legacy reply for no known peer, or from another address
+    legacy_refused,    // legacy registration for a name held by another host, or table full
 };
 inline constexpr std::size_t kDropCount = 18;
 std::string_view to_string(Drop);
@@ -49,7 +49,8 @@ using DropCounters = std::array<std::uint64_t, kDropCount>;
 class ServerSink {
 public:
     virtual ~ServerSink() = default;
-    virtual void send(const Route& route, const Address& to, std::span<const std::uint8_t> data) = 0;
+    virtual void send(const Route& route, const Address& to,
+                      std::span<const std::uint8_t> data) = 0;
     virtual void peer_event(const PeerEvent& event) = 0;
 };
 

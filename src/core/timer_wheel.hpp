@@ -23,7 +23,7 @@
 namespace keepalive {
 
 class TimerWheel {
-  public:
+public:
     // Identifies one scheduled entry. Carries a generation, so a handle whose
     // entry has fired or been cancelled is stale, even once its index is
     // reused: cancel() on it is a no-op and pending() is false.
@@ -101,7 +101,7 @@ class TimerWheel {
     Duration tick() const { return Duration(tick_ns_); }
     std::size_t slots() const { return slots_.size(); }
 
-  private:
+private:
     static constexpr std::uint32_t nil = UINT32_MAX;
 
     enum class State : std::uint8_t {

@@ -1,18 +1,16 @@
 // keepalivectl: asks the running keepalived about its peers.
+#include <fmt/format.h>
 #include <getopt.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
 
-#include <fmt/format.h>
-
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <nlohmann/json.hpp>
 #include <string>
-
 
 namespace {
 
@@ -128,12 +126,15 @@ void print_status(const nlohmann::json& j) {
     fmt::print("daemon:   keepalived {}, up {}, config {}\n", d.at("version").get<std::string>(),
                format_since(d.at("uptime_s").get<double>()), d.at("config").get<std::string>());
     std::string listen;
-    for (const auto& a : d.at("listen")) listen += (listen.empty() ? "" : ", ") + a.get<std::string>();
+    for (const auto& a : d.at("listen"))
+        listen += (listen.empty() ? "" : ", ") + a.get<std::string>();
     fmt::print("listen:   {}\n", listen);
-    fmt::print("received: {} datagrams, {} dropped\n", j.at("datagrams_received").get<std::uint64_t>(),
+    fmt::print("received: {} datagrams, {} dropped\n",
+               j.at("datagrams_received").get<std::uint64_t>(),
                j.at("datagrams_dropped").get<std::uint64_t>());
     for (const auto& [reason, count] : j.at("drops").items())
-        if (count.get<std::uint64_t>() > 0) fmt::print("  {:<18} {}\n", reason, count.get<std::uint64_t>());
+        if (count.get<std::uint64_t>() > 0)
+            fmt::print("  {:<18} {}\n", reason, count.get<std::uint64_t>());
 }
 
 }  // namespace
@@ -151,9 +152,15 @@ int main(int argc, char** argv) {
     int opt;
     while ((opt = getopt_long(argc, argv, "s:jh", options, nullptr)) != -1) {
         switch (opt) {
-            case 's': socket_path = optarg; break;
-            case 'j': json = true; break;
-            case 'h': std::fputs(kUsage, stdout); return 0;
+            case 's':
+                socket_path = optarg;
+                break;
+            case 'j':
+                json = true;
+                break;
+            case 'h':
+                std::fputs(kUsage, stdout);
+                return 0;
             default:
                 return usage_error(optopt ? std::string("bad option -") + static_cast<char>(optopt)
                                           : std::string("bad option ") + argv[optind - 1]);
@@ -166,7 +173,8 @@ int main(int argc, char** argv) {
 
     try {
         const auto reply = nlohmann::json::parse(ask(socket_path, command));
-        if (reply.contains("error")) throw Failure{"keepalived: " + reply["error"].get<std::string>()};
+        if (reply.contains("error"))
+            throw Failure{"keepalived: " + reply["error"].get<std::string>()};
         if (json)
             fmt::print("{}\n", reply.dump(2));
         else if (command == "peers")

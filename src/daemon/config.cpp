@@ -47,7 +47,7 @@ constexpr std::array<Section, 3> kSections{{
 // in which toml++ hands out keys (alphabetical). A missing key ranks after
 // everything else: the likely cause is a misspelt key, reported further down.
 class Checker {
-  public:
+public:
     explicit Checker(std::string_view file) : file_(file) {}
 
     void fail(const toml::node& node, std::string message) {
@@ -63,7 +63,7 @@ class Checker {
 
     const std::optional<ConfigError>& first() const { return first_; }
 
-  private:
+private:
     using Rank = std::tuple<bool, std::uint32_t, std::uint32_t>;
 
     void add(bool missing, const toml::source_region& where, std::string message) {

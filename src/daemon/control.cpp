@@ -32,7 +32,7 @@ ControlServer::ControlServer(EventLoop& loop, std::string path, Handler handler)
     std::filesystem::create_directories(std::filesystem::path(path_).parent_path(), ec);
     // A socket file left by a previous run would make bind fail; anything
     // else at that path is not ours to remove.
-    struct stat st{};
+    struct stat st {};
     if (lstat(path_.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) ::unlink(path_.c_str());
 
     listen_fd_.reset(::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));

@@ -16,7 +16,9 @@ namespace {
 // the others (epoll is level-triggered, so the rest wait their turn).
 constexpr int kBatchesPerWakeup = 8;
 
-void notify(const std::string& state) { sd_notify(0, state.c_str()); }
+void notify(const std::string& state) {
+    sd_notify(0, state.c_str());
+}
 
 std::string monotonic_usec(TimePoint now) {
     return fmt::format(
@@ -93,8 +95,8 @@ Result<bool, std::string> Daemon::reconcile_listeners(const std::vector<Endpoint
         // A socket passed by systemd for this very address already serves it:
         // binding again would fail with EADDRINUSE.
         const bool open = std::any_of(listeners_.begin(), listeners_.end(), [&](const auto& l) {
-            return l.second.configured == e ||
-                   (!l.second.configured && e.kind == Kind::kap1 && l.second.socket.local() == e.address);
+            return l.second.configured == e || (!l.second.configured && e.kind == Kind::kap1 &&
+                                                l.second.socket.local() == e.address);
         });
         if (open) continue;
         auto socket = UdpSocket::bind(e.address);
@@ -140,7 +142,9 @@ void Daemon::on_readable(std::uint32_t id) {
                 return;
             }
             switch (kind) {
-                case Kind::kap1: core_.on_datagram(r.data, r.from, Route{id, r.to}, now); break;
+                case Kind::kap1:
+                    core_.on_datagram(r.data, r.from, Route{id, r.to}, now);
+                    break;
                 case Kind::legacy_register:
                     // Probes leave from the legacy probe socket (the server's IP:5002).
                     if (probe_listener)
@@ -149,7 +153,9 @@ void Daemon::on_readable(std::uint32_t id) {
                             Route{*probe_listener, listeners_.at(*probe_listener).socket.local()},
                             config_.legacy.probe_port, now);
                     break;
-                case Kind::legacy_probe: core_.on_legacy_reply(r.data, r.from, now); break;
+                case Kind::legacy_probe:
+                    core_.on_legacy_reply(r.data, r.from, now);
+                    break;
             }
         });
         if (n < UdpSocket::kBatchSize) break;
@@ -254,9 +260,8 @@ std::vector<std::string> Daemon::listen_addresses() const {
 std::string Daemon::control_request(std::string_view request) {
     if (request == "peers") return peers_json(core_, loop_.now()).dump() + "\n";
     if (request == "status") {
-        const DaemonInfo info{
-            KEEPALIVE_VERSION, config_.source, listen_addresses(),
-            std::chrono::duration<double>(loop_.now() - started_).count()};
+        const DaemonInfo info{KEEPALIVE_VERSION, config_.source, listen_addresses(),
+                              std::chrono::duration<double>(loop_.now() - started_).count()};
         auto j = status_json(core_, info);
         std::uint64_t send_errors = 0;
         for (const auto& [id, l] : listeners_) send_errors += l.socket.send_errors();

@@ -21,7 +21,7 @@ std::optional<LogTarget> parse_log_target(std::string_view text) {
 LogTarget resolve_log_target(LogTarget requested) {
     if (requested != LogTarget::automatic) return requested;
     const char* stream = std::getenv("JOURNAL_STREAM");
-    struct stat st{};
+    struct stat st {};
     if (stream == nullptr || fstat(STDERR_FILENO, &st) != 0) return LogTarget::stderr_;
     unsigned long long dev = 0;
     unsigned long long ino = 0;
@@ -31,23 +31,34 @@ LogTarget resolve_log_target(LogTarget requested) {
 
 std::string_view message_id(EventKind kind) {
     switch (kind) {
-        case EventKind::registered: return "7753e1932bca402b9b9dc336d0badeea";
-        case EventKind::up: return "e6f068336d48433d9b5a7e3f9c47d0ba";
-        case EventKind::suspect: return "681e42ee9b684060b35bd08b8e0f256d";
-        case EventKind::down: return "16fad6aa28e14ede845df6fa5bf323ea";
-        case EventKind::left: return "a4fdb73540bd491ca24bb6c0daf2aee6";
-        case EventKind::restarted: return "eb433235029c452fab15d16e033d497c";
-        case EventKind::moved: return "5878ae0a247145588f6878ad8ad05d87";
-        case EventKind::forgotten: return "ad0d0b1f76b649fcb1b5cd28fdcf6571";
+        case EventKind::registered:
+            return "7753e1932bca402b9b9dc336d0badeea";
+        case EventKind::up:
+            return "e6f068336d48433d9b5a7e3f9c47d0ba";
+        case EventKind::suspect:
+            return "681e42ee9b684060b35bd08b8e0f256d";
+        case EventKind::down:
+            return "16fad6aa28e14ede845df6fa5bf323ea";
+        case EventKind::left:
+            return "a4fdb73540bd491ca24bb6c0daf2aee6";
+        case EventKind::restarted:
+            return "eb433235029c452fab15d16e033d497c";
+        case EventKind::moved:
+            return "5878ae0a247145588f6878ad8ad05d87";
+        case EventKind::forgotten:
+            return "ad0d0b1f76b649fcb1b5cd28fdcf6571";
     }
     return "";
 }
 
 int event_priority(EventKind kind) {
     switch (kind) {
-        case EventKind::down: return LOG_WARNING;
-        case EventKind::suspect: return LOG_NOTICE;
-        default: return LOG_INFO;
+        case EventKind::down:
+            return LOG_WARNING;
+        case EventKind::suspect:
+            return LOG_NOTICE;
+        default:
+            return LOG_INFO;
     }
 }
 
@@ -67,11 +78,16 @@ std::string describe(const PeerEvent& e) {
             return fmt::format("{} registered: interval {} ms, {} probes", who,
                                std::chrono::duration_cast<milliseconds>(p.interval).count(),
                                p.probes);
-        case EventKind::restarted: return fmt::format("{} restarted and registered again", who);
-        case EventKind::moved: return fmt::format("{} {}", who, e.reason);
-        case EventKind::forgotten: return fmt::format("{} {}", who, e.reason);
-        case EventKind::left: return fmt::format("{} has left: {}", who, e.reason);
-        default: return fmt::format("{} is {}: {}", who, to_string(p.state), e.reason);
+        case EventKind::restarted:
+            return fmt::format("{} restarted and registered again", who);
+        case EventKind::moved:
+            return fmt::format("{} {}", who, e.reason);
+        case EventKind::forgotten:
+            return fmt::format("{} {}", who, e.reason);
+        case EventKind::left:
+            return fmt::format("{} has left: {}", who, e.reason);
+        default:
+            return fmt::format("{} is {}: {}", who, to_string(p.state), e.reason);
     }
 }
 
@@ -130,8 +146,9 @@ void Logger::peer_event(const PeerEvent& e) {
     fields.push_back(fmt::format("PEER_PROBES={}", p.probes));
     fields.push_back(fmt::format("PEER_MISSED={}", p.missed));
     if (p.rtt)
-        fields.push_back(fmt::format(
-            "PEER_RTT_USEC={}", std::chrono::duration_cast<std::chrono::microseconds>(*p.rtt).count()));
+        fields.push_back(
+            fmt::format("PEER_RTT_USEC={}",
+                        std::chrono::duration_cast<std::chrono::microseconds>(*p.rtt).count()));
     fields.push_back("PEER_REASON=" + e.reason);
     fields.push_back(fmt::format("PEER_PROTOCOL={}", to_string(p.protocol)));
     fields.push_back(fmt::format("PEER_EVENT={}", to_string(e.kind)));

@@ -60,16 +60,24 @@ int main(int argc, char** argv) {
     int opt;
     while ((opt = getopt_long(argc, argv, "c:t:l:hV", options, nullptr)) != -1) {
         switch (opt) {
-            case 'c': config_path = optarg; break;
-            case 't': check_path = optarg; break;
+            case 'c':
+                config_path = optarg;
+                break;
+            case 't':
+                check_path = optarg;
+                break;
             case 'l': {
                 const auto t = parse_log_target(optarg);
                 if (!t) return usage_error(std::string("unknown log target: ") + optarg);
                 target = *t;
                 break;
             }
-            case 'h': std::fputs(kUsage, stdout); return 0;
-            case 'V': std::puts("keepalived " KEEPALIVE_VERSION); return 0;
+            case 'h':
+                std::fputs(kUsage, stdout);
+                return 0;
+            case 'V':
+                std::puts("keepalived " KEEPALIVE_VERSION);
+                return 0;
             default:
                 return usage_error(optopt ? std::string("bad option -") + static_cast<char>(optopt)
                                           : std::string("bad option ") + argv[optind - 1]);

@@ -14,7 +14,8 @@ nlohmann::json peers_json(const ServerCore& core, TimePoint now) {
     std::vector<const Peer*> peers;
     peers.reserve(core.peers().size());
     core.peers().for_each([&](PeerTable::Slot, const Peer& p) { peers.push_back(&p); });
-    std::sort(peers.begin(), peers.end(), [](const Peer* a, const Peer* b) { return a->name < b->name; });
+    std::sort(peers.begin(), peers.end(),
+              [](const Peer* a, const Peer* b) { return a->name < b->name; });
 
     auto list = nlohmann::json::array();
     for (const Peer* p : peers) {

@@ -24,7 +24,7 @@ namespace keepalive {
 
 // Not thread-safe: every member, stop() included, must be called from the loop's thread.
 class EventLoop {
-  public:
+public:
     // `clock` must outlive the loop. Throws std::system_error if epoll/timerfd creation fails.
     explicit EventLoop(const ClockSource& clock);
     // Closes the loop's own descriptors (not the registered fds). Signals registered with
@@ -82,7 +82,7 @@ class EventLoop {
     // How many times timerfd_settime() was called (arming and disarming), for tests.
     std::uint64_t timerfd_arms() const { return timerfd_arms_; }
 
-  private:
+private:
     struct IoSource {
         std::uint32_t serial;
         std::shared_ptr<IoHandler> handler;

@@ -32,7 +32,7 @@ struct OutDatagram {
 };
 
 class UdpSocket {
-  public:
+public:
     // Receive buffer size per datagram: anything larger is reported as truncated.
     static constexpr std::size_t kReceiveBufferSize = 2048;
     // Datagrams per recvmmsg/sendmmsg call.
@@ -84,7 +84,7 @@ class UdpSocket {
     std::uint64_t send_errors() const { return send_errors_; }
     std::uint64_t receive_errors() const { return receive_errors_; }
 
-  private:
+private:
     struct Buffers;
 
     UdpSocket(UniqueFd fd, int family, bool v6only, Address local);

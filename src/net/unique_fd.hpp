@@ -10,7 +10,7 @@ namespace keepalive {
 // Move-only owner of a file descriptor; closes it when destroyed or reset.
 // -1 means "owns nothing".
 class UniqueFd {
-  public:
+public:
     UniqueFd() = default;
     explicit UniqueFd(int fd) noexcept : fd_(fd) {}
     ~UniqueFd() { reset(); }
@@ -34,7 +34,7 @@ class UniqueFd {
     }
     explicit operator bool() const noexcept { return fd_ >= 0; }
 
-  private:
+private:
     int fd_ = -1;
 };
 

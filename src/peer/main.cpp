@@ -48,14 +48,15 @@ using LogFn = std::function<void(int, const std::string&)>;
 
 // The old protocol: register from an ephemeral port to server:5001, be probed
 // on our IP:5002 from server:5002, answer from IP:5002. It has no goodbye.
-int run_legacy(const ClientOptions& options, std::uint16_t register_port,
-               std::uint16_t probe_port, const LogFn& log) {
+int run_legacy(const ClientOptions& options, std::uint16_t register_port, std::uint16_t probe_port,
+               const LogFn& log) {
     const auto server = Address::parse_host(options.server, register_port);
     if (!server || server->family() != Address::Family::v4) {
         std::fprintf(stderr, "keepalive-peer: --legacy needs an IPv4 --server address\n%s", kUsage);
         return 2;
     }
-    const auto local = options.bind.empty() ? Address::v4(0, 0) : Address::parse_host(options.bind, 0);
+    const auto local =
+        options.bind.empty() ? Address::v4(0, 0) : Address::parse_host(options.bind, 0);
     if (!local || local->family() != Address::Family::v4) {
         std::fprintf(stderr, "keepalive-peer: --legacy needs an IPv4 --bind address\n%s", kUsage);
         return 2;
@@ -78,14 +79,18 @@ int run_legacy(const ClientOptions& options, std::uint16_t register_port,
         Address to_probe;
         const LogFn& log;
         const ClientOptions& options;
-        Sink(UdpSocket& r, UdpSocket& p, Address a, Address b, const LogFn& l, const ClientOptions& o)
+        Sink(UdpSocket& r, UdpSocket& p, Address a, Address b, const LogFn& l,
+             const ClientOptions& o)
             : reg(r), probe(p), to_register(a), to_probe(b), log(l), options(o) {}
-        void send_registration(std::span<const std::uint8_t> d) override { reg.send_to(to_register, d); }
+        void send_registration(std::span<const std::uint8_t> d) override {
+            reg.send_to(to_register, d);
+        }
         void send_reply(std::span<const std::uint8_t> d) override { probe.send_to(to_probe, d); }
         void legacy_event(Event e) override {
             switch (e) {
                 case Event::probed:
-                    log(LOG_INFO, "legacy server " + to_register.host_string() + " is probing " + options.name);
+                    log(LOG_INFO, "legacy server " + to_register.host_string() + " is probing " +
+                                      options.name);
                     break;
                 case Event::lost:
                     log(LOG_WARNING, "legacy server " + to_register.host_string() +
@@ -119,8 +124,9 @@ int run_legacy(const ClientOptions& options, std::uint16_t register_port,
         loop.arm_timer(timer, session.next_deadline());
     });
     // The old server never answers on this socket; read and discard.
-    loop.add_fd(reg_socket->fd(), EPOLLIN,
-                [&](std::uint32_t) { reg_socket->receive_batch([](const UdpSocket::Received&) {}); });
+    loop.add_fd(reg_socket->fd(), EPOLLIN, [&](std::uint32_t) {
+        reg_socket->receive_batch([](const UdpSocket::Received&) {});
+    });
     const auto quit = [&] {
         log(LOG_INFO, "stopping (the legacy protocol has no goodbye)");
         loop.stop();
@@ -157,19 +163,28 @@ int main(int argc, char** argv) {
     std::uint16_t register_port = legacy::kRegisterPort;
     std::uint16_t probe_port = legacy::kProbePort;
     static const option long_options[] = {
-        {"server", required_argument, nullptr, 's'},  {"name", required_argument, nullptr, 'n'},
-        {"interval", required_argument, nullptr, 'i'}, {"probes", required_argument, nullptr, 'p'},
-        {"bind", required_argument, nullptr, 'b'},    {"log-target", required_argument, nullptr, 'l'},
-        {"help", no_argument, nullptr, 'h'},          {"legacy", no_argument, nullptr, 'L'},
-        {"legacy-ports", required_argument, nullptr, 'P'}, {nullptr, 0, nullptr, 0},
+        {"server", required_argument, nullptr, 's'},
+        {"name", required_argument, nullptr, 'n'},
+        {"interval", required_argument, nullptr, 'i'},
+        {"probes", required_argument, nullptr, 'p'},
+        {"bind", required_argument, nullptr, 'b'},
+        {"log-target", required_argument, nullptr, 'l'},
+        {"help", no_argument, nullptr, 'h'},
+        {"legacy", no_argument, nullptr, 'L'},
+        {"legacy-ports", required_argument, nullptr, 'P'},
+        {nullptr, 0, nullptr, 0},
     };
     opterr = 0;
     int opt;
     while ((opt = getopt_long(argc, argv, "s:n:i:p:b:l:h", long_options, nullptr)) != -1) {
         const std::string arg = optarg ? optarg : "";
         switch (opt) {
-            case 's': options.server = arg; break;
-            case 'n': options.name = arg; break;
+            case 's':
+                options.server = arg;
+                break;
+            case 'n':
+                options.name = arg;
+                break;
             case 'i': {
                 const auto d = parse_duration(arg);
                 if (!d || *d < std::chrono::milliseconds(1) || *d > std::chrono::hours(1) ||
@@ -186,25 +201,32 @@ int main(int argc, char** argv) {
                 options.probes = v;
                 break;
             }
-            case 'b': options.bind = arg; break;
+            case 'b':
+                options.bind = arg;
+                break;
             case 'l':
                 if (arg != "auto" && arg != "journal" && arg != "stderr")
                     return usage_error("--log-target must be auto, journal or stderr");
                 log_target = arg;
                 break;
-            case 'L': legacy_mode = true; break;
+            case 'L':
+                legacy_mode = true;
+                break;
             case 'P': {
                 unsigned r = 0;
                 unsigned p = 0;
                 char extra = 0;
-                if (std::sscanf(arg.c_str(), "%u:%u%c", &r, &p, &extra) != 2 || r < 1 || r > 65535 ||
-                    p < 1 || p > 65535 || r == p)
-                    return usage_error("--legacy-ports must be REGISTER:PROBE, two different ports");
+                if (std::sscanf(arg.c_str(), "%u:%u%c", &r, &p, &extra) != 2 || r < 1 ||
+                    r > 65535 || p < 1 || p > 65535 || r == p)
+                    return usage_error(
+                        "--legacy-ports must be REGISTER:PROBE, two different ports");
                 register_port = static_cast<std::uint16_t>(r);
                 probe_port = static_cast<std::uint16_t>(p);
                 break;
             }
-            case 'h': std::fputs(kUsage, stdout); return 0;
+            case 'h':
+                std::fputs(kUsage, stdout);
+                return 0;
             default:
                 return usage_error(optopt ? std::string("bad option -") + static_cast<char>(optopt)
                                           : std::string("bad option ") + argv[optind - 1]);

@@ -67,7 +67,7 @@ std::filesystem::path source_root() {
 
 // A scratch directory removed with everything in it at the end of the test.
 class TempDir {
-  public:
+public:
     TempDir() {
         const char* base = std::getenv("TMPDIR");
         std::string pattern = std::string(base && *base ? base : "/tmp") + "/config_test.XXXXXX";
@@ -88,7 +88,7 @@ class TempDir {
     }
     const std::filesystem::path& path() const { return path_; }
 
-  private:
+private:
     std::filesystem::path path_;
 };
 
