@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -56,9 +57,16 @@ void ControlServer::on_accept() {
     for (;;) {
         UniqueFd fd(::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
         if (!fd) return;  // EAGAIN, or a transient error: try again on the next wake-up
-        if (clients_.size() >= kMaxClients) continue;  // closed at once: the client sees EOF
+        // When full, the oldest client goes: one that connects and says nothing
+        // must not lock keepalivectl out for good.
+        if (clients_.size() >= kMaxClients) {
+            const auto oldest = std::min_element(
+                clients_.begin(), clients_.end(),
+                [](const auto& a, const auto& b) { return a.second.serial < b.second.serial; });
+            close_client(oldest->first);
+        }
         const int raw = fd.get();
-        clients_.emplace(raw, Client{std::move(fd), {}, {}, 0});
+        clients_.emplace(raw, Client{std::move(fd), {}, {}, 0, next_serial_++});
         loop_.add_fd(raw, EPOLLIN, [this, raw](std::uint32_t events) { on_client(raw, events); });
     }
 }

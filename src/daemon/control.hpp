@@ -33,6 +33,7 @@ private:
         std::string in;
         std::string out;
         std::size_t written = 0;
+        std::uint64_t serial = 0;  // accept order, to find the oldest
     };
     void on_accept();
     void on_client(int fd, std::uint32_t events);
@@ -43,6 +44,7 @@ private:
     Handler handler_;
     UniqueFd listen_fd_;
     std::unordered_map<int, Client> clients_;
+    std::uint64_t next_serial_ = 0;
 };
 
 }  // namespace keepalive

@@ -7,10 +7,13 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdio>
+#include <cstring>
 #include <ctime>
 #include <iostream>
 #include <map>
@@ -25,6 +28,7 @@
 #include "core/address.hpp"
 #include "core/codec.hpp"
 #include "harness.hpp"
+#include "net/unique_fd.hpp"
 
 namespace keepalive::test {
 namespace {
@@ -980,6 +984,26 @@ TEST_F(KeepaliveTest, ForbiddenNameIsRejectedAfterTheHandshake) {
     const json parsed = json::parse(r.out);
     ASSERT_EQ(parsed.at("peers").size(), 1u) << r.out;
     EXPECT_EQ(parsed.at("peers").at(0).at("name"), "legit");
+}
+
+// Control clients that connect and never send a request must not lock the
+// operator out: past the daemon's client limit the oldest ones are dropped.
+TEST_F(KeepaliveTest, IdleControlClientsDoNotLockOutKeepalivectl) {
+    start_daemon();
+    std::vector<UniqueFd> idle;
+    for (int i = 0; i < 100; ++i) {
+        UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+        ASSERT_TRUE(fd);
+        sockaddr_un sa{};
+        sa.sun_family = AF_UNIX;
+        std::snprintf(sa.sun_path, sizeof sa.sun_path, "%s", config_.control_socket.c_str());
+        ASSERT_EQ(::connect(fd.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa), 0)
+            << std::strerror(errno);
+        idle.push_back(std::move(fd));
+    }
+    const json status = status_json();
+    EXPECT_EQ(status.at("peers"), 0);
+    EXPECT_TRUE(daemon_->running());
 }
 
 TEST(Ctl, UnreachableDaemonExits1WithAMessage) {
