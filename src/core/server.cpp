@@ -246,8 +246,14 @@ void ServerCore::renew(Slot slot, Duration interval, std::uint8_t probes, const 
                        const Route& route, TimePoint now) {
     Peer& p = table_.at(slot);
     p.missed = 0;
-    p.interval = interval;
-    p.probes = probes;
+    if (p.interval != interval || p.probes != probes) {
+        // A new grant changes what "down" means for this peer: say so.
+        const std::string was =
+            fmt::format("{} ms x {}", duration_cast<milliseconds>(p.interval).count(), p.probes);
+        p.interval = interval;
+        p.probes = probes;
+        emit(EventKind::registered, p.state, slot, "registered again (was " + was + ")");
+    }
     p.route = route;
     if (p.address != to) {
         const std::string old = p.address.to_string();

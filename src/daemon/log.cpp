@@ -75,9 +75,9 @@ std::string describe(const PeerEvent& e) {
     const std::string who = fmt::format("peer {} ({})", p.name, p.address.to_string());
     switch (e.kind) {
         case EventKind::registered:
-            return fmt::format("{} registered: interval {} ms, {} probes", who,
+            return fmt::format("{} registered: interval {} ms, {} probes{}", who,
                                std::chrono::duration_cast<milliseconds>(p.interval).count(),
-                               p.probes);
+                               p.probes, e.previous ? " (" + e.reason + ")" : std::string());
         case EventKind::restarted:
             return fmt::format("{} restarted and registered again", who);
         case EventKind::moved:

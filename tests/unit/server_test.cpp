@@ -491,6 +491,21 @@ TEST_F(ServerTest, RetransmittedRegisterGetsTheSameSessionAndNoEvent) {
     EXPECT_EQ(server->peers().size(), 1u);
 }
 
+TEST_F(ServerTest, ReRegisteringWithANewGrantIsReported) {
+    const Sent first = register_with(reg("alpha", 200, 3), kAlpha);
+    ASSERT_EQ(first.type(), kap::Type::accept);
+    const std::size_t events = sink.events.size();
+    const Sent again = register_with(reg("alpha", 400, 5), kAlpha);
+    ASSERT_EQ(again.type(), kap::Type::accept);
+    EXPECT_EQ(again.msg.session, first.msg.session);
+    ASSERT_EQ(sink.events.size(), events + 1);
+    EXPECT_EQ(sink.events.back().kind, EventKind::registered);
+    EXPECT_NE(sink.events.back().reason.find("200 ms x 3"), std::string::npos)
+        << sink.events.back().reason;
+    EXPECT_EQ(peer("alpha").interval, 400ms);
+    EXPECT_EQ(peer("alpha").probes, 5);
+}
+
 TEST_F(ServerTest, GrantedValuesAreClampedIntoTheLimits) {
     limits.min_interval = 100ms;
     limits.max_interval = 10s;
