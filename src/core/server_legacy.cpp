@@ -1,0 +1,82 @@
+// ServerCore's side of the Go keepalive module's text protocol: legacy peers
+// share the table, the state machine and the events with KAP/1 peers.
+#include <utility>
+
+#include "core/legacy.hpp"
+#include "core/server.hpp"
+
+namespace keepalive {
+
+void ServerCore::on_legacy_register(std::span<const std::uint8_t> data, const Address& from,
+                                    const Route& probe_route, std::uint16_t probe_port,
+                                    TimePoint now) {
+    ++received_;
+    const auto reg = legacy::parse_registration(data);
+    // The old protocol has no way to grant other values, so out-of-limit
+    // requests are refused rather than clamped.
+    const Duration interval = reg ? Duration(std::chrono::seconds(reg->interval_s)) : Duration{};
+    if (!reg || interval < limits_.min_interval || interval > limits_.max_interval ||
+        reg->probes > limits_.max_probes) {
+        count(Drop::legacy_malformed);
+        return;
+    }
+    Address target = from;
+    target.set_port(probe_port);
+    const auto probes = static_cast<std::uint8_t>(reg->probes);
+
+    Slot slot = table_.find_name(reg->name);
+    if (slot == PeerTable::kNone) {
+        if (table_.size() >= limits_.max_peers) {
+            count(Drop::legacy_refused);
+            return;
+        }
+        slot = admit({.name = reg->name,
+                      .protocol = Protocol::legacy,
+                      .incarnation = 0,
+                      .address = target,
+                      .route = probe_route,
+                      .interval = interval,
+                      .probes = probes},
+                     now);
+    } else {
+        Peer& p = table_.at(slot);
+        // Without authentication, a name belongs to the host that holds it
+        // until that host is down or gone.
+        const bool held = p.state == PeerState::up || p.state == PeerState::suspect;
+        if (p.protocol != Protocol::legacy || (held && !p.address.same_host(from))) {
+            count(Drop::legacy_refused);
+            return;
+        }
+        // A re-registration: the token restarts.
+        p.seq_sent = p.seq_acked = 0;
+        renew(slot, interval, probes, target, probe_route, now);
+    }
+    schedule(slot, first_probe_time(interval, now));
+}
+
+void ServerCore::on_legacy_reply(std::span<const std::uint8_t> data, const Address& from,
+                                 TimePoint now) {
+    ++received_;
+    const auto reply = legacy::parse_reply(data);
+    if (!reply) {
+        count(Drop::legacy_malformed);
+        return;
+    }
+    const Slot slot = table_.find_name(reply->name);
+    if (slot == PeerTable::kNone || table_.at(slot).protocol != Protocol::legacy ||
+        !table_.at(slot).address.same_host(from)) {
+        count(Drop::legacy_unknown);
+        return;
+    }
+    const Peer& p = table_.at(slot);
+    if (reply->token <= p.seq_acked || reply->token > p.seq_sent) {
+        count(Drop::stale_ack);
+        return;
+    }
+    acknowledge(
+        slot, reply->token,
+        reply->token == p.seq_sent ? std::optional<Duration>(now - p.last_probe_at) : std::nullopt,
+        now);
+}
+
+}  // namespace keepalive
