@@ -1,4 +1,4 @@
-// KAP/1 wire codec: datagram bytes <-> Message, exactly as /work/shared/protocol.md
+// KAP/1 wire codec: datagram bytes <-> Message, exactly as the KAP/1 contract
 // (restated in docs/protocol.md). Pure: no I/O, no logging, no clock. decode()
 // checks the framing rules the contract lists as drop reasons and nothing else;
 // semantic checks (name characters, interval and probe ranges, session ids,

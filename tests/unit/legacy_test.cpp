@@ -28,29 +28,13 @@
 #include "core/peer_table.hpp"
 #include "core/random.hpp"
 #include "core/server.hpp"
+#include "test_support.hpp"
 
 namespace keepalive {
 namespace {
 
 using namespace std::chrono_literals;
-using Bytes = std::vector<std::uint8_t>;
-
-const TimePoint kStart = TimePoint{std::chrono::hours(1)};
-
-std::uint64_t test_seed() {
-    static const std::uint64_t seed = [] {
-        std::uint64_t s = 0;
-        if (const char* e = std::getenv("KEEPALIVE_TEST_SEED")) {
-            s = std::strtoull(e, nullptr, 0);
-        } else {
-            std::random_device rd;
-            s = (std::uint64_t{rd()} << 32) | std::uint64_t{rd()};
-        }
-        std::cout << "KEEPALIVE_TEST_SEED=" << s << std::endl;
-        return s;
-    }();
-    return seed;
-}
+using namespace test_support;
 
 Bytes bytes(std::string_view s) {
     return Bytes(s.begin(), s.end());
@@ -75,12 +59,6 @@ std::string shown(std::string_view s) {
         }
     }
     return out;
-}
-
-Address addr(const char* s) {
-    auto a = Address::parse(s);
-    EXPECT_TRUE(a.has_value()) << s;
-    return a.value_or(Address{});
 }
 
 std::optional<legacy::Registration> parse_registration(std::string_view s) {

@@ -25,31 +25,13 @@
 #include "core/peer_limits.hpp"
 #include "core/random.hpp"
 #include "core/server.hpp"
+#include "test_support.hpp"
 
 namespace keepalive {
 namespace {
 
 using namespace std::chrono_literals;
-using Bytes = std::vector<std::uint8_t>;
-
-const TimePoint kStart = TimePoint{std::chrono::hours(1)};
-
-std::uint64_t test_seed() {
-    static const std::uint64_t seed = []() -> std::uint64_t {
-        if (const char* s = std::getenv("KEEPALIVE_TEST_SEED")) return std::strtoull(s, nullptr, 0);
-        std::random_device rd;
-        return (std::uint64_t{rd()} << 32) | std::uint64_t{rd()};
-    }();
-    return seed;
-}
-
-Bytes encode(const kap::Message& m) {
-    Bytes out(kap::kMaxDatagramSize);
-    const std::size_t n = kap::encode(m, out);
-    EXPECT_GT(n, 0u);
-    out.resize(n);
-    return out;
-}
+using namespace test_support;
 
 struct Sent {
     TimePoint at;

@@ -1,4 +1,4 @@
-// ServerCore, PeerTable and the KAP/1 server rules of /work/shared/protocol.md,
+// ServerCore, PeerTable and the KAP/1 server rules (docs/protocol.md),
 // driven with a fake clock: datagrams go in, the recording sink captures what
 // the server sends (decoded with kap::decode) and the events it reports.
 #include "core/server.hpp"
@@ -26,37 +26,13 @@
 #include "core/peer_limits.hpp"
 #include "core/peer_table.hpp"
 #include "core/random.hpp"
+#include "test_support.hpp"
 
 namespace keepalive {
 namespace {
 
 using namespace std::chrono_literals;
-using Bytes = std::vector<std::uint8_t>;
-
-const TimePoint kStart = TimePoint{std::chrono::hours(1)};
-
-std::uint64_t test_seed() {
-    static const std::uint64_t seed = []() -> std::uint64_t {
-        if (const char* s = std::getenv("KEEPALIVE_TEST_SEED")) return std::strtoull(s, nullptr, 0);
-        std::random_device rd;
-        return (std::uint64_t{rd()} << 32) | std::uint64_t{rd()};
-    }();
-    return seed;
-}
-
-Address addr(const char* text) {
-    auto a = Address::parse(text);
-    EXPECT_TRUE(a.has_value()) << text;
-    return a.value_or(Address{});
-}
-
-Bytes encode(const kap::Message& m) {
-    Bytes out(kap::kMaxDatagramSize);
-    const std::size_t n = kap::encode(m, out);
-    EXPECT_GT(n, 0u);
-    out.resize(n);
-    return out;
-}
+using namespace test_support;
 
 std::uint64_t wire_time(TimePoint t) {
     return static_cast<std::uint64_t>(t.time_since_epoch().count());
