@@ -697,20 +697,12 @@ protected:
                         from);
     }
 
-    const Peer& peer(std::string_view name) const {
-        const auto slot = server->peers().find_name(name);
-        EXPECT_NE(slot, PeerTable::kNone) << name;
-        return server->peers().at(slot);
-    }
+    const Peer& peer(std::string_view name) const { return peer_named(*server, name); }
     bool known(std::string_view name) const {
         return server->peers().find_name(name) != PeerTable::kNone;
     }
-    std::uint64_t drops(Drop d) const { return server->drops()[static_cast<std::size_t>(d)]; }
-    std::uint64_t total_drops() const {
-        std::uint64_t n = 0;
-        for (auto c : server->drops()) n += c;
-        return n;
-    }
+    std::uint64_t drops(Drop d) const { return drop_count(*server, d); }
+    std::uint64_t total_drops() const { return test_support::total_drops(*server); }
 
     // Text probes sent to `to`, from index `from` of sink.sent.
     std::vector<Sent> probes_to(const Address& to, std::size_t from = 0) const {

@@ -138,21 +138,13 @@ protected:
 
     void make_server() { server = std::make_unique<ServerCore>(limits, random, sink, clock.now()); }
 
-    const Peer& peer(std::string_view name) const {
-        const auto slot = server->peers().find_name(name);
-        EXPECT_NE(slot, PeerTable::kNone) << name;
-        return server->peers().at(slot);
-    }
+    const Peer& peer(std::string_view name) const { return peer_named(*server, name); }
     bool known(std::string_view name) const {
         return server->peers().find_name(name) != PeerTable::kNone;
     }
 
-    std::uint64_t drops(Drop d) const { return server->drops()[static_cast<std::size_t>(d)]; }
-    std::uint64_t total_drops() const {
-        std::uint64_t n = 0;
-        for (auto c : server->drops()) n += c;
-        return n;
-    }
+    std::uint64_t drops(Drop d) const { return drop_count(*server, d); }
+    std::uint64_t total_drops() const { return test_support::total_drops(*server); }
 
     // Delivers one datagram now. Whatever the server answers goes back to the
     // sender through the socket it came in on, and is never larger than it.

@@ -8,11 +8,13 @@
 #include <cstdlib>
 #include <iostream>
 #include <random>
+#include <string_view>
 #include <vector>
 
 #include "core/address.hpp"
 #include "core/clock.hpp"
 #include "core/codec.hpp"
+#include "core/server.hpp"
 
 namespace keepalive::test_support {
 
@@ -49,6 +51,23 @@ inline Bytes encode(const kap::Message& m) {
     EXPECT_GT(n, 0u);
     out.resize(n);
     return out;
+}
+
+// The peer named `name` (a test failure if there is none).
+inline const Peer& peer_named(const ServerCore& server, std::string_view name) {
+    const auto slot = server.peers().find_name(name);
+    EXPECT_NE(slot, PeerTable::kNone) << name;
+    return server.peers().at(slot);
+}
+
+inline std::uint64_t drop_count(const ServerCore& server, Drop d) {
+    return server.drops()[static_cast<std::size_t>(d)];
+}
+
+inline std::uint64_t total_drops(const ServerCore& server) {
+    std::uint64_t n = 0;
+    for (const auto c : server.drops()) n += c;
+    return n;
 }
 
 }  // namespace keepalive::test_support
