@@ -218,6 +218,7 @@ void Daemon::send(const Route& route, const Address& to, std::span<const std::ui
 
 void Daemon::peer_event(const PeerEvent& event) {
     status_dirty_ = true;
+    ++event_counts_[static_cast<std::size_t>(event.kind)];
     if (!throttle_.admit(event.kind, event.peer.name, event.peer.address, loop_.now())) {
         if (!loop_.timer_deadline(summary_timer_))
             loop_.arm_timer(summary_timer_, loop_.now() + EventThrottle::Limits{}.summary_period);
@@ -335,6 +336,10 @@ nlohmann::json Daemon::status() const {
     d["receive_overflows"] = overflow_drops;
     d["verdicts_withheld"] = core_.verdicts_withheld();
     d["events_not_logged"] = throttle_.suppressed_total();
+    // Every event since start, logged or not: what alerting should count.
+    auto& events = j["events"];
+    for (std::size_t k = 0; k < kEventKindCount; ++k)
+        events[std::string(to_string(static_cast<EventKind>(k)))] = event_counts_[k];
     d["control_refused_no_fd"] = control_ ? control_->refused_no_fd() : 0;
     d["loop"] = {
         {"iterations", stats_.iterations},

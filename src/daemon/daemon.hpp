@@ -87,6 +87,7 @@ private:
     TimePoint wheel_deadline_{};  // what wheel_timer_ was last armed to
     EventLoop::TimerId summary_timer_;
     EventThrottle throttle_;
+    std::array<std::uint64_t, kEventKindCount> event_counts_{};
 
     struct LoopStats {
         std::uint64_t iterations = 0;
