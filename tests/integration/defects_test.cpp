@@ -463,7 +463,9 @@ TEST_F(DefectsTest, LegacyReflectionIsBoundedBelowTheAttackersOwnBytes) {
               << received_bytes << " bytes) to the victim: ratio "
               << static_cast<double>(received_bytes) / static_cast<double>(sent_bytes) << "\n";
     EXPECT_LE(s.at("peers").get<int>(), 256);
-    EXPECT_LE(probes, 256u * 3u);
+    // Three probes each; one more where the daemon doubted its own reception
+    // (a loaded machine) and withheld a verdict.
+    EXPECT_LE(probes, 256u * 4u);
     EXPECT_LE(received_bytes, sent_bytes);
 }
 
