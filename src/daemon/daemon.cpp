@@ -22,6 +22,12 @@ constexpr int kBatchesPerWakeup = 8;
 // starved of CPU): what was read meanwhile is in doubt.
 constexpr Duration kLagDoubt = std::chrono::milliseconds(100);
 
+// The wheel timer fires at most once per this much time: deadlines that fall
+// close together (many peers) are served by one wake-up, up to this late, so
+// wake-ups per second stop growing with the number of peers. It bounds the
+// extra detection error; docs/benchmarks.md measures both.
+constexpr Duration kWheelCoalesce = std::chrono::milliseconds(2);
+
 Duration thread_cpu_time() {
     timespec ts{};
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
@@ -53,6 +59,7 @@ Daemon::Daemon(Config config, Logger& log, const ClockSource& clock, RandomSourc
     control_ = make_control_server(config_.control_socket);
 
     wheel_timer_ = loop_.add_timer([this] {
+        last_wheel_fire_ = loop_.now();
         const Duration lag = loop_.now() - wheel_deadline_;
         if (lag > stats_.max_lag) stats_.max_lag = lag;
         if (lag > kLagDoubt) core_.doubt_receive(loop_.now());
@@ -190,8 +197,11 @@ void Daemon::on_readable(std::uint32_t id) {
 void Daemon::after_work() {
     for (auto& [id, queue] : outbox_)
         if (!queue.empty()) flush(id);
-    const auto next = core_.next_deadline();
-    if (next) wheel_deadline_ = *next;
+    auto next = core_.next_deadline();
+    if (next) {
+        next = std::max(*next, last_wheel_fire_ + kWheelCoalesce);
+        wheel_deadline_ = *next;
+    }
     loop_.arm_timer(wheel_timer_, next);
     if (status_dirty_) notify_status();
 }

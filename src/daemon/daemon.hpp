@@ -85,6 +85,7 @@ private:
     std::unique_ptr<ControlServer> control_;
     EventLoop::TimerId wheel_timer_;
     TimePoint wheel_deadline_{};  // what wheel_timer_ was last armed to
+    TimePoint last_wheel_fire_{};
     EventLoop::TimerId summary_timer_;
     EventThrottle throttle_;
     std::array<std::uint64_t, kEventKindCount> event_counts_{};
