@@ -2,7 +2,6 @@
 
 #include <fmt/ranges.h>
 #include <systemd/sd-daemon.h>
-
 #include <time.h>
 
 #include <algorithm>
@@ -227,20 +226,16 @@ void Daemon::send(const Route& route, const Address& to, std::span<const std::ui
 void Daemon::peer_event(const PeerEvent& event) {
     status_dirty_ = true;
     ++event_counts_[static_cast<std::size_t>(event.kind)];
-    if (!throttle_.admit(event.kind, event.peer.name, event.peer.address, loop_.now())) {
-        if (!loop_.timer_deadline(summary_timer_))
-            loop_.arm_timer(summary_timer_, loop_.now() + EventThrottle::Limits{}.summary_period);
-        return;
-    }
-    log_.peer_event(event);
+    // The summary period also prunes the throttle's buckets, so it runs
+    // whenever there were events, held back or not.
+    if (!loop_.timer_deadline(summary_timer_))
+        loop_.arm_timer(summary_timer_, loop_.now() + EventThrottle::Limits{}.summary_period);
+    if (throttle_.admit(event.kind, event.peer.name, event.peer.address, loop_.now()))
+        log_.peer_event(event);
 }
 
 void Daemon::log_throttle_summary() {
-    if (auto line = throttle_.summary(loop_.now())) {
-        log_.log(LOG_WARNING, *line);
-        // Keep looking while the flood lasts; the next summary closes it.
-        loop_.arm_timer(summary_timer_, loop_.now() + EventThrottle::Limits{}.summary_period);
-    }
+    if (auto line = throttle_.summary(loop_.now())) log_.log(LOG_WARNING, *line);
 }
 
 std::unique_ptr<ControlServer> Daemon::make_control_server(const std::string& path) {
