@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <csignal>
 #include <stdexcept>
+#include <utility>
 
 #include "daemon/status_json.hpp"
 
@@ -17,9 +18,9 @@ namespace {
 // the others (epoll is level-triggered, so the rest wait their turn).
 constexpr int kBatchesPerWakeup = 8;
 
-// A wheel timer that fires this late means the loop stalled (stopped,
-// starved of CPU): what was read meanwhile is in doubt.
-constexpr Duration kLagDoubt = std::chrono::milliseconds(100);
+// Batches read from a socket still backlogged when probes fall due: enough
+// to empty a full receive queue.
+constexpr int kDrainBatches = 64;
 
 // How soon log records the journal (or stderr) could not take are tried again.
 constexpr Duration kLogRetry = std::chrono::milliseconds(20);
@@ -55,9 +56,11 @@ Daemon::Daemon(Config config, Logger& log, const ClockSource& clock, RandomSourc
     control_ = make_control_server(config_.control_socket);
 
     wheel_timer_ = loop_.add_timer([this] {
-        const Duration lag = loop_.now() - wheel_deadline_;
-        if (lag > stats_.max_lag) stats_.max_lag = lag;
-        if (lag > kLagDoubt) core_.doubt_receive(loop_.now());
+        stats_.max_lag = std::max(stats_.max_lag, loop_.now() - wheel_deadline_);
+        // ACKs that came before the probes fell due are read before any
+        // verdict, even when a wake-up's budget left them in the queue.
+        for (const std::uint32_t id : std::exchange(backlogged_, {}))
+            read_socket(id, kDrainBatches);
         core_.on_timer(loop_.now());
         after_work();
     });
@@ -143,10 +146,13 @@ void Daemon::add_listener(std::optional<Endpoint> configured, UdpSocket socket) 
     const std::uint32_t id = next_listener_id_++;
     const int fd = socket.fd();
     listeners_.emplace(id, Listener{std::move(configured), std::move(socket)});
-    loop_.add_fd(fd, EPOLLIN, [this, id](std::uint32_t) { on_readable(id); });
+    loop_.add_fd(fd, EPOLLIN, [this, id](std::uint32_t) {
+        read_socket(id, kBatchesPerWakeup);
+        after_work();
+    });
 }
 
-void Daemon::on_readable(std::uint32_t id) {
+void Daemon::read_socket(std::uint32_t id, int max_batches) {
     auto it = listeners_.find(id);
     if (it == listeners_.end()) return;
     UdpSocket& socket = it->second.socket;
@@ -155,7 +161,7 @@ void Daemon::on_readable(std::uint32_t id) {
     const TimePoint now = loop_.now();
     const std::uint64_t overflows_before = socket.overflow_drops();
     bool backlog = true;
-    for (int i = 0; i < kBatchesPerWakeup && backlog; ++i) {
+    for (int i = 0; i < max_batches && backlog; ++i) {
         const std::size_t n = socket.receive_batch([&](const UdpSocket::Received& r) {
             if (r.truncated) {
                 core_.count_dropped_datagram(kind == Kind::kap1 ? Drop::bad_length
@@ -181,11 +187,10 @@ void Daemon::on_readable(std::uint32_t id) {
         });
         backlog = n == UdpSocket::kBatchSize;
     }
-    // The kernel dropped datagrams for us, or some still wait past this
-    // wake-up's budget while probes may fall due: either way an ACK may be
-    // missing through no fault of its peer.
-    if (socket.overflow_drops() != overflows_before || backlog) core_.doubt_receive(now);
-    after_work();
+    // The kernel dropped datagrams for us: an ACK may be missing through no
+    // fault of its peer.
+    if (socket.overflow_drops() != overflows_before) core_.doubt_receive(now);
+    if (backlog) backlogged_.push_back(id);
 }
 
 // Everything a handler produced leaves here, once per handler: batched
