@@ -2,12 +2,12 @@
 
 #include <fmt/ranges.h>
 #include <systemd/sd-daemon.h>
-
 #include <time.h>
 
 #include <algorithm>
 #include <csignal>
 #include <stdexcept>
+#include <utility>
 
 #include "daemon/status_json.hpp"
 
@@ -18,15 +18,35 @@ namespace {
 // the others (epoll is level-triggered, so the rest wait their turn).
 constexpr int kBatchesPerWakeup = 8;
 
-// A wheel timer that fires this late means the loop stalled (stopped,
-// starved of CPU): what was read meanwhile is in doubt.
-constexpr Duration kLagDoubt = std::chrono::milliseconds(100);
+// Batches read from a socket still backlogged when probes fall due: enough
+// to empty a full receive queue.
+constexpr int kDrainBatches = 64;
 
-// The wheel timer fires at most once per this much time: deadlines that fall
-// close together (many peers) are served by one wake-up, up to this late, so
-// wake-ups per second stop growing with the number of peers. It bounds the
-// extra detection error; docs/benchmarks.md measures both.
-constexpr Duration kWheelCoalesce = std::chrono::milliseconds(2);
+// How soon log records the journal (or stderr) could not take are tried again.
+constexpr Duration kLogRetry = std::chrono::milliseconds(20);
+
+// The wheel timer fires on a grid of this step, at most once a step: the
+// deadlines that fall close together (many peers) are served by one wake-up,
+// up to one step late. A probe and the verdict it leads to are late by the
+// same amount when the interval is a whole number of steps, so detection is
+// not. Wake-ups per second then stop growing with the number of peers.
+constexpr Duration kWheelStep = std::chrono::milliseconds(4);
+
+// With this many peers or more, the sockets are read on the wheel's grid too
+// (at most a step after a datagram came) instead of on each datagram's
+// arrival. ACKs count the same, but RTTs read up to a step long, which is why
+// small installations keep reading at once.
+constexpr std::size_t kDeferReadsAbove = 1000;
+
+// The first step of the grid strictly after `t`.
+TimePoint step_after(TimePoint t) {
+    return TimePoint{(t.time_since_epoch() / kWheelStep + 1) * kWheelStep};
+}
+
+// `t` if it is on the grid, else the next step.
+TimePoint step_at_or_after(TimePoint t) {
+    return t.time_since_epoch() % kWheelStep == Duration::zero() ? t : step_after(t);
+}
 
 Duration thread_cpu_time() {
     timespec ts{};
@@ -60,13 +80,24 @@ Daemon::Daemon(Config config, Logger& log, const ClockSource& clock, RandomSourc
 
     wheel_timer_ = loop_.add_timer([this] {
         last_wheel_fire_ = loop_.now();
-        const Duration lag = loop_.now() - wheel_deadline_;
-        if (lag > stats_.max_lag) stats_.max_lag = lag;
-        if (lag > kLagDoubt) core_.doubt_receive(loop_.now());
+        stats_.max_lag = std::max(stats_.max_lag, loop_.now() - wheel_deadline_);
+        // ACKs that came before the probes fell due are read before any
+        // verdict, even when a wake-up's budget left them in the queue or
+        // reads were deferred to this step.
+        resume_reads();
+        for (const std::uint32_t id : std::exchange(backlogged_, {}))
+            read_socket(id, kDrainBatches);
         core_.on_timer(loop_.now());
+        after_work();
+        // The ACKs to the probes just sent are read on the next step.
+        defer_reads();
+    });
+    read_timer_ = loop_.add_timer([this] {
+        if (resume_reads()) defer_reads();
         after_work();
     });
     summary_timer_ = loop_.add_timer([this] { log_throttle_summary(); });
+    log_timer_ = loop_.add_timer([this] { after_work(); });
     watchdog_timer_ = loop_.add_timer([this] {
         notify("WATCHDOG=1");
         loop_.arm_timer(watchdog_timer_, loop_.now() + watchdog_period_);
@@ -147,19 +178,43 @@ void Daemon::add_listener(std::optional<Endpoint> configured, UdpSocket socket) 
     const std::uint32_t id = next_listener_id_++;
     const int fd = socket.fd();
     listeners_.emplace(id, Listener{std::move(configured), std::move(socket)});
-    loop_.add_fd(fd, EPOLLIN, [this, id](std::uint32_t) { on_readable(id); });
+    loop_.add_fd(fd, EPOLLIN, [this, id](std::uint32_t) {
+        if (read_socket(id, kBatchesPerWakeup)) defer_reads();
+        after_work();
+    });
 }
 
-void Daemon::on_readable(std::uint32_t id) {
+// Stops waking for datagrams until the next step of the grid (see
+// kDeferReadsAbove); the wheel timer or read_timer_ reads them then.
+void Daemon::defer_reads() {
+    if (reads_deferred_ || core_.peers().size() < kDeferReadsAbove) return;
+    for (auto& [id, l] : listeners_) loop_.modify_fd(l.socket.fd(), 0);
+    reads_deferred_ = true;
+    loop_.arm_timer(read_timer_, step_after(loop_.now()));
+}
+
+// Watches the sockets again and reads what waits. True if anything was read.
+bool Daemon::resume_reads() {
+    if (!reads_deferred_) return false;
+    reads_deferred_ = false;
+    loop_.arm_timer(read_timer_, std::nullopt);
+    for (auto& [id, l] : listeners_) loop_.modify_fd(l.socket.fd(), EPOLLIN);
+    bool read = false;
+    for (auto& [id, l] : listeners_) read = read_socket(id, kBatchesPerWakeup) || read;
+    return read;
+}
+
+bool Daemon::read_socket(std::uint32_t id, int max_batches) {
     auto it = listeners_.find(id);
-    if (it == listeners_.end()) return;
+    if (it == listeners_.end()) return false;
     UdpSocket& socket = it->second.socket;
     const Kind kind = it->second.configured ? it->second.configured->kind : Kind::kap1;
     const auto probe_listener = legacy_probe_listener();
     const TimePoint now = loop_.now();
     const std::uint64_t overflows_before = socket.overflow_drops();
     bool backlog = true;
-    for (int i = 0; i < kBatchesPerWakeup && backlog; ++i) {
+    bool read_any = false;
+    for (int i = 0; i < max_batches && backlog; ++i) {
         const std::size_t n = socket.receive_batch([&](const UdpSocket::Received& r) {
             if (r.truncated) {
                 core_.count_dropped_datagram(kind == Kind::kap1 ? Drop::bad_length
@@ -184,12 +239,13 @@ void Daemon::on_readable(std::uint32_t id) {
             }
         });
         backlog = n == UdpSocket::kBatchSize;
+        read_any = read_any || n > 0;
     }
-    // The kernel dropped datagrams for us, or some still wait past this
-    // wake-up's budget while probes may fall due: either way an ACK may be
-    // missing through no fault of its peer.
-    if (socket.overflow_drops() != overflows_before || backlog) core_.doubt_receive(now);
-    after_work();
+    // The kernel dropped datagrams for us: an ACK may be missing through no
+    // fault of its peer.
+    if (socket.overflow_drops() != overflows_before) core_.doubt_receive(now);
+    if (backlog) backlogged_.push_back(id);
+    return read_any;
 }
 
 // Everything a handler produced leaves here, once per handler: batched
@@ -199,11 +255,15 @@ void Daemon::after_work() {
         if (!queue.empty()) flush(id);
     auto next = core_.next_deadline();
     if (next) {
-        next = std::max(*next, last_wheel_fire_ + kWheelCoalesce);
+        next = step_at_or_after(std::max(*next, step_after(last_wheel_fire_)));
         wheel_deadline_ = *next;
     }
     loop_.arm_timer(wheel_timer_, next);
     if (status_dirty_) notify_status();
+    // The log never holds the loop up: what it could not take is retried soon.
+    log_.flush();
+    if (log_.pending() && !loop_.timer_deadline(log_timer_))
+        loop_.arm_timer(log_timer_, loop_.now() + kLogRetry);
 }
 
 void Daemon::flush(std::uint32_t id) {
@@ -229,20 +289,16 @@ void Daemon::send(const Route& route, const Address& to, std::span<const std::ui
 void Daemon::peer_event(const PeerEvent& event) {
     status_dirty_ = true;
     ++event_counts_[static_cast<std::size_t>(event.kind)];
-    if (!throttle_.admit(event.kind, event.peer.name, event.peer.address, loop_.now())) {
-        if (!loop_.timer_deadline(summary_timer_))
-            loop_.arm_timer(summary_timer_, loop_.now() + EventThrottle::Limits{}.summary_period);
-        return;
-    }
-    log_.peer_event(event);
+    // The summary period also prunes the throttle's buckets, so it runs
+    // whenever there were events, held back or not.
+    if (!loop_.timer_deadline(summary_timer_))
+        loop_.arm_timer(summary_timer_, loop_.now() + EventThrottle::Limits{}.summary_period);
+    if (throttle_.admit(event.kind, event.peer.name, event.peer.address, loop_.now()))
+        log_.peer_event(event);
 }
 
 void Daemon::log_throttle_summary() {
-    if (auto line = throttle_.summary(loop_.now())) {
-        log_.log(LOG_WARNING, *line);
-        // Keep looking while the flood lasts; the next summary closes it.
-        loop_.arm_timer(summary_timer_, loop_.now() + EventThrottle::Limits{}.summary_period);
-    }
+    if (auto line = throttle_.summary(loop_.now())) log_.log(LOG_WARNING, *line);
 }
 
 std::unique_ptr<ControlServer> Daemon::make_control_server(const std::string& path) {
@@ -346,6 +402,7 @@ nlohmann::json Daemon::status() const {
     d["receive_overflows"] = overflow_drops;
     d["verdicts_withheld"] = core_.verdicts_withheld();
     d["events_not_logged"] = throttle_.suppressed_total();
+    d["log_records_dropped"] = log_.dropped_total();
     // Every event since start, logged or not: what alerting should count.
     auto& events = j["events"];
     for (std::size_t k = 0; k < kEventKindCount; ++k)
