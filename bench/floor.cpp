@@ -8,7 +8,11 @@
 // ACKs are counted, not checked. A REGISTER is answered at once with ACCEPT
 // (no CHALLENGE, no state machine), so the same simulated fleet can drive it.
 //
+// With --read-on-tick the socket is read on each tick instead of on each
+// arrival, as the daemon does with many peers (it reads on its wheel's grid).
+//
 // Usage: keepalive-floor --listen 127.0.0.1:PORT [--interval-ms MS] [--tick-ms MS]
+//                        [--read-on-tick]
 // Prints "floor ready: listening on ADDRESS" on stderr when it is ready;
 // SIGTERM stops it.
 #include <fmt/format.h>
@@ -54,8 +58,12 @@ std::uint64_t now_ns() {
 
 class Floor {
 public:
-    Floor(const Address& listen, std::uint32_t interval_ms, std::uint32_t tick_ms)
-        : interval_ms_(interval_ms), tick_ms_(tick_ms), buckets_(interval_ms) {
+    Floor(const Address& listen, std::uint32_t interval_ms, std::uint32_t tick_ms,
+          bool read_on_tick)
+        : interval_ms_(interval_ms),
+          tick_ms_(tick_ms),
+          read_on_tick_(read_on_tick),
+          buckets_(interval_ms) {
         fd_ = ::socket(listen.family() == Address::Family::v4 ? AF_INET : AF_INET6,
                        SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         if (fd_ < 0) fail("socket");
@@ -73,7 +81,8 @@ public:
         epoll_event ev{};
         ev.events = EPOLLIN;
         ev.data.u32 = 0;
-        if (::epoll_ctl(epoll_, EPOLL_CTL_ADD, fd_, &ev) != 0) fail("epoll_ctl");
+        if (!read_on_tick_ && ::epoll_ctl(epoll_, EPOLL_CTL_ADD, fd_, &ev) != 0)
+            fail("epoll_ctl");
         ev.data.u32 = 1;
         if (::epoll_ctl(epoll_, EPOLL_CTL_ADD, timer_, &ev) != 0) fail("epoll_ctl");
         for (std::size_t i = 0; i < kBatch; ++i) {
@@ -101,6 +110,7 @@ public:
                 } else {
                     std::uint64_t expirations;
                     [[maybe_unused]] auto r = ::read(timer_, &expirations, sizeof expirations);
+                    if (read_on_tick_) receive();
                     probe_due();
                     arm();
                 }
@@ -212,6 +222,7 @@ private:
     int epoll_ = -1;
     std::uint32_t interval_ms_;
     std::uint32_t tick_ms_;
+    bool read_on_tick_;
     std::uint64_t next_tick_ns_ = 0;
     std::vector<Peer> peers_;
     std::vector<std::vector<std::uint32_t>> buckets_;
@@ -230,7 +241,8 @@ private:
 };
 
 constexpr const char* kUsage =
-    "Usage: keepalive-floor --listen ADDRESS:PORT [--interval-ms MS] [--tick-ms MS]\n";
+    "Usage: keepalive-floor --listen ADDRESS:PORT [--interval-ms MS] [--tick-ms MS]\n"
+    "                       [--read-on-tick]\n";
 
 }  // namespace
 
@@ -238,12 +250,17 @@ int main(int argc, char** argv) {
     std::string listen;
     std::uint32_t interval_ms = 1000;
     std::uint32_t tick_ms = 1;
+    bool read_on_tick = false;
     try {
         for (int i = 1; i < argc; ++i) {
             const std::string arg = argv[i];
             if (arg == "--help" || arg == "-h") {
                 std::fputs(kUsage, stdout);
                 return 0;
+            }
+            if (arg == "--read-on-tick") {
+                read_on_tick = true;
+                continue;
             }
             if (i + 1 >= argc) throw std::invalid_argument(arg + " needs a value");
             const std::string value = argv[++i];
@@ -272,7 +289,7 @@ int main(int argc, char** argv) {
     sigaction(SIGTERM, &sa, nullptr);
     sigaction(SIGINT, &sa, nullptr);
     try {
-        Floor floor(*address, interval_ms, tick_ms);
+        Floor floor(*address, interval_ms, tick_ms, read_on_tick);
         std::fprintf(stderr, "floor ready: listening on %s\n", listen.c_str());
         std::fflush(stderr);
         floor.run();

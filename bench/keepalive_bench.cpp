@@ -45,6 +45,7 @@ struct Options {
     bool json = false;
     bool check = false;
     bool run_floor = true;
+    std::uint32_t floor_tick_ms = 4;  // the daemon's wheel step
     std::uint64_t seed = 1;
     std::string log_dir;
 };
@@ -150,6 +151,8 @@ struct Measured {
     std::uint64_t kernel_drops = 0;
     std::uint64_t kernel_drops_window = 0;
     std::uint64_t verdicts_withheld_window = 0;
+    std::uint64_t max_timer_lag_us = 0;
+    std::uint64_t longest_iteration_us = 0;
     std::uint64_t receive_overflows = 0;
     std::uint64_t verdicts_withheld = 0;
     std::uint64_t busy_rejects = 0;
@@ -198,7 +201,12 @@ Measured run(const Options& o, bool floor) {
     d.max_peers = total + 1000;
     d.max_per_host = total + 1000;
     d.stand_in = floor;
-    if (floor) d.extra_args = {"--interval-ms", std::to_string(o.interval_ms)};
+    if (floor) {
+        d.extra_args = {"--interval-ms", std::to_string(o.interval_ms), "--tick-ms",
+                        std::to_string(o.floor_tick_ms)};
+        // The daemon reads on its wheel's grid from 1000 peers on; so does the floor.
+        if (total >= 1000) d.extra_args.push_back("--read-on-tick");
+    }
     if (!o.log_dir.empty())
         d.log_copy = fmt::format("{}/{}-{}.log", o.log_dir, floor ? "floor" : "daemon", total);
     DaemonProcess target(d);
@@ -330,6 +338,11 @@ Measured run(const Options& o, bool floor) {
     }
     m.loop_iterations_per_s =
         static_cast<double>(loop_iterations(status1) - loop_iterations(status0)) / m.elapsed_s;
+    if (status1.contains("daemon") && status1["daemon"].contains("loop")) {
+        const auto& loop = status1["daemon"]["loop"];
+        m.max_timer_lag_us = loop.value("max_timer_lag_us", std::uint64_t{0});
+        m.longest_iteration_us = loop.value("longest_iteration_us", std::uint64_t{0});
+    }
     m.receive_overflows = daemon_field(status1, "receive_overflows");
     m.verdicts_withheld = daemon_field(status1, "verdicts_withheld");
     m.verdicts_withheld_window = m.verdicts_withheld - daemon_field(status0, "verdicts_withheld");
@@ -389,6 +402,7 @@ constexpr const char* kUsage =
     "  --threads N            threads playing the sockets (default 2)\n"
     "  --floor PATH           keepalive-floor (default: next to this program, or\n"
     "                         $KEEPALIVE_FLOOR); --no-floor skips it\n"
+    "  --floor-tick-ms MS     the floor's timer step (default 4, the daemon's)\n"
     "  --json                 one JSON object on stdout instead of text\n"
     "  --check                exit 1 unless every peer registered, every silenced peer\n"
     "                         went down and no other did (behaviour, not speed)\n"
@@ -447,6 +461,8 @@ int main(int argc, char** argv) {
                 o.threads = std::max<std::size_t>(1, std::stoul(value()));
             } else if (arg == "--floor") {
                 o.floor = value();
+            } else if (arg == "--floor-tick-ms") {
+                o.floor_tick_ms = static_cast<std::uint32_t>(std::max(1ul, std::stoul(value())));
             } else if (arg == "--no-floor") {
                 o.run_floor = false;
             } else if (arg == "--check") {
@@ -516,6 +532,8 @@ int main(int argc, char** argv) {
             {"kernel_drops", d.kernel_drops},
             {"kernel_drops_window", d.kernel_drops_window},
             {"verdicts_withheld_window", d.verdicts_withheld_window},
+            {"max_timer_lag_us", d.max_timer_lag_us},
+            {"longest_iteration_us", d.longest_iteration_us},
             {"receive_overflows", d.receive_overflows},
             {"verdicts_withheld", d.verdicts_withheld},
         };
