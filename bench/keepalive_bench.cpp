@@ -45,7 +45,7 @@ struct Options {
     bool json = false;
     bool check = false;
     bool run_floor = true;
-    std::uint32_t floor_tick_ms = 4;  // the daemon's wheel step
+    std::uint32_t floor_tick_ms = 5;  // the daemon's wheel step
     std::uint64_t seed = 1;
     std::string log_dir;
 };
@@ -408,7 +408,7 @@ constexpr const char* kUsage =
     "  --threads N            threads playing the sockets (default 2)\n"
     "  --floor PATH           keepalive-floor (default: next to this program, or\n"
     "                         $KEEPALIVE_FLOOR); --no-floor skips it\n"
-    "  --floor-tick-ms MS     the floor's timer step (default 4, the daemon's)\n"
+    "  --floor-tick-ms MS     the floor's timer step (default 5, the daemon's)\n"
     "  --json                 one JSON object on stdout instead of text\n"
     "  --check                exit 1 unless every peer registered, every silenced peer\n"
     "                         went down and no other did (behaviour, not speed)\n"

@@ -30,7 +30,7 @@ constexpr Duration kLogRetry = std::chrono::milliseconds(20);
 // up to one step late. A probe and the verdict it leads to are late by the
 // same amount when the interval is a whole number of steps, so detection is
 // not. Wake-ups per second then stop growing with the number of peers.
-constexpr Duration kWheelStep = std::chrono::milliseconds(4);
+constexpr Duration kWheelStep = std::chrono::milliseconds(5);
 
 // With this many peers or more, the sockets are read on the wheel's grid too
 // (at most a step after a datagram came) instead of on each datagram's
