@@ -166,6 +166,8 @@ struct Measured {
     std::size_t silenced_down = 0;
     std::size_t false_downs = 0;
     std::size_t false_suspects = 0;
+    std::size_t false_downs_window = 0;     // from the window's start on
+    std::size_t false_suspects_window = 0;
     std::vector<double> detection_error_ms;
     double cpu_per_pair_us() const {
         return acks > 0 ? cpu_s * 1e6 / static_cast<double>(acks) : 0;
@@ -380,6 +382,12 @@ Measured run(const Options& o, bool floor) {
     m.silenced_down = std::min<std::size_t>(m.down_at_end, silenced_total);
     m.false_downs = m.downs > silenced_total ? m.downs - silenced_total : 0;
     m.false_suspects = m.suspects > silenced_total ? m.suspects - silenced_total : 0;
+    const auto over = [&](const char* kind) -> std::size_t {
+        const auto in_window = event_count(status1, kind) - event_count(status0, kind);
+        return in_window > silenced_total ? in_window - silenced_total : 0;
+    };
+    m.false_downs_window = over("down");
+    m.false_suspects_window = over("suspect");
     return m;
 }
 
@@ -532,6 +540,8 @@ int main(int argc, char** argv) {
             {"detection_error_ms_max", percentile(err, 1.0)},
             {"false_suspects", d.false_suspects},
             {"false_downs", d.false_downs},
+            {"false_suspects_window", d.false_suspects_window},
+            {"false_downs_window", d.false_downs_window},
             {"registered", d.registered},
             {"up_before_window", d.up_before_window},
             {"up_at_end", d.up_at_end},
