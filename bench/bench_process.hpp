@@ -424,5 +424,4 @@ private:
     std::unordered_map<std::string, TimePoint> down_times_;
 };
 
-
 }  // namespace keepalive::bench

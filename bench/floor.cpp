@@ -81,8 +81,7 @@ public:
         epoll_event ev{};
         ev.events = EPOLLIN;
         ev.data.u32 = 0;
-        if (!read_on_tick_ && ::epoll_ctl(epoll_, EPOLL_CTL_ADD, fd_, &ev) != 0)
-            fail("epoll_ctl");
+        if (!read_on_tick_ && ::epoll_ctl(epoll_, EPOLL_CTL_ADD, fd_, &ev) != 0) fail("epoll_ctl");
         ev.data.u32 = 1;
         if (::epoll_ctl(epoll_, EPOLL_CTL_ADD, timer_, &ev) != 0) fail("epoll_ctl");
         for (std::size_t i = 0; i < kBatch; ++i) {
@@ -284,7 +283,7 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "keepalive-floor: bad address %s\n%s", listen.c_str(), kUsage);
         return 2;
     }
-    struct sigaction sa{};
+    struct sigaction sa {};
     sa.sa_handler = [](int) { g_stop = 1; };
     sigaction(SIGTERM, &sa, nullptr);
     sigaction(SIGINT, &sa, nullptr);

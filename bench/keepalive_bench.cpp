@@ -60,7 +60,9 @@ public:
                std::atomic<Phase>& phase)
         : fleets_(std::move(fleets)), options_(o), phase_(phase) {}
 
-    void start() { thread_ = std::thread([this] { run(); }); }
+    void start() {
+        thread_ = std::thread([this] { run(); });
+    }
     void join() {
         if (thread_.joinable()) thread_.join();
     }
@@ -166,7 +168,7 @@ struct Measured {
     std::size_t silenced_down = 0;
     std::size_t false_downs = 0;
     std::size_t false_suspects = 0;
-    std::size_t false_downs_window = 0;     // from the window's start on
+    std::size_t false_downs_window = 0;  // from the window's start on
     std::size_t false_suspects_window = 0;
     std::vector<double> detection_error_ms;
     double cpu_per_pair_us() const {
@@ -242,9 +244,8 @@ Measured run(const Options& o, bool floor) {
     const std::size_t to_silence =
         floor ? 0 : static_cast<std::size_t>(o.silence_fraction * static_cast<double>(o.peers));
     for (std::size_t i = 0; i < sockets; ++i) {
-        const auto source = Address::v4(0x7f010000u | static_cast<std::uint32_t>(
-                                                          (i / 250) << 8 | (i % 250 + 1)),
-                                        0);
+        const auto source = Address::v4(
+            0x7f010000u | static_cast<std::uint32_t>((i / 250) << 8 | (i % 250 + 1)), 0);
         auto f = std::make_unique<Fleet>(target.address(), o.seed * 7919 + i, source);
         const std::size_t first = share(o.up_before, i);
         f->add(fmt::format("u{}-", i), first, o.interval_ms, o.probes);
@@ -271,7 +272,8 @@ Measured run(const Options& o, bool floor) {
     const auto wait_for = [&](auto done, double limit_s, const char* what) {
         const TimePoint give_up = Clock::now() + seconds_of(limit_s);
         while (!done()) {
-            if (Clock::now() > give_up) throw std::runtime_error(fmt::format("{}: timed out", what));
+            if (Clock::now() > give_up)
+                throw std::runtime_error(fmt::format("{}: timed out", what));
             std::this_thread::sleep_for(10ms);
         }
     };
@@ -509,8 +511,8 @@ int main(int argc, char** argv) {
         Measured f;
         if (o.run_floor) f = run(o, true);
         const std::size_t total = o.peers + o.up_before;
-        const double rss_per_peer = static_cast<double>(d.rss_kib - d.rss_base_kib) * 1024.0 /
-                                    static_cast<double>(total);
+        const double rss_per_peer =
+            static_cast<double>(d.rss_kib - d.rss_base_kib) * 1024.0 / static_cast<double>(total);
         const double floor_ratio =
             o.run_floor && f.cpu_per_pair_us() > 0 ? d.cpu_per_pair_us() / f.cpu_per_pair_us() : 0;
         const auto& err = d.detection_error_ms;
@@ -563,9 +565,11 @@ int main(int argc, char** argv) {
         }
         if (o.check) {
             std::string failed;
-            if (d.registered != total) failed += fmt::format(" registered {} of {};", d.registered, total);
+            if (d.registered != total)
+                failed += fmt::format(" registered {} of {};", d.registered, total);
             if (d.silenced_down != d.silenced)
-                failed += fmt::format(" {} of {} silenced peers down;", d.silenced_down, d.silenced);
+                failed +=
+                    fmt::format(" {} of {} silenced peers down;", d.silenced_down, d.silenced);
             if (d.false_downs != 0) failed += fmt::format(" {} false downs;", d.false_downs);
             if (!failed.empty()) {
                 std::fprintf(stderr, "keepalive-bench: check failed:%s\n", failed.c_str());

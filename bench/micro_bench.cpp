@@ -101,8 +101,7 @@ BENCHMARK(BM_TimerWheelExpire)->Arg(1'000'000)->Unit(benchmark::kMillisecond);
 const kap::Message kAck{.session = 0x1234, .body = kap::Ack{41, 123'456'789, 0xfeed}};
 const kap::Message kProbe{.session = 0x1234, .body = kap::Probe{41, 123'456'789}};
 const kap::Message kRegister{
-    .session = 0,
-    .body = kap::Register{7, 0xfeed, 1000, 3, kap::Cookie{}, "node-0042.example"}};
+    .session = 0, .body = kap::Register{7, 0xfeed, 1000, 3, kap::Cookie{}, "node-0042.example"}};
 
 void BM_CodecEncode(benchmark::State& state, const kap::Message& m) {
     std::array<std::uint8_t, kap::kMaxDatagramSize> out{};
@@ -240,11 +239,11 @@ struct Server {
             const Address from = Address::v4(0x0a000000u + static_cast<std::uint32_t>(i) + 1,
                                              static_cast<std::uint16_t>(40000 + i % 20000));
             kap::Register reg{1000 + i, 0x5eed0000u + i, 1000, 3, {}, fmt::format("peer-{}", i)};
-            core->on_datagram(make_datagram({.session = 0, .body = reg}, from).view(), from,
-                              route, now);
+            core->on_datagram(make_datagram({.session = 0, .body = reg}, from).view(), from, route,
+                              now);
             reg.cookie = std::get<kap::Challenge>(sink.last_message().body).cookie;
-            core->on_datagram(make_datagram({.session = 0, .body = reg}, from).view(), from,
-                              route, now);
+            core->on_datagram(make_datagram({.session = 0, .body = reg}, from).view(), from, route,
+                              now);
         }
         sink.capture = false;
         if (core->peers().size() != n) throw std::runtime_error("registration failed");
