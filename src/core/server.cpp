@@ -166,6 +166,10 @@ void ServerCore::on_register(const kap::Message& m, const Address& from, const R
         reject(kap::Diag::invalid_parameters);
         return;
     }
+    if (reserved(reg.name)) {
+        reject(kap::Diag::not_permitted);
+        return;
+    }
     const Duration interval = std::clamp<Duration>(milliseconds(reg.interval_ms),
                                                    limits_.min_interval, limits_.max_interval);
     const std::uint8_t probes = std::min(reg.probes, limits_.max_probes);

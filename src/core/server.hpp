@@ -5,6 +5,7 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <span>
 #include <string_view>
@@ -83,6 +84,12 @@ public:
     void set_limits(const PeerLimits& limits) { limits_ = limits; }
     const PeerLimits& limits() const { return limits_; }
 
+    // Names taken by something else (the daemon's TCP targets): a REGISTER for one is
+    // REJECTed with diag 3 (not permitted), a legacy registration dropped as legacy_refused.
+    void set_reserved_names(std::function<bool(std::string_view)> reserved) {
+        reserved_ = std::move(reserved);
+    }
+
     // Says goodbye (BYE diag 5) to every peer that is not gone already.
     void shutdown();
 
@@ -126,7 +133,10 @@ private:
     TimePoint first_probe_time(Duration interval, TimePoint now);
     void count(Drop d) { ++drops_[static_cast<std::size_t>(d)]; }
 
+    bool reserved(std::string_view name) const { return reserved_ && reserved_(name); }
+
     PeerLimits limits_;
+    std::function<bool(std::string_view)> reserved_;
     RandomSource& random_;
     ServerSink& sink_;
     CookieJar cookies_;

@@ -38,6 +38,14 @@ Daemon::Daemon(Config config, Logger& log, const ClockSource& clock, RandomSourc
     adopt_activated_sockets();
     if (auto r = reconcile_listeners(endpoints(config_)); !r) throw std::runtime_error(r.error());
     if (listeners_.empty()) throw std::runtime_error("no address to listen on");
+    targets_ = std::make_unique<TargetSet>(
+        loop_, random,
+        TargetSet::Hooks{.event = [this](const PeerEvent& e) { peer_event(e); },
+                         .done = [this] {
+                             if (status_dirty_) notify_status();
+                         }});
+    core_.set_reserved_names([this](std::string_view name) { return targets_->contains(name); });
+    targets_->apply(config_.targets);
     control_ = std::make_unique<ControlServer>(
         loop_, config_.control_socket, [this](std::string_view r) { return control_request(r); });
 
@@ -198,8 +206,12 @@ void Daemon::peer_event(const PeerEvent& event) {
 }
 
 void Daemon::notify_status() {
-    notify("STATUS=" + summary_line(core_.peers().counts()));
+    notify("STATUS=" + summary_line(counts()));
     status_dirty_ = false;
+}
+
+PeerCounts Daemon::counts() const {
+    return core_.peers().counts() + targets_->counts();
 }
 
 void Daemon::reload() {
@@ -225,6 +237,7 @@ void Daemon::reload() {
         }
         core_.set_limits(fresh->peers);
         config_ = std::move(*fresh);
+        targets_->apply(config_.targets);
         log_.logf(LOG_INFO, "configuration reloaded: listening on {}",
                   fmt::join(listen_addresses(), ", "));
     }
@@ -258,11 +271,13 @@ std::vector<std::string> Daemon::listen_addresses() const {
 }
 
 std::string Daemon::control_request(std::string_view request) {
-    if (request == "peers") return peers_json(core_, loop_.now()).dump() + "\n";
+    if (request == "peers")
+        return peers_json(core_, loop_.now(), targets_->peer_rows(loop_.now())).dump() + "\n";
+    if (request == "targets") return targets_->targets_json(loop_.now()).dump() + "\n";
     if (request == "status") {
         const DaemonInfo info{KEEPALIVE_VERSION, config_.source, listen_addresses(),
                               std::chrono::duration<double>(loop_.now() - started_).count()};
-        auto j = status_json(core_, info);
+        auto j = status_json(core_, counts(), info);
         std::uint64_t send_errors = 0;
         for (const auto& [id, l] : listeners_) send_errors += l.socket.send_errors();
         j["daemon"]["send_errors"] = send_errors;

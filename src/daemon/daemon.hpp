@@ -11,6 +11,7 @@
 #include "daemon/config.hpp"
 #include "daemon/control.hpp"
 #include "daemon/log.hpp"
+#include "daemon/targets.hpp"
 #include "net/event_loop.hpp"
 #include "net/udp_socket.hpp"
 
@@ -55,6 +56,7 @@ private:
     void reload();
     void stop();
     void notify_status();
+    PeerCounts counts() const;
     std::string control_request(std::string_view request);
     std::vector<std::string> listen_addresses() const;
 
@@ -73,6 +75,7 @@ private:
     std::map<std::uint32_t, std::vector<OutDatagram>> outbox_;
     std::uint64_t unroutable_ = 0;
 
+    std::unique_ptr<TargetSet> targets_;  // after core_: it checks names against them
     std::unique_ptr<ControlServer> control_;
     EventLoop::TimerId wheel_timer_;
     EventLoop::TimerId watchdog_timer_;
