@@ -53,6 +53,7 @@ struct Peer {
     // The latest network error seen for this peer (an ICMP error quoting a probe, or a
     // target's socket error), e.g. "port unreachable: host up, no agent"; empty if none.
     std::string last_error;
+    TimePoint last_error_at{};
 
     TimerWheel::Handle timer;  // the one wheel entry: next probe, or forgetting
 };

@@ -396,7 +396,12 @@ void ServerCore::on_due(Slot slot, TimePoint deadline, TimePoint now) {
             if (p.seq_sent > p.seq_acked) ++p.missed;
             if (p.missed >= p.probes) {
                 // probes × interval after the first unanswered probe went out.
-                change_state(slot, PeerState::down, EventKind::down, "detection time expired",
+                // An ICMP error within the detection window tells why.
+                const bool icmp = !p.last_error.empty() &&
+                                  p.last_error_at + p.interval * p.probes >= deadline;
+                change_state(slot, PeerState::down, EventKind::down,
+                             icmp ? "detection time expired: " + p.last_error
+                                  : std::string("detection time expired"),
                              deadline);
                 send_probe(slot, now);
                 schedule(slot, std::min(next_on_grid(deadline, limits_.down_probe_interval, now),

@@ -75,6 +75,16 @@ public:
                             const Route& probe_route, std::uint16_t probe_port, TimePoint now);
     void on_legacy_reply(std::span<const std::uint8_t> data, const Address& from, TimePoint now);
 
+    // An ICMP error the kernel reported for a datagram sent to `to` (IP_RECVERR):
+    // `error` is its errno (ECONNREFUSED for port unreachable, EHOSTUNREACH,
+    // ENETUNREACH, ...), `reporter` the host that sent it, `quoted` the start of
+    // the datagram it quotes. Only a KAP/1 PROBE to the session's own address
+    // counts: it is recorded on the peer (last_error), given as the reason if
+    // the peer goes down, and with limits().fast_down_on_icmp a port
+    // unreachable declares it down at once. Anything else is ignored.
+    void on_icmp_error(const Address& to, int error, const std::optional<Address>& reporter,
+                       std::span<const std::uint8_t> quoted, TimePoint now);
+
     // Runs every due probe, detection and forgetting. Call when now >= next_deadline().
     void on_timer(TimePoint now);
     std::optional<TimePoint> next_deadline() const { return wheel_.next_wakeup(); }

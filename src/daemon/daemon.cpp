@@ -133,7 +133,10 @@ void Daemon::add_listener(std::optional<Endpoint> configured, UdpSocket socket) 
     const std::uint32_t id = next_listener_id_++;
     const int fd = socket.fd();
     listeners_.emplace(id, Listener{std::move(configured), std::move(socket)});
-    loop_.add_fd(fd, EPOLLIN, [this, id](std::uint32_t) { on_readable(id); });
+    loop_.add_fd(fd, EPOLLIN, [this, id](std::uint32_t events) {
+        if (events & EPOLLERR) on_send_errors(id);
+        if (events & EPOLLIN) on_readable(id);
+    });
 }
 
 void Daemon::on_readable(std::uint32_t id) {
@@ -168,6 +171,17 @@ void Daemon::on_readable(std::uint32_t id) {
         });
         if (n < UdpSocket::kBatchSize) break;
     }
+    after_work();
+}
+
+// ICMP errors for probes we sent: what they say about the peer is the core's business.
+void Daemon::on_send_errors(std::uint32_t id) {
+    auto it = listeners_.find(id);
+    if (it == listeners_.end()) return;
+    const TimePoint now = loop_.now();
+    it->second.socket.drain_errors([&](const UdpSocket::SendError& e) {
+        core_.on_icmp_error(e.to, e.error, e.reporter, e.quoted, now);
+    });
     after_work();
 }
 

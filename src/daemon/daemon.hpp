@@ -51,6 +51,7 @@ private:
     void add_listener(std::optional<Endpoint> configured, UdpSocket socket);
     std::optional<std::uint32_t> legacy_probe_listener() const;
     void on_readable(std::uint32_t id);
+    void on_send_errors(std::uint32_t id);
     void after_work();
     void flush(std::uint32_t id);
     void reload();

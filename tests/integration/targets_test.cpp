@@ -201,8 +201,10 @@ protected:
         config_.control_socket = dir_.file("control.sock");
     }
 
-    void write_config(const std::vector<TargetSpec>& targets) {
-        std::string text = config_.to_toml();
+    // peers_extra: more [peers] keys.
+    void write_config(const std::vector<TargetSpec>& targets,
+                      const std::string& peers_extra = "") {
+        std::string text = config_.to_toml() + peers_extra;
         for (const auto& t : targets)
             text += "\n[[targets]]\nname = \"" + t.name + "\"\naddress = \"" + t.address +
                     "\"\nidle = \"" + std::to_string(t.idle) + "s\"\ninterval = \"" +
@@ -211,8 +213,8 @@ protected:
         write_file(dir_.file("keepalived.toml"), text);
     }
 
-    void start_daemon(const std::vector<TargetSpec>& targets) {
-        write_config(targets);
+    void start_daemon(const std::vector<TargetSpec>& targets, const std::string& peers_extra = "") {
+        write_config(targets, peers_extra);
         SpawnOptions options;
         options.stderr_path = dir_.file("keepalived.log");
         daemon_.emplace(Strings{net_.ip(), "netns", "exec", net_.daemon_ns(), keepalived_path(),
@@ -421,6 +423,108 @@ TEST_F(TargetsTest, ReloadAddsRemovesAndChangesTargets) {
     EXPECT_EQ(peers[0].at("protocol"), "tcp");
     const json status = control_request(config_.control_socket, "status");
     EXPECT_EQ(status.at("summary"), "3 peers: 3 up, 0 suspect, 0 down, 0 left");
+}
+
+// ---- KAP/1 peers and ICMP --------------------------------------------------------
+
+class IcmpTest : public TargetsTest {
+protected:
+    // A keepalive-peer in the target's namespace, registered with the daemon.
+    Process& start_agent(const std::string& name, const std::string& interval, int probes) {
+        SpawnOptions options;
+        options.stderr_path = dir_.file("peer-" + name + ".log");
+        agent_.emplace(Strings{net_.ip(), "netns", "exec", net_.target_ns(), peer_path(),
+                               "--server", std::string(kDaemonIp) + ":7371", "--name", name,
+                               "--interval", interval, "--probes", std::to_string(probes),
+                               "--log-target", "stderr"},
+                       options);
+        wait_for_peer(name, "up");
+        return *agent_;
+    }
+    json peer(const std::string& name) {
+        const json all = control_request(config_.control_socket, "peers");
+        for (const auto& p : all.at("peers"))
+            if (p.at("name") == name) return p;
+        return nullptr;
+    }
+    Clock::time_point wait_for_peer(const std::string& name, const std::string& state) {
+        Clock::time_point seen{};
+        if (!wait_until(
+                [&] {
+                    const json p = peer(name);
+                    if (p.is_null() || p.at("state") != state) return false;
+                    seen = Clock::now();
+                    return true;
+                },
+                kPatience, 10ms))
+            fail("peer " + name + " never became " + state + ": " + peer(name).dump() +
+                 "\nlog:\n" + log());
+        return seen;
+    }
+    std::optional<Process> agent_;
+};
+
+// The agent is killed, its host stays: the next PROBE meets ICMP port
+// unreachable, recorded on the peer and given as the reason it goes down.
+TEST_F(IcmpTest, PortUnreachableSaysHostUpNoAgent) {
+    start_daemon({});
+    start_agent("agent1", "200ms", 3);
+    agent_->kill();
+    wait_for_peer("agent1", "down");
+    const json p = peer("agent1");
+    EXPECT_EQ(p.at("last_error"), "host up, no agent (ICMP port unreachable from 10.231.0.2)")
+        << p.dump();
+    EXPECT_NE(log().find("is down: detection time expired: host up, no agent (ICMP port "
+                         "unreachable from 10.231.0.2)"),
+              std::string::npos)
+        << log();
+}
+
+// With fast_down_on_icmp the first port unreachable is enough: down long
+// before the detection time (5 x 1 s) could expire.
+TEST_F(IcmpTest, FastDownOnIcmpDeclaresDownAtOnce) {
+    start_daemon({}, "fast_down_on_icmp = true\n");
+    start_agent("agent2", "1s", 5);
+    const auto killed = Clock::now();
+    agent_->kill();
+    const auto down = wait_for_peer("agent2", "down");
+    const double took = duration<double>(down - killed).count();
+    std::cout << "fast down on ICMP port unreachable: " << took
+              << " s (next probe within 1 s; detection time 5 s)\n";
+    EXPECT_LT(took, 4.0) << log();
+    EXPECT_NE(log().find("agent2 (10.231.0.2:"), std::string::npos);
+    EXPECT_NE(log().find("is down: host up, no agent (ICMP port unreachable"), std::string::npos)
+        << log();
+}
+
+// A host that cannot be reached (ICMP host unreachable for the probes).
+TEST_F(IcmpTest, HostUnreachableIsTheReason) {
+    start_daemon({});
+    start_agent("agent3", "200ms", 3);
+    net_.nft_target("add rule ip ka in udp sport 7371 reject with icmp type host-unreachable");
+    wait_for_peer("agent3", "down");
+    EXPECT_EQ(peer("agent3").at("last_error"),
+              "unreachable (ICMP host unreachable from 10.231.0.2)");
+}
+
+// A KAP/1 peer cannot take a target's name: its REGISTER is rejected.
+TEST_F(IcmpTest, RegisterForATargetsNameIsRejected) {
+    Service service(net_);
+    start_daemon({TargetSpec{.name = "db1"}});
+    service.accept_one();
+    wait_for("db1", "up");
+    SpawnOptions options;
+    options.stderr_path = dir_.file("peer-db1.log");
+    Process impostor(Strings{net_.ip(), "netns", "exec", net_.target_ns(), peer_path(), "--server",
+                             std::string(kDaemonIp) + ":7371", "--name", "db1", "--log-target",
+                             "stderr"},
+                     options);
+    ASSERT_TRUE(wait_until([&] {
+        return impostor.stderr_text().find("rejected the registration: not permitted") !=
+               std::string::npos;
+    })) << impostor.stderr_text();
+    EXPECT_EQ(control_request(config_.control_socket, "peers").at("peers").size(), 1U);
+    EXPECT_EQ(peer("db1").at("protocol"), "tcp");
 }
 
 }  // namespace
