@@ -10,7 +10,7 @@ using std::chrono::duration;
 using std::chrono::duration_cast;
 using std::chrono::microseconds;
 
-nlohmann::json peer_row(const Peer& p, TimePoint now) {
+nlohmann::json peer_json(const Peer& p, TimePoint now) {
     return {
         {"name", p.name},
         {"address", p.address.to_string()},
@@ -21,7 +21,7 @@ nlohmann::json peer_row(const Peer& p, TimePoint now) {
         {"probes", p.probes},
         {"missed", p.missed},
         {"rtt_us", p.rtt ? nlohmann::json(duration_cast<microseconds>(*p.rtt).count())
-                          : nlohmann::json(nullptr)},
+                         : nlohmann::json(nullptr)},
         {"since", std::max(0.0, duration<double>(now - p.since).count())},
         {"probes_sent", p.probes_sent},
         {"acks_received", p.acks_received},
@@ -30,23 +30,37 @@ nlohmann::json peer_row(const Peer& p, TimePoint now) {
     };
 }
 
-nlohmann::json peers_json(const ServerCore& core, TimePoint now, nlohmann::json extra) {
-    std::vector<const Peer*> peers;
-    peers.reserve(core.peers().size());
-    core.peers().for_each([&](PeerTable::Slot, const Peer& p) { peers.push_back(&p); });
-    std::sort(peers.begin(), peers.end(),
-              [](const Peer* a, const Peer* b) { return a->name < b->name; });
+ControlServer::Producer peers_stream(const ServerCore& core, std::function<TimePoint()> now,
+                                     nlohmann::json extra) {
+    struct Cursor {
+        PeerTable::Slot next = 0;
+        bool started = false;
+        bool first = true;
+    };
+    return [&core, now = std::move(now), extra = std::move(extra),
+            cursor = Cursor{}](std::string& out) mutable {
+        if (!cursor.started) out += "{\"peers\":[";
+        cursor.started = true;
+        const TimePoint t = now();
+        cursor.next = core.peers().for_each_from(
+            cursor.next, kPeersPerPiece, [&](PeerTable::Slot, const Peer& p) {
+                if (!cursor.first) out += ',';
+                cursor.first = false;
+                out += peer_json(p, t).dump();
+            });
+        if (cursor.next != PeerTable::kNone) return true;
+        for (const auto& row : extra) {
+            if (!cursor.first) out += ',';
+            cursor.first = false;
+            out += row.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+        }
+        out += "]}\n";
+        return false;
+    };
+}
 
-    auto list = nlohmann::json::array();
-    for (const Peer* p : peers) list.push_back(peer_row(*p, now));
-    if (!extra.empty()) {
-        for (auto& row : extra) list.push_back(std::move(row));
-        std::stable_sort(list.begin(), list.end(), [](const auto& a, const auto& b) {
-            return a.at("name").template get_ref<const std::string&>() <
-                   b.at("name").template get_ref<const std::string&>();
-        });
-    }
-    return {{"peers", std::move(list)}};
+std::string to_line(const nlohmann::json& j) {
+    return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
 }
 
 PeerCounts operator+(const PeerCounts& a, const PeerCounts& b) {

@@ -260,14 +260,14 @@ void TargetSet::set_state(Target& t, PeerState state, EventKind kind, std::strin
 
 void TargetSet::emit(Target& t, EventKind kind, std::optional<PeerState> previous,
                      std::string reason) {
-    if (hooks_.event) hooks_.event(PeerEvent{kind, previous, t.peer, std::move(reason)});
+    if (hooks_.event) hooks_.event(PeerEvent{kind, previous, t.peer, std::move(reason), std::nullopt});
 }
 
 nlohmann::json TargetSet::peer_rows(TimePoint now) {
     auto rows = nlohmann::json::array();
     for (auto& [name, t] : targets_) {
         refresh(*t);
-        rows.push_back(peer_row(t->peer, now));
+        rows.push_back(peer_json(t->peer, now));
     }
     return rows;
 }

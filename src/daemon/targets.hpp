@@ -42,7 +42,7 @@ public:
     std::size_t size() const { return targets_.size(); }
     PeerCounts counts() const;
 
-    // Rows for the peers list (status_json.hpp's peer_row plus TCP_INFO figures).
+    // Rows for the peers list (status_json.hpp's peer_json plus TCP_INFO figures).
     nlohmann::json peer_rows(TimePoint now);
     // {"targets": [{"name", "address", "state", "connection", "idle_s", "interval_s", "probes",
     //   "detection_s", "since", "rtt_us", "missed", "last_error", "connects",

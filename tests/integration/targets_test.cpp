@@ -439,6 +439,12 @@ protected:
                                "--log-target", "stderr"},
                        options);
         wait_for_peer(name, "up");
+        // Past probation: a session that never answered is forgotten when it goes down.
+        if (!wait_until([&] {
+                const json p = peer(name);
+                return p.is_object() && p.at("acks_received").get<int>() > 0;
+            }))
+            fail("peer " + name + " never answered a probe:\n" + log());
         return *agent_;
     }
     json peer(const std::string& name) {
