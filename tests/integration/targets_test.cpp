@@ -380,6 +380,14 @@ TEST_F(TargetsTest, IcmpHostUnreachableIsDownUnreachable) {
     net_.clear_rules();
     service.accept_one();
     wait_for("db1", "up", "", 40s);
+
+    // Once connected, Linux ignores ICMP errors that quote a keepalive probe
+    // (its sequence number is below the window): the probes go unanswered,
+    // and the reconnect that follows tells "unreachable".
+    net_.nft_target("add rule ip ka in tcp dport " + std::to_string(kPort) +
+                    " reject with icmp type host-unreachable");
+    wait_for("db1", "down", "no answer to keepalive probes");
+    wait_for("db1", "down", "unreachable", 40s);
 }
 
 // SIGHUP adds, removes and changes targets, leaving the others alone.
