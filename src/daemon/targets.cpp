@@ -1,6 +1,7 @@
 #include "daemon/targets.hpp"
 
 #include <fmt/format.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 
 #include <algorithm>
@@ -22,6 +23,19 @@ constexpr std::size_t kReadBudget = 64 * 1024;
 // A connection that lived this long was a good one: the next one after it
 // ends is tried at once rather than after a backoff.
 constexpr Duration kStableConnection = std::chrono::seconds(30);
+
+// Each target holds a descriptor, and the usual soft limit (1024) is below
+// what a thousand targets need: raise it toward the hard limit (best effort;
+// a target that cannot get a socket is down with EMFILE as its last error).
+void make_room_for_descriptors(std::size_t targets) {
+    constexpr rlim_t kForEverythingElse = 256;
+    rlimit limit{};
+    if (getrlimit(RLIMIT_NOFILE, &limit) != 0) return;
+    const rlim_t wanted = std::min<rlim_t>(targets + kForEverythingElse, limit.rlim_max);
+    if (limit.rlim_cur >= wanted) return;
+    limit.rlim_cur = wanted;
+    setrlimit(RLIMIT_NOFILE, &limit);
+}
 
 std::string describe_config(const TargetConfig& c) {
     return fmt::format("{}, idle {}s, interval {}s x {}", c.address.to_string(), c.idle.count(),
@@ -54,6 +68,7 @@ TargetSet::~TargetSet() {
 
 void TargetSet::apply(const std::vector<TargetConfig>& wanted) {
     const TimePoint now = loop_.now();
+    make_room_for_descriptors(wanted.size());
     for (auto it = targets_.begin(); it != targets_.end();) {
         const bool kept = std::any_of(wanted.begin(), wanted.end(),
                                       [&](const TargetConfig& c) { return c.name == it->first; });

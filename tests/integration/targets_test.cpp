@@ -431,6 +431,20 @@ TEST_F(TargetsTest, ReloadAddsRemovesAndChangesTargets) {
     EXPECT_EQ(peers[0].at("protocol"), "tcp");
     const json status = control_request(config_.control_socket, "status");
     EXPECT_EQ(status.at("summary"), "3 peers: 3 up, 0 suspect, 0 down, 0 left");
+    // keepalivectl: the targets table, its JSON, and usage errors.
+    const RunResult table = run({ctl_path(), "--socket", config_.control_socket, "targets"});
+    ASSERT_TRUE(table.status.exited_with(0)) << table.err;
+    EXPECT_NE(table.out.find("LAST ERROR"), std::string::npos) << table.out;
+    EXPECT_NE(table.out.find("established"), std::string::npos) << table.out;
+    EXPECT_NE(table.out.find("1s+2x1s"), std::string::npos) << table.out;
+    const json listed = ctl_json({"--socket", config_.control_socket, "targets"});
+    EXPECT_EQ(listed.at("targets").size(), 3U);
+    EXPECT_EQ(listed.at("targets")[0].at("detection_s"), 3);
+    const RunResult peers_table = run({ctl_path(), "--socket", config_.control_socket, "peers"});
+    EXPECT_NE(peers_table.out.find("tcp"), std::string::npos) << peers_table.out;
+    const RunResult bad = run({ctl_path(), "--socket", config_.control_socket, "targets", "x"});
+    EXPECT_TRUE(bad.status.exited_with(2)) << bad.status.to_string();
+    EXPECT_NE(bad.err.find("Usage"), std::string::npos) << bad.err;
 }
 
 // ---- KAP/1 peers and ICMP --------------------------------------------------------
