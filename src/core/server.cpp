@@ -415,7 +415,7 @@ void ServerCore::on_due(Slot slot, TimePoint deadline, TimePoint now) {
                 else
                     ++p.missed;
             }
-            if (p.missed >= p.probes) {
+            if (p.missed >= probe_budget(p)) {
                 // probes × interval after the first unanswered probe went out.
                 // An ICMP error within the detection window tells why.
                 const bool icmp = !p.last_error.empty() &&
@@ -424,13 +424,7 @@ void ServerCore::on_due(Slot slot, TimePoint deadline, TimePoint now) {
                              icmp ? "detection time expired: " + p.last_error
                                   : std::string("detection time expired"),
                              deadline);
-                if (p.acks_received == 0) {
-                    forget(slot);  // it never answered: no reason to hold its slot
-                    return;
-                }
-                send_probe(slot, now);
-                schedule(slot, std::min(next_on_grid(deadline, limits_.down_probe_interval, now),
-                                        p.since + limits_.forget_after));
+                probe_down(slot, deadline, now);
                 return;
             }
             if (p.missed > 0 && p.state == PeerState::up)
@@ -443,19 +437,45 @@ void ServerCore::on_due(Slot slot, TimePoint deadline, TimePoint now) {
             return;
         }
         case PeerState::down:
-            if (deadline - p.since >= limits_.forget_after) {
+            if (deadline - p.since >= forget_after(p)) {
                 forget(slot);
                 return;
             }
             if (p.seq_sent > p.seq_acked) ++p.missed;
-            send_probe(slot, now);
-            schedule(slot, std::min(next_on_grid(deadline, limits_.down_probe_interval, now),
-                                    p.since + limits_.forget_after));
+            probe_down(slot, deadline, now);
             return;
         case PeerState::left:
             forget(slot);
             return;
     }
+}
+
+// A down peer is still probed now and then, so that it comes back on its own.
+// Not a legacy one that never answered: its address was never proven (the old
+// protocol has no cookie), and probing it would reflect traffic at a victim.
+void ServerCore::probe_down(Slot slot, TimePoint deadline, TimePoint now) {
+    Peer& p = table_.at(slot);
+    const TimePoint forget_at = p.since + forget_after(p);
+    if (p.protocol == Protocol::legacy && p.acks_received == 0) {
+        schedule(slot, forget_at);
+        return;
+    }
+    send_probe(slot, now);
+    schedule(slot, std::min(next_on_grid(deadline, limits_.down_probe_interval, now), forget_at));
+}
+
+// A legacy registration (no cookie: its source may be forged) that never
+// answered gets a few probes, not the 255 it may ask for.
+std::uint8_t ServerCore::probe_budget(const Peer& p) {
+    return p.protocol == Protocol::legacy && p.acks_received == 0
+               ? std::min(p.probes, kUnansweredLegacyProbes)
+               : p.probes;
+}
+
+// A session that never answered a probe is not kept for long once down.
+Duration ServerCore::forget_after(const Peer& p) const {
+    return p.acks_received == 0 ? std::min(limits_.forget_after, kUnansweredForgetAfter)
+                                : limits_.forget_after;
 }
 
 void ServerCore::send_probe(Slot slot, TimePoint now) {

@@ -60,9 +60,12 @@ public:
     // Answers to ACK/BYE for unknown sessions, per source host and second.
     static constexpr unsigned kUnknownSessionRepliesPerSecond = 4;
     // Until a session has answered a probe, it is probed at most this far
-    // apart: a registration nobody answers holds its slot for at most
-    // probes x 1 s, whatever interval it was granted, and is then forgotten.
+    // apart: a registration nobody answers is down after at most probes x 1 s,
+    // whatever interval it was granted, and forgotten a minute later.
     static constexpr Duration kProbationStep = std::chrono::seconds(1);
+    // How long a down session that never answered is kept before it is forgotten.
+    static constexpr Duration kUnansweredForgetAfter = std::chrono::minutes(1);
+    static constexpr std::uint8_t kUnansweredLegacyProbes = 3;
 
     ServerCore(const PeerLimits& limits, RandomSource& random, ServerSink& sink, TimePoint now);
     ServerCore(const ServerCore&) = delete;
@@ -157,6 +160,9 @@ private:
               std::optional<Address> previous_address = std::nullopt);
     // The distance between two probes: the granted interval, or less on probation.
     static Duration probe_step(const Peer& p);
+    Duration forget_after(const Peer& p) const;
+    static std::uint8_t probe_budget(const Peer& p);
+    void probe_down(Slot slot, TimePoint deadline, TimePoint now);
     bool host_full(const Address& host) const { return table_.on_host(host) >= limits_.max_per_host; }
     void schedule(Slot slot, TimePoint deadline);
     void forget(Slot slot);

@@ -22,6 +22,9 @@ constexpr int kBatchesPerWakeup = 8;
 // starved of CPU): what was read meanwhile is in doubt.
 constexpr Duration kLagDoubt = std::chrono::milliseconds(100);
 
+// How soon log records the journal (or stderr) could not take are tried again.
+constexpr Duration kLogRetry = std::chrono::milliseconds(20);
+
 Duration thread_cpu_time() {
     timespec ts{};
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
@@ -60,6 +63,7 @@ Daemon::Daemon(Config config, Logger& log, const ClockSource& clock, RandomSourc
         after_work();
     });
     summary_timer_ = loop_.add_timer([this] { log_throttle_summary(); });
+    log_timer_ = loop_.add_timer([this] { after_work(); });
     watchdog_timer_ = loop_.add_timer([this] {
         notify("WATCHDOG=1");
         loop_.arm_timer(watchdog_timer_, loop_.now() + watchdog_period_);
@@ -217,6 +221,10 @@ void Daemon::after_work() {
     if (next) wheel_deadline_ = *next;
     loop_.arm_timer(wheel_timer_, next);
     if (status_dirty_) notify_status();
+    // The log never holds the loop up: what it could not take is retried soon.
+    log_.flush();
+    if (log_.pending() && !loop_.timer_deadline(log_timer_))
+        loop_.arm_timer(log_timer_, loop_.now() + kLogRetry);
 }
 
 void Daemon::flush(std::uint32_t id) {
@@ -241,6 +249,7 @@ void Daemon::send(const Route& route, const Address& to, std::span<const std::ui
 
 void Daemon::peer_event(const PeerEvent& event) {
     status_dirty_ = true;
+    ++event_counts_[static_cast<std::size_t>(event.kind)];
     if (!throttle_.admit(event.kind, event.peer.name, event.peer.address, loop_.now())) {
         if (!loop_.timer_deadline(summary_timer_))
             loop_.arm_timer(summary_timer_, loop_.now() + EventThrottle::Limits{}.summary_period);
@@ -366,6 +375,11 @@ nlohmann::json Daemon::status() const {
     d["receive_overflows"] = overflow_drops;
     d["verdicts_withheld"] = core_.verdicts_withheld();
     d["events_not_logged"] = throttle_.suppressed_total();
+    d["log_records_dropped"] = log_.dropped_total();
+    // Every event since start, logged or not: what alerting should count.
+    auto& events = j["events"];
+    for (std::size_t k = 0; k < kEventKindCount; ++k)
+        events[std::string(to_string(static_cast<EventKind>(k)))] = event_counts_[k];
     d["control_refused_no_fd"] = control_ ? control_->refused_no_fd() : 0;
     d["loop"] = {
         {"iterations", stats_.iterations},

@@ -90,7 +90,9 @@ private:
     EventLoop::TimerId wheel_timer_;
     TimePoint wheel_deadline_{};  // what wheel_timer_ was last armed to
     EventLoop::TimerId summary_timer_;
+    EventLoop::TimerId log_timer_;
     EventThrottle throttle_;
+    std::array<std::uint64_t, kEventKindCount> event_counts_{};
 
     struct LoopStats {
         std::uint64_t iterations = 0;

@@ -1737,18 +1737,20 @@ TEST_F(ServerTest, TakeoverFromAnotherHostIsReportedAsAMoveWithBothAddresses) {
     EXPECT_EQ(events_since(e2)[0].kind, EventKind::restarted);
 }
 
-TEST_F(ServerTest, ASessionThatNeverAnswersIsForgottenWithinProbesSeconds) {
+TEST_F(ServerTest, ASessionThatNeverAnswersIsDownWithinProbesSecondsAndSoonForgotten) {
     // Granted an hour x 3, it would hold its slot for hours without a word.
     limits.max_interval = 1h;
     make_server();
     responders[kAlpha] = Responder{0x1111, 5ms, false};
     ASSERT_EQ(register_with(reg("mute", 3'600'000, 3), kAlpha).type(), kap::Type::accept);
     run_for(3s);
-    EXPECT_TRUE(known("mute"));
+    EXPECT_EQ(peer("mute").state, PeerState::suspect);
     run_for(2s);
+    EXPECT_EQ(peer("mute").state, PeerState::down);
+    EXPECT_EQ(probes_to(kAlpha).size(), 4u);  // three unanswered, one slow probe at down
+    run_for(ServerCore::kUnansweredForgetAfter);
     EXPECT_FALSE(known("mute"));
     EXPECT_EQ(sink.events.back().kind, EventKind::forgotten);
-    EXPECT_EQ(probes_to(kAlpha).size(), 3u);
 }
 
 TEST_F(ServerTest, AnAnsweringSessionLeavesProbationForItsGrantedInterval) {
