@@ -161,8 +161,9 @@ Figures measure(const std::string& keepalived, int targets, int idle, int second
         config << "[server]\nlisten = [\"127.0.0.1:" << udp_port << "\"]\ncontrol_socket = \""
                << control << "\"\n";
         for (int i = 0; i < targets; ++i)
-            config << "\n[[targets]]\nname = \"t" << i << "\"\naddress = \"127.0.0.1:"
-                   << holder.port() << "\"\nidle = \"" << idle << "s\"\ninterval = \"1s\"\n"
+            config << "\n[[targets]]\nname = \"t" << i
+                   << "\"\naddress = \"127.0.0.1:" << holder.port() << "\"\nidle = \"" << idle
+                   << "s\"\ninterval = \"1s\"\n"
                    << "probes = 3\n";
     }
     const auto start = Clock::now();

@@ -418,8 +418,8 @@ void ServerCore::on_due(Slot slot, TimePoint deadline, TimePoint now) {
             if (p.missed >= probe_budget(p)) {
                 // probes × interval after the first unanswered probe went out.
                 // An ICMP error within the detection window tells why.
-                const bool icmp = !p.last_error.empty() &&
-                                  p.last_error_at + p.interval * p.probes >= deadline;
+                const bool icmp =
+                    !p.last_error.empty() && p.last_error_at + p.interval * p.probes >= deadline;
                 change_state(slot, PeerState::down, EventKind::down,
                              icmp ? "detection time expired: " + p.last_error
                                   : std::string("detection time expired"),

@@ -18,8 +18,8 @@ std::optional<std::uint32_t> quoted_probe_session(std::span<const std::uint8_t> 
     if (q.size() < kHeader || q[0] != 0x4B || q[1] != 0x41 || q[2] != kap::kVersion ||
         q[3] != static_cast<std::uint8_t>(kap::Type::probe))
         return std::nullopt;
-    return (std::uint32_t{q[8]} << 24) | (std::uint32_t{q[9]} << 16) |
-           (std::uint32_t{q[10]} << 8) | std::uint32_t{q[11]};
+    return (std::uint32_t{q[8]} << 24) | (std::uint32_t{q[9]} << 16) | (std::uint32_t{q[10]} << 8) |
+           std::uint32_t{q[11]};
 }
 
 std::string icmp_text(int error, const std::optional<Address>& reporter) {

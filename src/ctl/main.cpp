@@ -135,14 +135,12 @@ void print_targets(const nlohmann::json& j) {
         addr_w = std::max(addr_w, t.at("address").get<std::string>().size());
     }
     fmt::print("{:<{}}  {:<{}}  {:<7}  {:>8}  {:<11}  {:>14}  {:>9}  {}\n", "NAME", name_w,
-               "ADDRESS", addr_w, "STATE", "SINCE", "CONNECTION", "KEEPALIVE", "RTT",
-               "LAST ERROR");
+               "ADDRESS", addr_w, "STATE", "SINCE", "CONNECTION", "KEEPALIVE", "RTT", "LAST ERROR");
     for (const auto& t : targets) {
         fmt::print("{:<{}}  {:<{}}  {:<7}  {:>8}  {:<11}  {:>14}  {:>9}  {}\n",
                    printable(t.at("name").get<std::string>()), name_w,
                    t.at("address").get<std::string>(), addr_w, t.at("state").get<std::string>(),
-                   format_since(t.at("since").get<double>()),
-                   t.at("connection").get<std::string>(),
+                   format_since(t.at("since").get<double>()), t.at("connection").get<std::string>(),
                    fmt::format("{}s+{}x{}s", t.at("idle_s").get<std::int64_t>(),
                                t.at("probes").get<int>(), t.at("interval_s").get<std::int64_t>()),
                    format_rtt(t.at("rtt_us")), or_dash(t.at("last_error")));

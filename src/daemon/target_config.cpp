@@ -54,7 +54,8 @@ public:
 
     // A whole number of seconds from 1 to kMaxKeepaliveSeconds, written as a duration.
     std::optional<std::chrono::seconds> seconds(const toml::node& node, std::string_view key) {
-        const std::string range = std::string(key) + ": must be a whole number of seconds from 1s to " +
+        const std::string range = std::string(key) +
+                                  ": must be a whole number of seconds from 1s to " +
                                   std::to_string(kMaxKeepaliveSeconds) + "s";
         if (!node.is_string()) {
             fail(node, range + " as a string such as \"10s\", not " + what_is(node));
@@ -87,8 +88,8 @@ std::optional<TargetConfig> read_target(const toml::node& node, std::size_t inde
     TargetReader r(fail, "targets[" + std::to_string(index) + "]");
     const auto* table = node.as_table();
     if (!table) {
-        fail(node.source(), "targets: each entry must be a table ([[targets]]), not " +
-                                what_is(node));
+        fail(node.source(),
+             "targets: each entry must be a table ([[targets]]), not " + what_is(node));
         return std::nullopt;
     }
     for (auto&& [key, value] : *table)
@@ -99,8 +100,8 @@ std::optional<TargetConfig> read_target(const toml::node& node, std::size_t inde
     TargetConfig t;
     if (const auto* n = table->get("name")) {
         if (!n->is_string() || !valid_peer_name(n->as_string()->get()))
-            r.fail(*n, "name: must be 1 to 64 characters of A-Z a-z 0-9 . _ - : @, not " +
-                           what_is(*n));
+            r.fail(*n,
+                   "name: must be 1 to 64 characters of A-Z a-z 0-9 . _ - : @, not " + what_is(*n));
         else
             t.name = n->as_string()->get();
     } else {
@@ -155,9 +156,8 @@ void read_targets(const toml::node& node, std::vector<TargetConfig>& out,
         const toml::node& entry = *array->get(i);
         auto target = read_target(entry, i + 1, fail);
         if (!target) continue;
-        const auto same = std::find_if(out.begin(), out.end(), [&](const TargetConfig& t) {
-            return t.name == target->name;
-        });
+        const auto same = std::find_if(
+            out.begin(), out.end(), [&](const TargetConfig& t) { return t.name == target->name; });
         if (same != out.end()) {
             fail(entry.as_table()->get("name")->source(),
                  "targets[" + std::to_string(i + 1) + "].name: " + quoted(target->name) +

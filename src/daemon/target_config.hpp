@@ -2,13 +2,13 @@
 // keepalive (see daemon/targets.hpp). Read by the configuration loader.
 #pragma once
 
+#include <toml++/toml.h>
+
 #include <chrono>
 #include <cstdint>
 #include <functional>
 #include <string>
 #include <vector>
-
-#include <toml++/toml.h>
 
 #include "core/address.hpp"
 

@@ -275,7 +275,8 @@ void TargetSet::set_state(Target& t, PeerState state, EventKind kind, std::strin
 
 void TargetSet::emit(Target& t, EventKind kind, std::optional<PeerState> previous,
                      std::string reason) {
-    if (hooks_.event) hooks_.event(PeerEvent{kind, previous, t.peer, std::move(reason), std::nullopt});
+    if (hooks_.event)
+        hooks_.event(PeerEvent{kind, previous, t.peer, std::move(reason), std::nullopt});
 }
 
 nlohmann::json TargetSet::peer_rows(TimePoint now) {
@@ -305,15 +306,15 @@ nlohmann::json TargetSet::targets_json(TimePoint now) {
             {"detection_s", t.config.detection_time().count()},
             {"since", std::max(0.0, duration<double>(now - p.since).count())},
             {"rtt_us", p.rtt ? nlohmann::json(duration_cast<microseconds>(*p.rtt).count())
-                              : nlohmann::json(nullptr)},
+                             : nlohmann::json(nullptr)},
             {"missed", p.missed},
             {"last_error",
              p.last_error.empty() ? nlohmann::json(nullptr) : nlohmann::json(p.last_error)},
             {"connects", t.connects},
-            {"next_attempt_in", t.link == Link::waiting && t.wake_at
-                                    ? nlohmann::json(std::max(
-                                          0.0, duration<double>(*t.wake_at - now).count()))
-                                    : nlohmann::json(nullptr)},
+            {"next_attempt_in",
+             t.link == Link::waiting && t.wake_at
+                 ? nlohmann::json(std::max(0.0, duration<double>(*t.wake_at - now).count()))
+                 : nlohmann::json(nullptr)},
         });
     }
     return {{"targets", std::move(list)}};

@@ -82,5 +82,4 @@ private:
     std::map<std::string, std::unique_ptr<Target>, std::less<>> targets_;
 };
 
-
 }  // namespace keepalive

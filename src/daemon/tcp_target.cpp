@@ -23,10 +23,10 @@ TargetOutcome classify_failure(TargetPhase phase, int error) {
                 return {EventKind::restarted, PeerState::up, "connection reset by the host", true};
             return {EventKind::down, PeerState::down, "connection reset", false};
         case ETIMEDOUT:
-            return {EventKind::down, PeerState::down,
-                    established ? "no answer to keepalive probes"
-                                : "no answer to connection attempts",
-                    false};
+            return {
+                EventKind::down, PeerState::down,
+                established ? "no answer to keepalive probes" : "no answer to connection attempts",
+                false};
         case EHOSTUNREACH:
         case ENETUNREACH:
         case EHOSTDOWN:
@@ -48,10 +48,10 @@ std::string failure_text(int error) {
 Duration backoff_delay(unsigned failures, RandomSource& random) {
     using std::chrono::milliseconds;
     const unsigned doublings = std::min(failures > 0 ? failures - 1 : 0U, 5U);  // 32 s > cap
-    const Duration base = std::min<Duration>(std::chrono::seconds(1) * (1U << doublings),
-                                             kMaxBackoff);
-    const auto ms = static_cast<std::uint64_t>(
-        std::chrono::duration_cast<milliseconds>(base).count());
+    const Duration base =
+        std::min<Duration>(std::chrono::seconds(1) * (1U << doublings), kMaxBackoff);
+    const auto ms =
+        static_cast<std::uint64_t>(std::chrono::duration_cast<milliseconds>(base).count());
     // [3/4, 1] of base, in whole milliseconds.
     return milliseconds(ms - random.below(ms / 4 + 1));
 }

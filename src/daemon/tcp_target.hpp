@@ -66,8 +66,8 @@ int take_socket_error(int fd);
 
 // What the kernel knows of an established connection (TCP_INFO).
 struct TcpFigures {
-    std::optional<Duration> rtt;       // smoothed round-trip time, if measured
-    std::uint32_t unanswered = 0;      // keepalive probes sent without answer so far
+    std::optional<Duration> rtt;   // smoothed round-trip time, if measured
+    std::uint32_t unanswered = 0;  // keepalive probes sent without answer so far
 };
 std::optional<TcpFigures> tcp_figures(int fd);
 

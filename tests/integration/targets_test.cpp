@@ -202,14 +202,12 @@ protected:
     }
 
     // peers_extra: more [peers] keys.
-    void write_config(const std::vector<TargetSpec>& targets,
-                      const std::string& peers_extra = "") {
+    void write_config(const std::vector<TargetSpec>& targets, const std::string& peers_extra = "") {
         std::string text = config_.to_toml() + peers_extra;
         for (const auto& t : targets)
             text += "\n[[targets]]\nname = \"" + t.name + "\"\naddress = \"" + t.address +
                     "\"\nidle = \"" + std::to_string(t.idle) + "s\"\ninterval = \"" +
-                    std::to_string(t.interval) + "s\"\nprobes = " + std::to_string(t.probes) +
-                    "\n";
+                    std::to_string(t.interval) + "s\"\nprobes = " + std::to_string(t.probes) + "\n";
         write_file(dir_.file("keepalived.toml"), text);
     }
 
@@ -218,8 +216,7 @@ protected:
         SpawnOptions options;
         options.stderr_path = dir_.file("keepalived.log");
         daemon_.emplace(Strings{net_.ip(), "netns", "exec", net_.daemon_ns(), keepalived_path(),
-                                "--config", dir_.file("keepalived.toml"), "--log-target",
-                                "stderr"},
+                                "--config", dir_.file("keepalived.toml"), "--log-target", "stderr"},
                         options);
         if (!wait_until([&] { return !daemon_->running() || target_rows().has_value(); }))
             fail("keepalived did not come up:\n" + log());
@@ -422,7 +419,9 @@ TEST_F(TargetsTest, ReloadAddsRemovesAndChangesTargets) {
     EXPECT_TRUE(target("gone").is_null());
     EXPECT_EQ(target("kept").at("connects"), 1) << "an unchanged target keeps its connection";
     EXPECT_EQ(target("changed").at("connects"), 2) << "a changed target reconnects";
-    EXPECT_NE(log().find("target gone (10.231.0.2:5432) removed from the configuration"), std::string::npos) << log();
+    EXPECT_NE(log().find("target gone (10.231.0.2:5432) removed from the configuration"),
+              std::string::npos)
+        << log();
 
     // A bad file changes nothing.
     write_file(dir_.file("keepalived.toml"),
@@ -461,11 +460,11 @@ protected:
     Process& start_agent(const std::string& name, const std::string& interval, int probes) {
         SpawnOptions options;
         options.stderr_path = dir_.file("peer-" + name + ".log");
-        agent_.emplace(Strings{net_.ip(), "netns", "exec", net_.target_ns(), peer_path(),
-                               "--server", std::string(kDaemonIp) + ":7371", "--name", name,
-                               "--interval", interval, "--probes", std::to_string(probes),
-                               "--log-target", "stderr"},
-                       options);
+        agent_.emplace(
+            Strings{net_.ip(), "netns", "exec", net_.target_ns(), peer_path(), "--server",
+                    std::string(kDaemonIp) + ":7371", "--name", name, "--interval", interval,
+                    "--probes", std::to_string(probes), "--log-target", "stderr"},
+            options);
         wait_for_peer(name, "up");
         // Past probation: a session that never answered is forgotten when it goes down.
         if (!wait_until([&] {
@@ -491,8 +490,8 @@ protected:
                     return true;
                 },
                 kPatience, 10ms))
-            fail("peer " + name + " never became " + state + ": " + peer(name).dump() +
-                 "\nlog:\n" + log());
+            fail("peer " + name + " never became " + state + ": " + peer(name).dump() + "\nlog:\n" +
+                 log());
         return seen;
     }
     std::optional<Process> agent_;
@@ -549,10 +548,10 @@ TEST_F(IcmpTest, RegisterForATargetsNameIsRejected) {
     wait_for("db1", "up");
     SpawnOptions options;
     options.stderr_path = dir_.file("peer-db1.log");
-    Process impostor(Strings{net_.ip(), "netns", "exec", net_.target_ns(), peer_path(), "--server",
-                             std::string(kDaemonIp) + ":7371", "--name", "db1", "--log-target",
-                             "stderr"},
-                     options);
+    Process impostor(
+        Strings{net_.ip(), "netns", "exec", net_.target_ns(), peer_path(), "--server",
+                std::string(kDaemonIp) + ":7371", "--name", "db1", "--log-target", "stderr"},
+        options);
     ASSERT_TRUE(wait_until([&] {
         return impostor.stderr_text().find("rejected the registration: not permitted") !=
                std::string::npos;

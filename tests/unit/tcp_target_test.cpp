@@ -1,6 +1,8 @@
 // TCP targets without a network: the outcome mapping and backoff as pure
 // functions, the [[targets]] configuration, and a TargetSet driven step by step
 // (fake clock, run_once) against real listeners on loopback.
+#include "daemon/tcp_target.hpp"
+
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
@@ -13,7 +15,6 @@
 #include "core/random.hpp"
 #include "daemon/config.hpp"
 #include "daemon/targets.hpp"
-#include "daemon/tcp_target.hpp"
 
 namespace keepalive {
 namespace {
@@ -26,13 +27,13 @@ TEST(ClassifyFailure, TheFourOutcomesOfAProbeAndTheTwoOfAConnection) {
     const auto est = TargetPhase::established;
     const auto con = TargetPhase::connecting;
     // 2: no answer.
-    EXPECT_EQ(classify_failure(est, ETIMEDOUT),
-              (TargetOutcome{EventKind::down, PeerState::down, "no answer to keepalive probes",
-                             false}));
+    EXPECT_EQ(
+        classify_failure(est, ETIMEDOUT),
+        (TargetOutcome{EventKind::down, PeerState::down, "no answer to keepalive probes", false}));
     // 3: the host restarted and answers with a reset.
-    EXPECT_EQ(classify_failure(est, ECONNRESET),
-              (TargetOutcome{EventKind::restarted, PeerState::up, "connection reset by the host",
-                             true}));
+    EXPECT_EQ(
+        classify_failure(est, ECONNRESET),
+        (TargetOutcome{EventKind::restarted, PeerState::up, "connection reset by the host", true}));
     // 4: a router says the host cannot be reached.
     for (const int e : {EHOSTUNREACH, ENETUNREACH})
         for (const auto phase : {est, con})
@@ -169,8 +170,7 @@ Listener listen_loopback() {
     EXPECT_EQ(::listen(fd.get(), 4), 0);
     socklen_t len = sizeof sin;
     ::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&sin), &len);
-    return {std::move(fd),
-            *Address::from_sockaddr(reinterpret_cast<const sockaddr*>(&sin), len)};
+    return {std::move(fd), *Address::from_sockaddr(reinterpret_cast<const sockaddr*>(&sin), len)};
 }
 
 struct Seen {
@@ -184,9 +184,10 @@ protected:
     TargetSetTest()
         : loop_(clock_),
           set_(loop_, random_,
-               {.event = [this](const PeerEvent& e) {
-                    events_.push_back({e.kind, e.peer.state, e.reason});
-                },
+               {.event =
+                    [this](const PeerEvent& e) {
+                        events_.push_back({e.kind, e.peer.state, e.reason});
+                    },
                 .done = nullptr}) {}
 
     TargetConfig target(const std::string& name, const Address& a) {
