@@ -872,8 +872,9 @@ TEST_F(KeepaliveTest, PeerEventsAreStructuredJournalEntries) {
     EXPECT_LT(std::stoull(rtt.empty() ? "0" : rtt), 1'000'000u);
     // The killed peer's host is still there: its probes met ICMP port unreachable.
     const std::string reason = down.value("PEER_REASON", "");
-    EXPECT_TRUE(reason.starts_with("detection time expired: host up, no agent (ICMP port "
-                                   "unreachable from "))
+    EXPECT_TRUE(
+        reason.starts_with("detection time expired: host up, no agent (ICMP port "
+                           "unreachable from "))
         << down.dump();
     EXPECT_EQ(down.value("PEER_PROTOCOL", ""), "kap1");
     EXPECT_EQ(down.value("PEER_EVENT", ""), "down");
