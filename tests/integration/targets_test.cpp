@@ -211,13 +211,15 @@ protected:
         write_file(dir_.file("keepalived.toml"), text);
     }
 
-    void start_daemon(const std::vector<TargetSpec>& targets, const std::string& peers_extra = "") {
+    void start_daemon(const std::vector<TargetSpec>& targets, const std::string& peers_extra = "",
+                      const std::string& log_target = "stderr") {
         write_config(targets, peers_extra);
         SpawnOptions options;
         options.stderr_path = dir_.file("keepalived.log");
-        daemon_.emplace(Strings{net_.ip(), "netns", "exec", net_.daemon_ns(), keepalived_path(),
-                                "--config", dir_.file("keepalived.toml"), "--log-target", "stderr"},
-                        options);
+        daemon_.emplace(
+            Strings{net_.ip(), "netns", "exec", net_.daemon_ns(), keepalived_path(), "--config",
+                    dir_.file("keepalived.toml"), "--log-target", log_target},
+            options);
         if (!wait_until([&] { return !daemon_->running() || target_rows().has_value(); }))
             fail("keepalived did not come up:\n" + log());
     }
@@ -391,6 +393,45 @@ TEST_F(TargetsTest, IcmpHostUnreachableIsDownUnreachable) {
                     " reject with icmp type host-unreachable");
     wait_for("db1", "down", "no answer to keepalive probes");
     wait_for("db1", "down", "unreachable", 40s);
+}
+
+// A target's events are the same structured journal entries as a peer's.
+TEST_F(TargetsTest, TargetEventsAreJournalEntriesLikePeers) {
+    Journald journald;
+    if (!journald.available())
+        GTEST_SKIP() << "journald unavailable: " << journald.why_unavailable();
+    const std::string name = "jt-" + unique_token();
+    start_daemon({TargetSpec{.name = name}}, "", "journal");  // nothing listens: refused
+    wait_for(name, "down", "connection refused");
+
+    const auto find_one = [&](const std::string& message_id) {
+        std::vector<json> found;
+        if (!wait_until(
+                [&] {
+                    found = journald.entries({"MESSAGE_ID=" + message_id, "PEER_NAME=" + name});
+                    return !found.empty();
+                },
+                kPatience, 100ms))
+            fail("no journal entry " + message_id + " for " + name);
+        EXPECT_EQ(found.size(), 1u);
+        return found.front();
+    };
+    const json down = find_one("16fad6aa28e14ede845df6fa5bf323ea");
+    EXPECT_EQ(down.value("PRIORITY", ""), "4");
+    EXPECT_EQ(down.value("MESSAGE", ""),
+              "target " + name + " (10.231.0.2:5432) is down: connection refused");
+    EXPECT_EQ(down.value("PEER_ADDRESS", ""), "10.231.0.2:5432");
+    EXPECT_EQ(down.value("PEER_STATE", ""), "down");
+    EXPECT_EQ(down.value("PEER_PREVIOUS_STATE", ""), "suspect");
+    EXPECT_EQ(down.value("PEER_SESSION", ""), "00000000");
+    EXPECT_EQ(down.value("PEER_INTERVAL_MSEC", ""), "1000");
+    EXPECT_EQ(down.value("PEER_PROBES", ""), "2");
+    EXPECT_EQ(down.value("PEER_REASON", ""), "connection refused");
+    EXPECT_EQ(down.value("PEER_PROTOCOL", ""), "tcp");
+    EXPECT_EQ(down.value("PEER_EVENT", ""), "down");
+    const json registered = find_one("7753e1932bca402b9b9dc336d0badeea");
+    EXPECT_EQ(registered.value("PEER_REASON", ""), "configured");
+    EXPECT_EQ(registered.value("PEER_STATE", ""), "suspect");
 }
 
 // SIGHUP adds, removes and changes targets, leaving the others alone.
