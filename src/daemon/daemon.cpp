@@ -304,6 +304,12 @@ void Daemon::reload() {
         core_.set_limits(fresh->peers);
         config_ = std::move(*fresh);
         targets_->apply(config_.targets);
+        for (const TargetConfig& t : config_.targets)
+            if (core_.peers().find_name(t.name) != PeerTable::kNone)
+                log_.logf(LOG_WARNING,
+                          "target {}: a peer holds this name; it keeps its session until it is "
+                          "forgotten, and its registrations are refused from now on",
+                          t.name);
         log_.logf(LOG_INFO, "configuration reloaded: listening on {}",
                   fmt::join(listen_addresses(), ", "));
     }
