@@ -31,9 +31,9 @@ constexpr std::size_t kMaxFileSize = 1 << 20;
 constexpr std::size_t kMaxQuoted = 64;
 
 constexpr std::string_view kServerKeys[] = {"listen", "control_socket"};
-constexpr std::string_view kPeersKeys[] = {"min_interval",       "max_interval", "max_probes",
-                                           "max_peers",          "max_per_host", "forget_after",
-                                           "down_probe_interval", "fast_down_on_icmp"};
+constexpr std::string_view kPeersKeys[] = {
+    "min_interval", "max_interval",        "max_probes",       "max_peers",
+    "max_per_host", "forget_after",        "down_probe_interval", "fast_down_on_icmp"};
 constexpr std::string_view kLegacyKeys[] = {"enable", "address", "register_port", "probe_port"};
 
 struct Section {
