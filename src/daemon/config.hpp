@@ -15,6 +15,7 @@
 #include "core/clock.hpp"
 #include "core/peer_limits.hpp"
 #include "core/result.hpp"
+#include "daemon/target_config.hpp"
 
 namespace keepalive {
 
@@ -38,6 +39,7 @@ struct Config {
     std::string control_socket = "/run/keepalived/control.sock";  // absolute, < 108 bytes
     PeerLimits peers;
     LegacyConfig legacy;
+    std::vector<TargetConfig> targets;  // [[targets]], in file order, names unique
     std::string source;  // the file name or path the configuration was read from
 };
 

@@ -14,6 +14,7 @@
 #include "daemon/control.hpp"
 #include "daemon/event_throttle.hpp"
 #include "daemon/log.hpp"
+#include "daemon/targets.hpp"
 #include "net/event_loop.hpp"
 #include "net/udp_socket.hpp"
 
@@ -57,11 +58,13 @@ private:
     bool read_socket(std::uint32_t id, int max_batches);
     void defer_reads();
     bool resume_reads();
+    void on_send_errors(std::uint32_t id);
     void after_work();
     void flush(std::uint32_t id);
     void reload();
     void stop();
     void notify_status();
+    PeerCounts counts() const;
     ControlServer::Producer control_request(std::string_view request);
     nlohmann::json status() const;
     std::unique_ptr<ControlServer> make_control_server(const std::string& path);
@@ -87,6 +90,7 @@ private:
     std::uint64_t unroutable_ = 0;
     std::vector<std::uint32_t> backlogged_;  // listeners with datagrams left unread
 
+    std::unique_ptr<TargetSet> targets_;  // after core_: it checks names against them
     std::unique_ptr<ControlServer> control_;
     EventLoop::TimerId wheel_timer_;
     TimePoint wheel_deadline_{};  // what wheel_timer_ was last armed to
