@@ -1,7 +1,6 @@
 #include "daemon/daemon.hpp"
 
 #include <fmt/ranges.h>
-#include <malloc.h>
 #include <systemd/sd-daemon.h>
 #include <time.h>
 
@@ -73,7 +72,8 @@ Daemon::Daemon(Config config, Logger& log, const ClockSource& clock, RandomSourc
       clock_(clock),
       loop_(clock),
       core_(config_.peers, random, *this, clock.now()),
-      started_(clock.now()) {
+      started_(clock.now()),
+      throttle_(random.next_u64()) {
     adopt_activated_sockets();
     if (auto r = reconcile_listeners(endpoints(config_)); !r) throw std::runtime_error(r.error());
     if (listeners_.empty()) throw std::runtime_error("no address to listen on");
@@ -310,8 +310,6 @@ void Daemon::send(const Route& route, const Address& to, std::span<const std::ui
 void Daemon::peer_event(const PeerEvent& event) {
     status_dirty_ = true;
     ++event_counts_[static_cast<std::size_t>(event.kind)];
-    // The summary period also prunes the throttle's buckets, so it runs
-    // whenever there were events, held back or not.
     if (!loop_.timer_deadline(summary_timer_))
         loop_.arm_timer(summary_timer_, loop_.now() + EventThrottle::Limits{}.summary_period);
     if (throttle_.admit(event.kind, event.peer.name, event.peer.address, loop_.now()))
@@ -320,10 +318,6 @@ void Daemon::peer_event(const PeerEvent& event) {
 
 void Daemon::log_throttle_summary() {
     if (auto line = throttle_.summary(loop_.now())) log_.log(LOG_WARNING, *line);
-    // The summary forgets the buckets of quiet peers: after a mass
-    // registration, one small allocation per peer. Give their pages back, or
-    // they stay in the RSS for good (about 100 bytes a peer).
-    malloc_trim(0);
 }
 
 std::unique_ptr<ControlServer> Daemon::make_control_server(const std::string& path) {
