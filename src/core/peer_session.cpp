@@ -65,6 +65,7 @@ void PeerSession::on_datagram(std::span<const std::uint8_t> data, TimePoint now)
         granted_probes_ = a->probes;
         state_ = SessionState::registered;
         backoff_ = kMinBackoff;
+        in_restart_grace_ = false;
         // The first probe comes within one interval; allow the full loss budget from now.
         deadline_ = now + lost_after();
         sink_.session_event({SessionEventKind::registered});
@@ -87,6 +88,7 @@ void PeerSession::on_datagram(std::span<const std::uint8_t> data, TimePoint now)
         }
         highest_seq_ = p->seq;
         ++probes_answered_;
+        in_restart_grace_ = false;
         if (state_ == SessionState::registered) deadline_ = now + lost_after();
         send({.session = session_, .body = kap::Ack{p->seq, p->tx_time, incarnation_}});
     } else if (const auto* b = std::get_if<kap::Bye>(&m.body)) {
@@ -101,7 +103,12 @@ void PeerSession::on_datagram(std::span<const std::uint8_t> data, TimePoint now)
             return;
         }
         sink_.session_event({SessionEventKind::goodbye, m.diag});
-        if (m.diag == kap::Diag::shutting_down || unknown) {
+        if (m.diag == kap::Diag::restarting && !unknown) {
+            // The server will be back with our session: keep it and keep
+            // answering, and wait the restart grace longer before giving up.
+            if (!in_restart_grace_) deadline_ += kRestartGrace;
+            in_restart_grace_ = true;
+        } else if (m.diag == kap::Diag::shutting_down || unknown) {
             backoff_ = kMinBackoff;
             register_now(now);
         } else {
