@@ -92,7 +92,8 @@ private:
     std::uint32_t granted_interval_ms_ = 0;
     std::uint8_t granted_probes_ = 0;
     std::uint64_t highest_seq_ = 0;
-    bool in_restart_grace_ = false;  // BYE 8 seen, no probe since
+    // Set by BYE 8 to its seq: in the restart grace until a probe above it.
+    std::optional<std::uint64_t> grace_until_seq_;
     std::uint64_t probes_answered_ = 0;
     std::uint64_t dropped_ = 0;
 };

@@ -2,11 +2,15 @@
 
 #include <fmt/ranges.h>
 #include <systemd/sd-daemon.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <csignal>
+#include <cstdlib>
+#include <cstring>
 #include <stdexcept>
 
+#include "core/duration.hpp"
 #include "daemon/status_json.hpp"
 
 namespace keepalive {
@@ -18,6 +22,36 @@ constexpr int kBatchesPerWakeup = 8;
 
 void notify(const std::string& state) {
     sd_notify(0, state.c_str());
+}
+
+// The peer table is saved this long after the first change (memfd, and the
+// state file without an fd store), so a burst of changes is one write.
+constexpr Duration kStateSaveDelay = std::chrono::seconds(2);
+// ... and at least this often, so that a saved copy is never older than
+// forget_after (which would make the next process ignore it).
+constexpr Duration kStateRefresh = std::chrono::seconds(60);
+
+// fd-store names of the sockets the daemon bound itself, by kind; the rest of
+// the name makes each one unique (FDSTOREREMOVE removes by name).
+constexpr std::pair<std::string_view, int> kStoredSocketPrefixes[] = {
+    {"kap1-", 0}, {"legreg-", 1}, {"legprobe-", 2}};
+
+std::string state_file_path(const Config& config) {
+    if (config.state_file) return *config.state_file;
+    // systemd sets STATE_DIRECTORY for StateDirectory= (colon-separated when several).
+    const char* dir = std::getenv("STATE_DIRECTORY");
+    if (dir == nullptr || *dir == '\0') return {};
+    const std::string first(dir, std::strcspn(dir, ":"));
+    return first + "/state";
+}
+
+// Under a service manager that keeps an fd store for us: $FDSTORE is its
+// size (set by systemd 254 and later, and by keepalived.service for older ones).
+bool fd_store_available() {
+    const char* notify_socket = std::getenv("NOTIFY_SOCKET");
+    const char* fdstore = std::getenv("FDSTORE");
+    return notify_socket != nullptr && *notify_socket != '\0' && fdstore != nullptr &&
+           std::atoi(fdstore) > 0;
 }
 
 std::string monotonic_usec(TimePoint now) {
@@ -34,10 +68,13 @@ Daemon::Daemon(Config config, Logger& log, const ClockSource& clock, RandomSourc
       clock_(clock),
       loop_(clock),
       core_(config_.peers, random, *this, clock.now()),
-      started_(clock.now()) {
-    adopt_activated_sockets();
+      started_(clock.now()),
+      state_(state_file_path(config_), fd_store_available(), log) {
+    adopt_passed_fds();
     if (auto r = reconcile_listeners(endpoints(config_)); !r) throw std::runtime_error(r.error());
     if (listeners_.empty()) throw std::runtime_error("no address to listen on");
+    state_timer_ = loop_.add_timer([this] { save_state(false); });
+    restore_state();
     control_ = std::make_unique<ControlServer>(
         loop_, config_.control_socket, [this](std::string_view r) { return control_request(r); });
 
@@ -61,19 +98,99 @@ Daemon::Daemon(Config config, Logger& log, const ClockSource& clock, RandomSourc
 
 Daemon::~Daemon() = default;
 
-void Daemon::adopt_activated_sockets() {
-    const int n = sd_listen_fds(1);
+void Daemon::adopt_passed_fds() {
+    char** names = nullptr;
+    const int n = sd_listen_fds_with_names(1, &names);
     if (n < 0) throw std::runtime_error("sd_listen_fds failed");
-    for (int fd = SD_LISTEN_FDS_START; fd < SD_LISTEN_FDS_START + n; ++fd) {
+    std::vector<std::string> fd_names;
+    for (int i = 0; i < n; ++i) fd_names.emplace_back(names && names[i] ? names[i] : "");
+    if (names) {
+        for (int i = 0; i < n; ++i) std::free(names[i]);
+        std::free(names);
+    }
+    for (int i = 0; i < n; ++i) {
+        const int fd = SD_LISTEN_FDS_START + i;
+        const std::string& name = fd_names[static_cast<std::size_t>(i)];
+        if (name == StateStore::kMemfdNames[0] || name == StateStore::kMemfdNames[1]) {
+            state_.adopt_memfd(name, UniqueFd(fd));
+            continue;
+        }
         if (sd_is_socket(fd, AF_UNSPEC, SOCK_DGRAM, -1) <= 0) {
-            log_.logf(LOG_WARNING, "ignoring inherited fd {}: not a datagram socket", fd);
+            log_.logf(LOG_WARNING, "ignoring inherited fd {} ({}): not a datagram socket", fd,
+                      name);
             continue;
         }
         auto socket = UdpSocket::adopt(UniqueFd(fd));
         if (!socket) throw std::runtime_error(socket.error());
-        log_.logf(LOG_INFO, "serving on {} (from systemd)", socket->local().to_string());
-        add_listener(std::nullopt, std::move(*socket));
+        // One the previous process bound and left in the fd store, with the
+        // datagrams that arrived meanwhile still queued.
+        std::optional<Endpoint> stored;
+        for (const auto& [prefix, kind] : kStoredSocketPrefixes)
+            if (name.starts_with(prefix))
+                stored = Endpoint{socket->local(), static_cast<Kind>(kind)};
+        log_.logf(LOG_INFO, "serving on {} ({})", socket->local().to_string(),
+                  stored ? "kept by systemd across the restart" : "from systemd");
+        add_listener(stored, std::move(*socket), stored ? name : std::string());
     }
+}
+
+void Daemon::restore_state() {
+    if (!state_.enabled()) return;
+    if (auto loaded = state_.load()) {
+        const auto restored =
+            core_.restore(loaded->snapshot, loaded->age, clock_.now(),
+                          [this](const Address& listener) -> std::optional<std::uint32_t> {
+                              for (const auto& [id, l] : listeners_)
+                                  if (l.socket.local() == listener) return id;
+                              return std::nullopt;
+                          });
+        if (!restored)
+            log_.logf(LOG_WARNING, "ignoring saved state from {}: {}", loaded->source,
+                      restored.error());
+        else
+            log_.logf(LOG_INFO, "restored {} peer{} from {} (saved {} ago){}", restored->peers,
+                      restored->peers == 1 ? "" : "s", loaded->source,
+                      format_duration(std::chrono::ceil<milliseconds>(loaded->age)),
+                      restored->skipped ? fmt::format(", {} not restored (no listener for them, "
+                                                      "or over max_peers)",
+                                                      restored->skipped)
+                                        : std::string());
+    }
+    // Saved soon even without a change, so a crash right after start loses nothing.
+    loop_.arm_timer(state_timer_, clock_.now() + kStateSaveDelay);
+}
+
+void Daemon::state_changed() {
+    if (!state_.enabled() || stopping_) return;
+    const TimePoint soon = loop_.now() + kStateSaveDelay;
+    const auto armed = loop_.timer_deadline(state_timer_);
+    if (!armed || *armed > soon) loop_.arm_timer(state_timer_, soon);
+}
+
+bool Daemon::save_state(bool final) {
+    const TimePoint now = loop_.now();
+    const bool saved = state_.save(
+        core_.snapshot(now,
+                       [this](std::uint32_t id) {
+                           const auto it = listeners_.find(id);
+                           return it == listeners_.end() ? Address{} : it->second.socket.local();
+                       }),
+        now);
+    if (!final)
+        loop_.arm_timer(state_timer_,
+                        now + std::min<Duration>(kStateRefresh, config_.peers.forget_after / 2));
+    return saved;
+}
+
+void Daemon::keep_in_fd_store(Listener& listener) {
+    if (!state_.fd_store() || !listener.configured || !listener.fd_store_name.empty()) return;
+    const auto kind = static_cast<int>(listener.configured->kind);
+    std::string name;
+    for (const auto& [prefix, k] : kStoredSocketPrefixes)
+        if (k == kind) name = fmt::format("{}{}-{}", prefix, getpid(), next_listener_id_);
+    const std::string message = "FDSTORE=1\nFDNAME=" + name;
+    int fds[1] = {listener.socket.fd()};
+    if (sd_pid_notify_with_fds(0, 0, message.c_str(), fds, 1) > 0) listener.fd_store_name = name;
 }
 
 std::vector<Daemon::Endpoint> Daemon::endpoints(const Config& config) {
@@ -107,6 +224,8 @@ Result<bool, std::string> Daemon::reconcile_listeners(const std::vector<Endpoint
         const auto& configured = it->second.configured;
         if (configured && std::find(wanted.begin(), wanted.end(), *configured) == wanted.end()) {
             log_.logf(LOG_INFO, "no longer listening on {}", configured->address.to_string());
+            if (!it->second.fd_store_name.empty())
+                notify("FDSTOREREMOVE=1\nFDNAME=" + it->second.fd_store_name);
             flush(it->first);
             loop_.remove_fd(it->second.socket.fd());
             it = listeners_.erase(it);
@@ -121,10 +240,15 @@ Result<bool, std::string> Daemon::reconcile_listeners(const std::vector<Endpoint
     return true;
 }
 
-void Daemon::add_listener(std::optional<Endpoint> configured, UdpSocket socket) {
+void Daemon::add_listener(std::optional<Endpoint> configured, UdpSocket socket,
+                          std::string fd_store_name) {
     const std::uint32_t id = next_listener_id_++;
     const int fd = socket.fd();
-    listeners_.emplace(id, Listener{std::move(configured), std::move(socket)});
+    auto& l = listeners_
+                  .emplace(id, Listener{std::move(configured), std::move(socket),
+                                        std::move(fd_store_name)})
+                  .first->second;
+    keep_in_fd_store(l);
     loop_.add_fd(fd, EPOLLIN, [this, id](std::uint32_t) { on_readable(id); });
 }
 
@@ -195,6 +319,7 @@ void Daemon::send(const Route& route, const Address& to, std::span<const std::ui
 void Daemon::peer_event(const PeerEvent& event) {
     log_.peer_event(event);
     status_dirty_ = true;
+    state_changed();
 }
 
 void Daemon::notify_status() {
@@ -233,12 +358,22 @@ void Daemon::reload() {
     after_work();
 }
 
-void Daemon::stop() {
+void Daemon::stop(bool for_good) {
     if (stopping_) return;
     stopping_ = true;
     notify("STOPPING=1");
-    log_.log(LOG_INFO, "stopping: saying goodbye to every peer");
-    core_.shutdown();
+    // BYE 8 is a promise that the next process takes the sessions over: only
+    // when they are saved.
+    if (state_.enabled() && !for_good && save_state(true)) {
+        log_.log(LOG_INFO,
+                 "stopping: peer table saved; telling every peer we will be back (BYE 8)");
+        core_.shutdown(kap::Diag::restarting);
+    } else {
+        if (for_good) state_.discard();
+        log_.logf(LOG_INFO, "stopping{}: saying goodbye to every peer",
+                  for_good ? " for good" : "");
+        core_.shutdown(kap::Diag::shutting_down);
+    }
     after_work();
 }
 
@@ -259,6 +394,10 @@ std::vector<std::string> Daemon::listen_addresses() const {
 
 std::string Daemon::control_request(std::string_view request) {
     if (request == "peers") return peers_json(core_, loop_.now()).dump() + "\n";
+    if (request == "shutdown-for-good") {
+        stop(true);
+        return nlohmann::json{{"stopping", true}}.dump() + "\n";
+    }
     if (request == "status") {
         const DaemonInfo info{KEEPALIVE_VERSION, config_.source, listen_addresses(),
                               std::chrono::duration<double>(loop_.now() - started_).count()};
@@ -277,6 +416,7 @@ int Daemon::run() {
               fmt::join(listen_addresses(), ", "));
     notify("READY=1");
     notify_status();
+    after_work();  // arms the wheel: restored peers are probed without waiting for a datagram
     // After READY nothing a peer sends may stop the daemon: a handler that
     // throws is logged (rate-limited) and the loop goes on.
     while (!stopping_) {

@@ -257,7 +257,7 @@ private:
 
 class RestartTest : public ::testing::Test {
 protected:
-    static constexpr int kAgents = 20;
+    static constexpr int kAgents = 100;
 
     void SetUp() override {
         net.start_server();
@@ -321,8 +321,8 @@ TEST_F(RestartTest, PlannedRestartSaysByeEightAndNobodyNotices) {
     const std::uint64_t epoch = net.server->epoch();
     const ServerSnapshot saved = save();
     net.server->shutdown(kap::Diag::restarting);
+    net.server.reset();  // the process ends right after its goodbye
     net.run_until(net.now() + 10ms);
-    net.server.reset();
     for (auto& a : net.agents) {
         ASSERT_EQ(a->events.size(), 1u);
         EXPECT_EQ(a->events[0].kind, SessionEventKind::goodbye);
@@ -377,8 +377,8 @@ TEST_F(RestartTest, CrashWithAStaleSnapshotStillProbesAboveEverySeqSent) {
 TEST_F(RestartTest, PeerThatDiedMeanwhileIsDownOneDetectionTimeAfterProbingResumes) {
     const ServerSnapshot saved = save();
     net.server->shutdown(kap::Diag::restarting);
+    net.server.reset();  // the process ends right after its goodbye
     net.run_until(net.now() + 10ms);
-    net.server.reset();
     const TimePoint stopped = net.now();
     net.agents[3]->alive = false;  // dies while the daemon is away
     net.run_until(net.now() + 2s);
@@ -409,14 +409,15 @@ TEST_F(RestartTest, PeerThatDiedMeanwhileIsDownOneDetectionTimeAfterProbingResum
 TEST_F(RestartTest, AgentsThatGaveUpAreRenewedWithoutAnEvent) {
     const ServerSnapshot saved = save();
     net.server->shutdown(kap::Diag::restarting);
+    net.server.reset();  // the process ends right after its goodbye
     net.run_until(net.now() + 10ms);
-    net.server.reset();
     const TimePoint stopped = net.now();
     std::vector<std::uint32_t> sessions;
     for (auto& a : net.agents) sessions.push_back(a->session.session());
 
-    // The grace is 3 × 1 s + 1 s + 30 s: at 33 s nobody has given up yet.
-    net.run_until(stopped + 33s);
+    // The grace is 3 × 1 s + 1 s + 30 s after the last probe, which came at
+    // most 1 s before the stop: at 32 s nobody has given up yet.
+    net.run_until(stopped + 32s);
     EXPECT_EQ(total_registers(), 0u);
     for (auto& a : net.agents) EXPECT_EQ(a->session.state(), SessionState::registered);
     net.run_until(stopped + 40s);
@@ -430,6 +431,26 @@ TEST_F(RestartTest, AgentsThatGaveUpAreRenewedWithoutAnEvent) {
         EXPECT_EQ(net.agents[i]->session.state(), SessionState::registered);
         EXPECT_EQ(net.agents[i]->session.session(), sessions[i]) << "the same session";
     }
+}
+
+TEST_F(RestartTest, AProbeReorderedBehindByeEightDoesNotEndTheGrace) {
+    net.server.reset();
+    auto& agent = *net.agents[0];
+    const std::uint32_t session = agent.session.session();
+    const std::uint64_t seq = agent.seqs.back() + 1;  // sent, not yet received
+    const TimePoint t = net.now();
+    net.post(t + 1ms, agent.address, false,
+             encode({.diag = kap::Diag::restarting, .session = session, .body = kap::Bye{seq}}));
+    net.post(t + 2ms, agent.address, false,
+             encode({.session = session, .body = kap::Probe{seq, 0}}));
+    net.run_until(t + 3ms);
+    ASSERT_EQ(agent.seqs.back(), seq) << "the late probe was answered";
+    // The last probe came at most 1 s before t: not lost at 4 s (no grace),
+    // nor before 3 + 30 s.
+    net.run_until(t + 32s);
+    EXPECT_EQ(agent.registers, 0u);
+    net.run_until(t + 35s);
+    EXPECT_GT(agent.registers, 0u);
 }
 
 TEST_F(RestartTest, ShutdownForGoodSaysByeFiveAndAgentsRegisterAgain) {
