@@ -1,6 +1,7 @@
 #include "daemon/config.hpp"
 
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -213,6 +214,29 @@ TEST(Config, ControlSocketMayUseAllOfSunPath) {
         kFile);
     ASSERT_TRUE(r.ok()) << r.error().to_string();
     EXPECT_EQ(r->control_socket, path);
+}
+
+TEST(Config, StateFile) {
+    const auto unset = parse_config(kServer, kFile);
+    ASSERT_TRUE(unset) << unset.error().to_string();
+    EXPECT_FALSE(unset->state_file.has_value()) << "default: the unit's StateDirectory, or none";
+    const auto path = parse_config(kServer + lines({R"(state_file = "/var/lib/k/state")"}), kFile);
+    ASSERT_TRUE(path) << path.error().to_string();
+    EXPECT_EQ(path->state_file, "/var/lib/k/state");
+    const auto none = parse_config(kServer + lines({R"(state_file = "")"}), kFile);
+    ASSERT_TRUE(none) << none.error().to_string();
+    EXPECT_EQ(none->state_file, "");
+}
+
+TEST(ConfigError, StateFileMustBeAbsolute) {
+    EXPECT_TRUE(fails_at(kServer + lines({R"(state_file = "state")"}), 3, 14,
+                         "server.state_file: must be an absolute path (starting with \"/\") or "
+                         "\"\", not \"state\""));
+    EXPECT_TRUE(fails_at(kServer + lines({R"(state_file = "/var/lib/")"}), 3, 14,
+                         "server.state_file: must name a file, not a directory: \"/var/lib/\""));
+    EXPECT_TRUE(fails_at(kServer + lines({R"(state_file = 1)"}), 3, 14,
+                         "server.state_file: must be an absolute path, or \"\" for none, not the "
+                         "integer 1"));
 }
 
 TEST(Config, LegacyAddressMayBeSetWhileDisabled) {
@@ -638,7 +662,18 @@ TEST(LoadConfig, DirectoryIsAnError) {
     ASSERT_FALSE(r.ok());
     EXPECT_EQ(r.error().file, dir.path().string());
     EXPECT_EQ(r.error().line, 0u);
-    EXPECT_EQ(r.error().message, "cannot read the configuration file: Is a directory");
+    EXPECT_EQ(r.error().message, "not a regular file: it is a directory");
+}
+
+// Opening a FIFO for reading blocks until a writer comes: the loader must
+// neither hang (no writer ever comes here) nor read it.
+TEST(LoadConfig, AFifoIsRefusedWithoutBlocking) {
+    const TempDir dir;
+    const std::string fifo = (dir.path() / "keepalived.toml").string();
+    ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+    const auto r = load_config(fifo);
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.error().to_string(), fifo + ": not a regular file: it is a FIFO");
 }
 
 TEST(LoadConfig, ReadsAFile) {
