@@ -2,9 +2,7 @@
 
 #include <fmt/ranges.h>
 #include <systemd/sd-daemon.h>
-
 #include <time.h>
-
 #include <unistd.h>
 
 #include <algorithm>
