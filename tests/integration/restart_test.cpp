@@ -335,5 +335,37 @@ TEST_F(RestartTest, ShutdownForGoodSaysByeFiveAndForgetsTheState) {
     }));
 }
 
+TEST_F(RestartTest, CorruptOrTruncatedStateFileIsLoggedAndIgnored) {
+    start_daemon();
+    fleet_.emplace(*Address::parse("127.0.0.1:" + std::to_string(port_)), 5, "tiny-");
+    fleet_->start();
+    ASSERT_TRUE(wait_until([&] { return status().at("up") == 5; }));
+    ASSERT_TRUE(wait_until([&] {
+        try {
+            return saved_peers() == 5u;
+        } catch (const std::exception&) {
+            return false;
+        }
+    }));
+    daemon_->kill();
+    std::string bytes = read_file(*config_.state_file);
+    bytes.resize(bytes.size() / 2);
+    write_file(*config_.state_file, bytes);
+    start_daemon();
+    EXPECT_NE(daemon_->stderr_text().find("ignoring saved state in " + *config_.state_file +
+                                          ": checksum mismatch"),
+              std::string::npos)
+        << daemon_->stderr_text();
+    EXPECT_EQ(status().at("peers"), 0);
+    // Not probed by the new daemon, the agents find the server lost and register again.
+    EXPECT_TRUE(wait_until([&] { return status().at("up") == 5; }, 60s)) << status().dump();
+
+    daemon_->kill();
+    write_file(*config_.state_file, "not a state file at all");
+    start_daemon();
+    EXPECT_NE(daemon_->stderr_text().find("not a state file"), std::string::npos)
+        << daemon_->stderr_text();
+}
+
 }  // namespace
 }  // namespace keepalive::test

@@ -43,8 +43,9 @@ trap cleanup EXIT
 trap 'exit 1' HUP INT TERM PIPE
 
 # --- the root and the package ---------------------------------------------------
-# One build per source state: the key hashes every file the package is built from.
-key=$(cd "$src" && tar --exclude=./.git --exclude-tag-all=meson-private --sort=name \
+# One build per source state: the key hashes every file the package is built
+# from (the tests are not part of it).
+key=$(cd "$src" && tar --exclude=./.git --exclude=./tests --exclude-tag-all=meson-private --sort=name \
         --mtime=@0 --owner=0 --group=0 -cf - . | sha256sum | cut -c1-16)
 debdir=$build/pid1-deb/$key
 if ! ls "$debdir"/kap-keepalived_*.deb >/dev/null 2>&1; then
