@@ -3,8 +3,8 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/un.h>
-#include <unistd.h>
 #include <toml++/toml.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
@@ -31,8 +31,8 @@ constexpr std::size_t kMaxFileSize = 1 << 20;
 constexpr std::size_t kMaxQuoted = 64;
 
 constexpr std::string_view kServerKeys[] = {"listen", "control_socket", "state_file"};
-constexpr std::string_view kPeersKeys[] = {"min_interval", "max_interval",   "max_probes",
-                                           "max_peers",    "max_per_host",   "forget_after",
+constexpr std::string_view kPeersKeys[] = {"min_interval",       "max_interval", "max_probes",
+                                           "max_peers",          "max_per_host", "forget_after",
                                            "down_probe_interval"};
 constexpr std::string_view kLegacyKeys[] = {"enable", "address", "register_port", "probe_port"};
 

@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
+#include <utility>
 
 #include "core/duration.hpp"
 #include "daemon/status_json.hpp"
@@ -21,9 +22,9 @@ namespace {
 // the others (epoll is level-triggered, so the rest wait their turn).
 constexpr int kBatchesPerWakeup = 8;
 
-// A wheel timer that fires this late means the loop stalled (stopped,
-// starved of CPU): what was read meanwhile is in doubt.
-constexpr Duration kLagDoubt = std::chrono::milliseconds(100);
+// Batches read from a socket still backlogged when probes fall due: enough
+// to empty a full receive queue.
+constexpr int kDrainBatches = 64;
 
 // How soon log records the journal (or stderr) could not take are tried again.
 constexpr Duration kLogRetry = std::chrono::milliseconds(20);
@@ -92,9 +93,11 @@ Daemon::Daemon(Config config, Logger& log, const ClockSource& clock, RandomSourc
     control_ = make_control_server(config_.control_socket);
 
     wheel_timer_ = loop_.add_timer([this] {
-        const Duration lag = loop_.now() - wheel_deadline_;
-        if (lag > stats_.max_lag) stats_.max_lag = lag;
-        if (lag > kLagDoubt) core_.doubt_receive(loop_.now());
+        stats_.max_lag = std::max(stats_.max_lag, loop_.now() - wheel_deadline_);
+        // ACKs that came before the probes fell due are read before any
+        // verdict, even when a wake-up's budget left them in the queue.
+        for (const std::uint32_t id : std::exchange(backlogged_, {}))
+            read_socket(id, kDrainBatches);
         core_.on_timer(loop_.now());
         after_work();
     });
@@ -267,10 +270,13 @@ void Daemon::add_listener(std::optional<Endpoint> configured, UdpSocket socket,
                                         std::move(fd_store_name)})
                   .first->second;
     keep_in_fd_store(l);
-    loop_.add_fd(fd, EPOLLIN, [this, id](std::uint32_t) { on_readable(id); });
+    loop_.add_fd(fd, EPOLLIN, [this, id](std::uint32_t) {
+        read_socket(id, kBatchesPerWakeup);
+        after_work();
+    });
 }
 
-void Daemon::on_readable(std::uint32_t id) {
+void Daemon::read_socket(std::uint32_t id, int max_batches) {
     auto it = listeners_.find(id);
     if (it == listeners_.end()) return;
     UdpSocket& socket = it->second.socket;
@@ -279,7 +285,7 @@ void Daemon::on_readable(std::uint32_t id) {
     const TimePoint now = loop_.now();
     const std::uint64_t overflows_before = socket.overflow_drops();
     bool backlog = true;
-    for (int i = 0; i < kBatchesPerWakeup && backlog; ++i) {
+    for (int i = 0; i < max_batches && backlog; ++i) {
         const std::size_t n = socket.receive_batch([&](const UdpSocket::Received& r) {
             if (r.truncated) {
                 core_.count_dropped_datagram(kind == Kind::kap1 ? Drop::bad_length
@@ -305,11 +311,10 @@ void Daemon::on_readable(std::uint32_t id) {
         });
         backlog = n == UdpSocket::kBatchSize;
     }
-    // The kernel dropped datagrams for us, or some still wait past this
-    // wake-up's budget while probes may fall due: either way an ACK may be
-    // missing through no fault of its peer.
-    if (socket.overflow_drops() != overflows_before || backlog) core_.doubt_receive(now);
-    after_work();
+    // The kernel dropped datagrams for us: an ACK may be missing through no
+    // fault of its peer.
+    if (socket.overflow_drops() != overflows_before) core_.doubt_receive(now);
+    if (backlog) backlogged_.push_back(id);
 }
 
 // Everything a handler produced leaves here, once per handler: batched
@@ -351,20 +356,16 @@ void Daemon::peer_event(const PeerEvent& event) {
     status_dirty_ = true;
     state_changed();
     ++event_counts_[static_cast<std::size_t>(event.kind)];
-    if (!throttle_.admit(event.kind, event.peer.name, event.peer.address, loop_.now())) {
-        if (!loop_.timer_deadline(summary_timer_))
-            loop_.arm_timer(summary_timer_, loop_.now() + EventThrottle::Limits{}.summary_period);
-        return;
-    }
-    log_.peer_event(event);
+    // The summary period also prunes the throttle's buckets, so it runs
+    // whenever there were events, held back or not.
+    if (!loop_.timer_deadline(summary_timer_))
+        loop_.arm_timer(summary_timer_, loop_.now() + EventThrottle::Limits{}.summary_period);
+    if (throttle_.admit(event.kind, event.peer.name, event.peer.address, loop_.now()))
+        log_.peer_event(event);
 }
 
 void Daemon::log_throttle_summary() {
-    if (auto line = throttle_.summary(loop_.now())) {
-        log_.log(LOG_WARNING, *line);
-        // Keep looking while the flood lasts; the next summary closes it.
-        loop_.arm_timer(summary_timer_, loop_.now() + EventThrottle::Limits{}.summary_period);
-    }
+    if (auto line = throttle_.summary(loop_.now())) log_.log(LOG_WARNING, *line);
 }
 
 std::unique_ptr<ControlServer> Daemon::make_control_server(const std::string& path) {

@@ -4,8 +4,8 @@
 
 #include <functional>
 #include <map>
-#include <nlohmann/json.hpp>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -64,7 +64,9 @@ private:
     void add_listener(std::optional<Endpoint> configured, UdpSocket socket,
                       std::string fd_store_name = {});
     std::optional<std::uint32_t> legacy_probe_listener() const;
-    void on_readable(std::uint32_t id);
+    // Reads and handles up to max_batches batches; a socket with more left
+    // goes on backlogged_.
+    void read_socket(std::uint32_t id, int max_batches);
     void after_work();
     void flush(std::uint32_t id);
     void reload();
@@ -95,6 +97,7 @@ private:
     std::uint32_t next_listener_id_ = 1;
     std::map<std::uint32_t, std::vector<OutDatagram>> outbox_;
     std::uint64_t unroutable_ = 0;
+    std::vector<std::uint32_t> backlogged_;  // listeners with datagrams left unread
 
     StateStore state_;
     EventLoop::TimerId state_timer_;

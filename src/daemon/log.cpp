@@ -91,7 +91,8 @@ std::string describe(const PeerEvent& e) {
 
 Logger::Logger(LogTarget target)
     : target_(resolve_log_target(target)),
-      writer_(target_ == LogTarget::journal ? LogWriter::Kind::journal : LogWriter::Kind::stderr_) {}
+      writer_(target_ == LogTarget::journal ? LogWriter::Kind::journal : LogWriter::Kind::stderr_) {
+}
 
 void Logger::log(int priority, std::string_view message) {
     if (target_ == LogTarget::journal) {

@@ -78,9 +78,10 @@ LogWriter::Outcome LogWriter::send(const std::string& record) {
     } else {
         n = ::write(STDERR_FILENO, record.data(), record.size());
     }
-    if (n < 0) return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR || errno == ENOBUFS
-                          ? Outcome::retry
-                          : Outcome::failed;
+    if (n < 0)
+        return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR || errno == ENOBUFS
+                   ? Outcome::retry
+                   : Outcome::failed;
     // A stream took part of a line: the rest goes first next time.
     if (static_cast<std::size_t>(n) < record.size() && kind_ == Kind::stderr_) {
         queue_.front().erase(0, static_cast<std::size_t>(n));
@@ -108,13 +109,13 @@ void LogWriter::flush() {
         queued_bytes_ -= std::min(queued_bytes_, size);
         queue_.pop_front();
         if (queue_.empty() && dropped_ > 0) {
-            const std::string note = fmt::format(
-                "{} log records not written: the log was not keeping up", dropped_);
+            const std::string note =
+                fmt::format("{} log records not written: the log was not keeping up", dropped_);
             dropped_ = 0;
-            std::string record =
-                kind_ == Kind::journal
-                    ? journal_datagram({{"MESSAGE", note}, {"PRIORITY", std::to_string(LOG_WARNING)}})
-                    : fmt::format("<{}>{}\n", LOG_WARNING, note);
+            std::string record = kind_ == Kind::journal
+                                     ? journal_datagram({{"MESSAGE", note},
+                                                         {"PRIORITY", std::to_string(LOG_WARNING)}})
+                                     : fmt::format("<{}>{}\n", LOG_WARNING, note);
             queued_bytes_ += record.size();
             queue_.push_back(std::move(record));
         }

@@ -29,8 +29,7 @@ public:
     enum class Kind { journal, stderr_ };
     // For the journal, connects to journald's socket (again later if it is
     // not there yet). `journal_socket` is for tests.
-    explicit LogWriter(Kind kind,
-                       std::string journal_socket = "/run/systemd/journal/socket");
+    explicit LogWriter(Kind kind, std::string journal_socket = "/run/systemd/journal/socket");
     // Waits up to a second for what is still queued: the last words of a
     // stopping daemon are worth that much.
     ~LogWriter();

@@ -86,8 +86,14 @@ for _ in $(seq 300); do
 done
 [ -n "$ct_pid" ] || { tail -n 20 "$work/console.log"; skip "systemd-nspawn did not boot a container here"; }
 ct() { nsenter -t "$ct_pid" -a "$@"; }
-state=$(timeout 120 nsenter -t "$ct_pid" -a systemctl is-system-running --wait 2>/dev/null || true)
-case $state in running|degraded) ;; *) tail -n 20 "$work/console.log"; fail "container boot: $state"; exit 1 ;; esac
+# Until its manager answers (the bus may not be up yet), then until boot is done.
+state=
+for _ in $(seq 600); do
+    state=$(nsenter -t "$ct_pid" -a systemctl is-system-running 2>/dev/null || true)
+    case $state in running|degraded) break ;; esac
+    sleep 0.2
+done
+case $state in running|degraded) ;; *) tail -n 20 "$work/console.log"; fail "container boot: '$state'"; exit 1 ;; esac
 echo "# container booted, systemd pid $ct_pid ($((SECONDS - start)) s)"
 
 # Polls a command until it succeeds, up to $2 seconds (default 60).

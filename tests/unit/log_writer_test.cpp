@@ -53,7 +53,9 @@ private:
     int fd_ = -1;
 };
 
-std::string entry(int i) { return journal_datagram({{"MESSAGE", "line " + std::to_string(i)}}); }
+std::string entry(int i) {
+    return journal_datagram({{"MESSAGE", "line " + std::to_string(i)}});
+}
 
 TEST(JournalDatagram, PlainAndBinaryFields) {
     EXPECT_EQ(journal_datagram({{"MESSAGE", "hello"}, {"PRIORITY", "6"}}),
