@@ -72,7 +72,7 @@ rc=0; "$here/make-root.sh" "$tarball" || rc=$?
 root=$work/root
 mkdir "$root"
 tar -C "$root" -xf "$tarball"
-cp "$deb" "$root/tmp/kap-keepalived.deb"
+cp "$deb" "$root/srv/kap-keepalived.deb"
 
 # --- boot ------------------------------------------------------------------------
 systemd-nspawn --register=no --keep-unit --private-network --quiet -D "$root" -b \
@@ -106,14 +106,14 @@ wait_for() {
     done
 }
 status_text() { ct systemctl show -p StatusText --value keepalived.service; }
-peers_up() { status_text | grep -q "^$1 peers: $1 up"; }
+peers_up() { status_text | grep -q "^$1 peers\?: $1 up"; }
 
 # --- 1. the package installs, enables and starts keepalived ------------------------
 # A test drop-in: the watchdog fires sooner, so the kill check stays short.
 mkdir -p "$root/etc/systemd/system/keepalived.service.d"
 printf '[Service]\nWatchdogSec=3s\nTimeoutAbortSec=1s\n' \
     >"$root/etc/systemd/system/keepalived.service.d/pid1-test.conf"
-ct env DEBIAN_FRONTEND=noninteractive dpkg -i /tmp/kap-keepalived.deb >"$work/dpkg.log" 2>&1 \
+ct env DEBIAN_FRONTEND=noninteractive dpkg -i /srv/kap-keepalived.deb >"$work/dpkg.log" 2>&1 \
     || { cat "$work/dpkg.log"; fail "dpkg -i"; exit 1; }
 ct systemctl is-enabled keepalived.service | grep -qx enabled || fail "keepalived.service not enabled"
 active() { ct systemctl is-active keepalived.service; }
@@ -134,7 +134,8 @@ entry=$(ct journalctl -u keepalived PEER_NAME=db1 PEER_STATE=down -o json -n 1 |
 for field in MESSAGE_ID PEER_NAME PEER_ADDRESS PEER_STATE PEER_SESSION PEER_INTERVAL_MSEC PEER_PROBES; do
     grep -q "\"$field\"" <<<"$entry" || fail "down entry lacks $field: $entry"
 done
-ct journalctl -x -u keepalived PEER_NAME=db1 PEER_STATE=down --no-pager -n 1 | grep -q "^--" \
+ct journalctl -x -u keepalived PEER_NAME=db1 PEER_STATE=down --no-pager -n 1 \
+    | grep -q "Subject: Peer db1 is down" \
     || fail "journalctl -x shows no catalog text for the down entry"
 ct systemctl stop keepalive-peer@db1.service
 echo "# keepalive-peer@db1 up and down ($((SECONDS - start)) s)"
@@ -178,13 +179,16 @@ ct kill -STOP "$pid"
 new_main_pid() { local now; now=$(ct systemctl show -p MainPID --value keepalived.service); [ "$now" != 0 ] && [ "$now" != "$pid" ]; }
 wait_for "watchdog restarted keepalived" 60 new_main_pid
 check_no_flap "watchdog kill (SIGSTOP)" "$c" no
-c=$(cursor); ct env DEBIAN_FRONTEND=noninteractive dpkg -i /tmp/kap-keepalived.deb >"$work/dpkg2.log" 2>&1 \
+c=$(cursor); ct env DEBIAN_FRONTEND=noninteractive dpkg -i /srv/kap-keepalived.deb >"$work/dpkg2.log" 2>&1 \
     || { cat "$work/dpkg2.log"; fail "dpkg -i (reinstall)"; }
 check_no_flap "reinstall of the .deb" "$c" yes
 
 # --- 4. the sandbox -----------------------------------------------------------------
 pid=$(ct systemctl show -p MainPID --value keepalived.service)
-as_daemon() { ct nsenter -t "$pid" -a -S follow -G follow "$@"; }
+# As the daemon: its namespaces and its (dynamic) user and group.
+uid=$(ct awk '/^Uid:/ {print $2}' "/proc/$pid/status")
+gid=$(ct awk '/^Gid:/ {print $2}' "/proc/$pid/status")
+as_daemon() { ct nsenter -t "$pid" -a -S "$uid" -G "$gid" "$@"; }
 as_daemon sh -c 'echo x > /var/lib/keepalived/pid1-probe && rm /var/lib/keepalived/pid1-probe' \
     || fail "the daemon cannot write its StateDirectory"
 as_daemon sh -c 'echo x > /run/keepalived/pid1-probe && rm /run/keepalived/pid1-probe' \
