@@ -15,6 +15,7 @@
 #include "core/clock.hpp"
 #include "core/peer_limits.hpp"
 #include "core/result.hpp"
+#include "daemon/target_config.hpp"
 
 namespace keepalive {
 
@@ -41,6 +42,7 @@ struct Config {
     std::optional<std::string> state_file;  // absolute when non-empty
     PeerLimits peers;
     LegacyConfig legacy;
+    std::vector<TargetConfig> targets;  // [[targets]], in file order, names unique
     std::string source;  // the file name or path the configuration was read from
 };
 

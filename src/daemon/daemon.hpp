@@ -15,6 +15,7 @@
 #include "daemon/event_throttle.hpp"
 #include "daemon/log.hpp"
 #include "daemon/state_store.hpp"
+#include "daemon/targets.hpp"
 #include "net/event_loop.hpp"
 #include "net/udp_socket.hpp"
 
@@ -67,6 +68,7 @@ private:
     // Reads and handles up to max_batches batches; a socket with more left
     // goes on backlogged_.
     void read_socket(std::uint32_t id, int max_batches);
+    void on_send_errors(std::uint32_t id);
     void after_work();
     void flush(std::uint32_t id);
     void reload();
@@ -74,6 +76,7 @@ private:
     // sessions are saved for the next process.
     void stop(bool for_good = false);
     void notify_status();
+    PeerCounts counts() const;
     ControlServer::Producer control_request(std::string_view request);
     nlohmann::json status() const;
     std::unique_ptr<ControlServer> make_control_server(const std::string& path);
@@ -99,6 +102,7 @@ private:
     std::uint64_t unroutable_ = 0;
     std::vector<std::uint32_t> backlogged_;  // listeners with datagrams left unread
 
+    std::unique_ptr<TargetSet> targets_;  // after core_: it checks names against them
     StateStore state_;
     EventLoop::TimerId state_timer_;
 
