@@ -32,7 +32,8 @@ enum class ClientEvent {
     server_restarted,  // ... and it is a new server instance (new epoch)
     rejected,          // the server refused us; diag says why; retrying with backoff
     lost,              // no probe for too long: registering again
-    goodbye,           // the server said goodbye; diag says why; registering again
+    goodbye,           // the server said goodbye; diag says why; registering again,
+                       // except for diag 8 (restarting): the session is kept
 };
 
 struct ClientNotice {

@@ -89,14 +89,17 @@ struct Client::Impl final : PeerSessionSink {
                 break;
             case SessionEventKind::lost:
                 n.event = ClientEvent::lost;
-                n.message = fmt::format(
-                    "server {} lost: no probe for {} ms, registering again", server.to_string(),
-                    std::uint64_t{session.granted_interval_ms()} * (session.granted_probes() + 1u));
+                n.message = fmt::format("server {} lost: no probe for too long, registering again",
+                                        server.to_string());
                 break;
             case SessionEventKind::goodbye:
                 n.event = ClientEvent::goodbye;
-                n.message = fmt::format("server {} said goodbye: {}", server.to_string(),
-                                        diag_text(e.diag));
+                n.message = fmt::format(
+                    "server {} said goodbye: {}{}", server.to_string(), diag_text(e.diag),
+                    e.diag == kap::Diag::restarting
+                        ? fmt::format("; keeping session {:08x} through the restart",
+                                      session.session())
+                        : std::string("; registering again"));
                 break;
         }
         handler(n);

@@ -302,6 +302,8 @@ std::string_view to_string(Diag d) {
             return "removed by the operator";
         case Diag::unknown_session:
             return "unknown session";
+        case Diag::restarting:
+            return "restarting";
     }
     return "unknown";
 }

@@ -58,7 +58,8 @@ enum class Diag : std::uint8_t {
     server_full = 4,
     shutting_down = 5,
     removed = 6,
-    unknown_session = 7
+    unknown_session = 7,
+    restarting = 8,  // BYE from a server that will be back with every session
 };
 
 using Cookie = std::array<std::uint8_t, 16>;

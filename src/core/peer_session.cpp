@@ -65,6 +65,7 @@ void PeerSession::on_datagram(std::span<const std::uint8_t> data, TimePoint now)
         granted_probes_ = a->probes;
         state_ = SessionState::registered;
         backoff_ = kMinBackoff;
+        grace_until_seq_.reset();
         // The first probe comes within one interval; allow the full loss budget from now.
         deadline_ = now + lost_after();
         sink_.session_event({SessionEventKind::registered});
@@ -87,7 +88,11 @@ void PeerSession::on_datagram(std::span<const std::uint8_t> data, TimePoint now)
         }
         highest_seq_ = p->seq;
         ++probes_answered_;
-        if (state_ == SessionState::registered) deadline_ = now + lost_after();
+        // A probe the old process sent before its goodbye, reordered behind
+        // it, says nothing about the new one: only a higher seq ends the grace.
+        const bool in_grace = grace_until_seq_ && p->seq <= *grace_until_seq_;
+        if (!in_grace) grace_until_seq_.reset();
+        if (state_ == SessionState::registered && !in_grace) deadline_ = now + lost_after();
         send({.session = session_, .body = kap::Ack{p->seq, p->tx_time, incarnation_}});
     } else if (const auto* b = std::get_if<kap::Bye>(&m.body)) {
         // diag 7 carries session 0 and seq 0; it is trusted for coming from the
@@ -101,7 +106,12 @@ void PeerSession::on_datagram(std::span<const std::uint8_t> data, TimePoint now)
             return;
         }
         sink_.session_event({SessionEventKind::goodbye, m.diag});
-        if (m.diag == kap::Diag::shutting_down || unknown) {
+        if (m.diag == kap::Diag::restarting && !unknown) {
+            // The server will be back with our session: keep it and keep
+            // answering, and wait the restart grace longer before giving up.
+            if (!grace_until_seq_) deadline_ += kRestartGrace;
+            grace_until_seq_ = b->seq;
+        } else if (m.diag == kap::Diag::shutting_down || unknown) {
             backoff_ = kMinBackoff;
             register_now(now);
         } else {

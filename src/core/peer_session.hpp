@@ -26,8 +26,8 @@ enum class SessionEventKind : std::uint8_t {
     registered,        // ACCEPT received
     server_restarted,  // ACCEPT with a new epoch
     rejected,          // REJECT received (diag says why)
-    lost,              // no probe for probes × interval + interval
-    goodbye,           // BYE from the server (diag says why)
+    lost,              // no probe for probes × interval + interval (+ kRestartGrace after BYE 8)
+    goodbye,           // BYE from the server (diag says why; 8: the session is kept)
 };
 
 struct SessionEvent {
@@ -46,6 +46,9 @@ class PeerSession {
 public:
     static constexpr Duration kMinBackoff = std::chrono::seconds(1);
     static constexpr Duration kMaxBackoff = std::chrono::seconds(30);
+    // After BYE diag 8 (restarting) the server is given this much longer
+    // before it counts as lost: it comes back with our session.
+    static constexpr Duration kRestartGrace = std::chrono::seconds(30);
 
     PeerSession(PeerSessionOptions options, RandomSource& random, PeerSessionSink& sink);
     PeerSession(const PeerSession&) = delete;
@@ -89,6 +92,8 @@ private:
     std::uint32_t granted_interval_ms_ = 0;
     std::uint8_t granted_probes_ = 0;
     std::uint64_t highest_seq_ = 0;
+    // Set by BYE 8 to its seq: in the restart grace until a probe above it.
+    std::optional<std::uint64_t> grace_until_seq_;
     std::uint64_t probes_answered_ = 0;
     std::uint64_t dropped_ = 0;
 };

@@ -498,12 +498,11 @@ void ServerCore::send_probe(Slot slot, TimePoint now) {
           {.session = p.session, .body = kap::Probe{p.seq_sent, to_wire_time(now)}});
 }
 
-void ServerCore::shutdown() {
+void ServerCore::shutdown(kap::Diag diag) {
     table_.for_each([&](Slot, const Peer& p) {
         if (p.state == PeerState::left || p.protocol == Protocol::legacy) return;  // no BYE there
-        reply(
-            p.route, p.address,
-            {.diag = kap::Diag::shutting_down, .session = p.session, .body = kap::Bye{p.seq_sent}});
+        reply(p.route, p.address,
+              {.diag = diag, .session = p.session, .body = kap::Bye{p.seq_sent}});
     });
 }
 

@@ -8,12 +8,14 @@
 #include <functional>
 #include <optional>
 #include <span>
+#include <string>
 #include <string_view>
 #include <unordered_map>
 
 #include "core/codec.hpp"
 #include "core/cookie.hpp"
 #include "core/peer_limits.hpp"
+#include "core/peer_snapshot.hpp"
 #include "core/peer_table.hpp"
 #include "core/random.hpp"
 #include "core/timer_wheel.hpp"
@@ -110,8 +112,33 @@ public:
         reserved_ = std::move(reserved);
     }
 
-    // Says goodbye (BYE diag 5) to every peer that is not gone already.
-    void shutdown();
+    // Says goodbye to every KAP/1 peer that is not gone already: BYE diag 5
+    // (shutting down), or diag 8 (restarting) when the sessions are saved and
+    // the next process will take them over.
+    void shutdown(kap::Diag diag = kap::Diag::shutting_down);
+
+    // The whole table, for the next process (server_restore.cpp). `listener_of`
+    // names the bound address of a route's socket, which outlives socket ids.
+    ServerSnapshot snapshot(TimePoint now,
+                            const std::function<Address(std::uint32_t socket)>& listener_of) const;
+    // Takes over the sessions of a snapshot saved `elapsed` ago; call before
+    // the first datagram. Keeps the saved epoch, so peers see no restart.
+    // Every restored live peer is probed within min(interval, 1 s) of `now`,
+    // with a seq above any sent before; in-flight probes count as answered, so
+    // a peer that died meanwhile is down one detection time after that probe.
+    // No event is reported. `socket_for` maps a saved listener address to a
+    // socket id (none: that peer is skipped). A snapshot older than
+    // forget_after is refused with the reason.
+    struct Restored {
+        std::size_t peers = 0;
+        std::size_t skipped = 0;  // no socket, duplicate, or over max_peers
+    };
+    Result<Restored, std::string> restore(
+        const ServerSnapshot& snapshot, Duration elapsed, TimePoint now,
+        const std::function<std::optional<std::uint32_t>(const Address& listener)>& socket_for);
+    // Peers restored get their seq advanced by at least this much beyond what
+    // the elapsed time can explain, for probes sent after the last save.
+    static constexpr std::uint64_t kRestoreSeqMargin = 64;
 
     // For datagrams dropped before the core sees their bytes (e.g. oversized ones).
     void count_dropped_datagram(Drop d) {

@@ -20,10 +20,14 @@ constexpr int kTimeoutMs = 5000;
 
 constexpr const char* kUsage =
     "Usage: keepalivectl [--socket PATH] status|peers|targets [--json]\n"
+    "       keepalivectl [--socket PATH] shutdown --for-good\n"
     "\n"
     "  status   peer counts and the daemon's drop counters\n"
     "  peers    every peer and TCP target with its state, address and round-trip time\n"
     "  targets  every TCP target with its connection state and last error\n"
+    "  shutdown --for-good\n"
+    "           stop keepalived for good (decommissioning): peers are told it is\n"
+    "           shutting down (BYE 5) and the saved peer table is deleted\n"
     "  -s, --socket PATH  control socket (default /run/keepalived/control.sock)\n"
     "  -j, --json         print JSON instead of a table\n"
     "  -h, --help         this text\n";
@@ -170,7 +174,9 @@ void print_status(const nlohmann::json& j) {
 int main(int argc, char** argv) {
     std::string socket_path = kDefaultSocket;
     bool json = false;
+    bool for_good = false;
     static const option options[] = {
+        {"for-good", no_argument, nullptr, 'g'},
         {"socket", required_argument, nullptr, 's'},
         {"json", no_argument, nullptr, 'j'},
         {"help", no_argument, nullptr, 'h'},
@@ -186,6 +192,9 @@ int main(int argc, char** argv) {
             case 'j':
                 json = true;
                 break;
+            case 'g':
+                for_good = true;
+                break;
             case 'h':
                 std::fputs(kUsage, stdout);
                 return 0;
@@ -194,8 +203,26 @@ int main(int argc, char** argv) {
                                           : std::string("bad option ") + argv[optind - 1]);
         }
     }
-    if (optind + 1 != argc) return usage_error("expected one command: status, peers or targets");
+    if (optind < argc && std::string_view(argv[optind]) == "shutdown") {
+        if (optind + 1 != argc || !for_good)
+            return usage_error("shutdown needs --for-good (systemctl stop keeps the sessions)");
+        try {
+            const auto reply = nlohmann::json::parse(ask(socket_path, "shutdown-for-good"));
+            if (reply.contains("error"))
+                throw Failure{"keepalived: " + reply["error"].get<std::string>()};
+            fmt::print("keepalived is shutting down for good\n");
+            return 0;
+        } catch (const Failure& f) {
+            std::fprintf(stderr, "keepalivectl: %s\n", f.message.c_str());
+        } catch (const nlohmann::json::exception& e) {
+            std::fprintf(stderr, "keepalivectl: unexpected reply from keepalived: %s\n", e.what());
+        }
+        return 1;
+    }
+    if (optind + 1 != argc)
+        return usage_error("expected one command: status, peers, targets or shutdown");
     const std::string command = argv[optind];
+    if (for_good) return usage_error("--for-good goes with shutdown");
     if (command != "status" && command != "peers" && command != "targets")
         return usage_error("unknown command: " + command);
 

@@ -30,10 +30,10 @@ constexpr std::size_t kSunPathSize = sizeof(sockaddr_un::sun_path);
 constexpr std::size_t kMaxFileSize = 1 << 20;
 constexpr std::size_t kMaxQuoted = 64;
 
-constexpr std::string_view kServerKeys[] = {"listen", "control_socket"};
+constexpr std::string_view kServerKeys[] = {"listen", "control_socket", "state_file"};
 constexpr std::string_view kPeersKeys[] = {
-    "min_interval", "max_interval",        "max_probes",       "max_peers",
-    "max_per_host", "forget_after",        "down_probe_interval", "fast_down_on_icmp"};
+    "min_interval", "max_interval", "max_probes",          "max_peers",
+    "max_per_host", "forget_after", "down_probe_interval", "fast_down_on_icmp"};
 constexpr std::string_view kLegacyKeys[] = {"enable", "address", "register_port", "probe_port"};
 
 struct Section {
@@ -366,6 +366,21 @@ void read_control_socket(Checker& c, const toml::node& node, std::string& out) {
     }
 }
 
+void read_state_file(Checker& c, const toml::node& node, std::optional<std::string>& out) {
+    const std::string name = "server.state_file";
+    const auto* path = read_string(c, node, name, "an absolute path, or \"\" for none");
+    if (!path) return;
+    if (!path->empty() && path->front() != '/')
+        c.fail(node, name + ": must be an absolute path (starting with \"/\") or \"\", not " +
+                         quoted(*path));
+    else if (!path->empty() && path->back() == '/')
+        c.fail(node, name + ": must name a file, not a directory: " + quoted(*path));
+    else if (path->find('\0') != std::string::npos)
+        c.fail(node, name + ": must not contain a NUL character");
+    else
+        out = *path;
+}
+
 void read_server(Checker& c, const toml::table& table, Config& config) {
     check_section_keys(c, table, kSections[0]);
     if (const auto* node = table.get("listen"))
@@ -376,6 +391,7 @@ void read_server(Checker& c, const toml::table& table, Config& config) {
                        "listen = [\"127.0.0.1:7371\", \"[::1]:7371\"]");
     if (const auto* node = table.get("control_socket"))
         read_control_socket(c, *node, config.control_socket);
+    if (const auto* node = table.get("state_file")) read_state_file(c, *node, config.state_file);
 }
 
 void read_peers(Checker& c, const toml::table& table, PeerLimits& peers) {
@@ -507,10 +523,10 @@ Result<Config, ConfigError> parse_config(std::string_view text, std::string_view
     for (auto&& [key, value] : root) {
         const std::string_view name = key.str();  // clang 14 cannot capture a binding
         if (name == "targets") {
-            read_targets(value, config.targets, [&](const toml::source_region& where,
-                                                    std::string message) {
-                c.fail_at(where, std::move(message));
-            });
+            read_targets(value, config.targets,
+                         [&](const toml::source_region& where, std::string message) {
+                             c.fail_at(where, std::move(message));
+                         });
             continue;
         }
         const auto it = std::find_if(kSections.begin(), kSections.end(),

@@ -37,6 +37,9 @@ struct Config {
     // loaded Config; empty in a default-constructed one.
     std::vector<Address> listen;
     std::string control_socket = "/run/keepalived/control.sock";  // absolute, < 108 bytes
+    // [server] state_file: where the peer table is kept across restarts. None:
+    // "state" in $STATE_DIRECTORY when systemd sets it, else no file. Empty: no file.
+    std::optional<std::string> state_file;  // absolute when non-empty
     PeerLimits peers;
     LegacyConfig legacy;
     std::vector<TargetConfig> targets;  // [[targets]], in file order, names unique

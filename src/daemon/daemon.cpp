@@ -3,12 +3,16 @@
 #include <fmt/ranges.h>
 #include <systemd/sd-daemon.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <csignal>
+#include <cstdlib>
+#include <cstring>
 #include <stdexcept>
 #include <utility>
 
+#include "core/duration.hpp"
 #include "daemon/status_json.hpp"
 
 namespace keepalive {
@@ -58,6 +62,36 @@ void notify(const std::string& state) {
     sd_notify(0, state.c_str());
 }
 
+// The peer table is saved this long after the first change (memfd, and the
+// state file without an fd store), so a burst of changes is one write.
+constexpr Duration kStateSaveDelay = std::chrono::seconds(2);
+// ... and at least this often, so that a saved copy is never older than
+// forget_after (which would make the next process ignore it).
+constexpr Duration kStateRefresh = std::chrono::seconds(60);
+
+// fd-store names of the sockets the daemon bound itself, by kind; the rest of
+// the name makes each one unique (FDSTOREREMOVE removes by name).
+constexpr std::pair<std::string_view, int> kStoredSocketPrefixes[] = {
+    {"kap1-", 0}, {"legreg-", 1}, {"legprobe-", 2}};
+
+std::string state_file_path(const Config& config) {
+    if (config.state_file) return *config.state_file;
+    // systemd sets STATE_DIRECTORY for StateDirectory= (colon-separated when several).
+    const char* dir = std::getenv("STATE_DIRECTORY");
+    if (dir == nullptr || *dir == '\0') return {};
+    const std::string first(dir, std::strcspn(dir, ":"));
+    return first + "/state";
+}
+
+// Under a service manager that keeps an fd store for us: $FDSTORE is its
+// size (set by systemd 254 and later, and by keepalived.service for older ones).
+bool fd_store_available() {
+    const char* notify_socket = std::getenv("NOTIFY_SOCKET");
+    const char* fdstore = std::getenv("FDSTORE");
+    return notify_socket != nullptr && *notify_socket != '\0' && fdstore != nullptr &&
+           std::atoi(fdstore) > 0;
+}
+
 std::string monotonic_usec(TimePoint now) {
     return fmt::format(
         "MONOTONIC_USEC={}",
@@ -73,10 +107,13 @@ Daemon::Daemon(Config config, Logger& log, const ClockSource& clock, RandomSourc
       loop_(clock),
       core_(config_.peers, random, *this, clock.now()),
       started_(clock.now()),
+      state_(state_file_path(config_), fd_store_available(), log),
       throttle_(random.next_u64()) {
-    adopt_activated_sockets();
+    adopt_passed_fds();
     if (auto r = reconcile_listeners(endpoints(config_)); !r) throw std::runtime_error(r.error());
     if (listeners_.empty()) throw std::runtime_error("no address to listen on");
+    state_timer_ = loop_.add_timer([this] { save_state(false); });
+    restore_state();
     control_ = make_control_server(config_.control_socket);
 
     wheel_timer_ = loop_.add_timer([this] {
@@ -112,9 +149,10 @@ Daemon::Daemon(Config config, Logger& log, const ClockSource& clock, RandomSourc
     targets_ = std::make_unique<TargetSet>(
         loop_, random,
         TargetSet::Hooks{.event = [this](const PeerEvent& e) { peer_event(e); },
-                         .done = [this] {
-                             if (status_dirty_) notify_status();
-                         }});
+                         .done =
+                             [this] {
+                                 if (status_dirty_) notify_status();
+                             }});
     core_.set_reserved_names([this](std::string_view name) { return targets_->contains(name); });
     targets_->apply(config_.targets);
     loop_.on_signal(SIGTERM, [this] { stop(); });
@@ -124,19 +162,99 @@ Daemon::Daemon(Config config, Logger& log, const ClockSource& clock, RandomSourc
 
 Daemon::~Daemon() = default;
 
-void Daemon::adopt_activated_sockets() {
-    const int n = sd_listen_fds(1);
+void Daemon::adopt_passed_fds() {
+    char** names = nullptr;
+    const int n = sd_listen_fds_with_names(1, &names);
     if (n < 0) throw std::runtime_error("sd_listen_fds failed");
-    for (int fd = SD_LISTEN_FDS_START; fd < SD_LISTEN_FDS_START + n; ++fd) {
+    std::vector<std::string> fd_names;
+    for (int i = 0; i < n; ++i) fd_names.emplace_back(names && names[i] ? names[i] : "");
+    if (names) {
+        for (int i = 0; i < n; ++i) std::free(names[i]);
+        std::free(names);
+    }
+    for (int i = 0; i < n; ++i) {
+        const int fd = SD_LISTEN_FDS_START + i;
+        const std::string& name = fd_names[static_cast<std::size_t>(i)];
+        if (name == StateStore::kMemfdNames[0] || name == StateStore::kMemfdNames[1]) {
+            state_.adopt_memfd(name, UniqueFd(fd));
+            continue;
+        }
         if (sd_is_socket(fd, AF_UNSPEC, SOCK_DGRAM, -1) <= 0) {
-            log_.logf(LOG_WARNING, "ignoring inherited fd {}: not a datagram socket", fd);
+            log_.logf(LOG_WARNING, "ignoring inherited fd {} ({}): not a datagram socket", fd,
+                      name);
             continue;
         }
         auto socket = UdpSocket::adopt(UniqueFd(fd));
         if (!socket) throw std::runtime_error(socket.error());
-        log_.logf(LOG_INFO, "serving on {} (from systemd)", socket->local().to_string());
-        add_listener(std::nullopt, std::move(*socket));
+        // One the previous process bound and left in the fd store, with the
+        // datagrams that arrived meanwhile still queued.
+        std::optional<Endpoint> stored;
+        for (const auto& [prefix, kind] : kStoredSocketPrefixes)
+            if (name.starts_with(prefix))
+                stored = Endpoint{socket->local(), static_cast<Kind>(kind)};
+        log_.logf(LOG_INFO, "serving on {} ({})", socket->local().to_string(),
+                  stored ? "kept by systemd across the restart" : "from systemd");
+        add_listener(stored, std::move(*socket), stored ? name : std::string());
     }
+}
+
+void Daemon::restore_state() {
+    if (!state_.enabled()) return;
+    if (auto loaded = state_.load()) {
+        const auto restored =
+            core_.restore(loaded->snapshot, loaded->age, clock_.now(),
+                          [this](const Address& listener) -> std::optional<std::uint32_t> {
+                              for (const auto& [id, l] : listeners_)
+                                  if (l.socket.local() == listener) return id;
+                              return std::nullopt;
+                          });
+        if (!restored)
+            log_.logf(LOG_WARNING, "ignoring saved state from {}: {}", loaded->source,
+                      restored.error());
+        else
+            log_.logf(LOG_INFO, "restored {} peer{} from {} (saved {} ago){}", restored->peers,
+                      restored->peers == 1 ? "" : "s", loaded->source,
+                      format_duration(std::chrono::ceil<milliseconds>(loaded->age)),
+                      restored->skipped ? fmt::format(", {} not restored (no listener for them, "
+                                                      "or over max_peers)",
+                                                      restored->skipped)
+                                        : std::string());
+    }
+    // Saved soon even without a change, so a crash right after start loses nothing.
+    loop_.arm_timer(state_timer_, clock_.now() + kStateSaveDelay);
+}
+
+void Daemon::state_changed() {
+    if (!state_.enabled() || stopping_) return;
+    const TimePoint soon = loop_.now() + kStateSaveDelay;
+    const auto armed = loop_.timer_deadline(state_timer_);
+    if (!armed || *armed > soon) loop_.arm_timer(state_timer_, soon);
+}
+
+bool Daemon::save_state(bool final) {
+    const TimePoint now = loop_.now();
+    const bool saved = state_.save(
+        core_.snapshot(now,
+                       [this](std::uint32_t id) {
+                           const auto it = listeners_.find(id);
+                           return it == listeners_.end() ? Address{} : it->second.socket.local();
+                       }),
+        now);
+    if (!final)
+        loop_.arm_timer(state_timer_,
+                        now + std::min<Duration>(kStateRefresh, config_.peers.forget_after / 2));
+    return saved;
+}
+
+void Daemon::keep_in_fd_store(Listener& listener) {
+    if (!state_.fd_store() || !listener.configured || !listener.fd_store_name.empty()) return;
+    const auto kind = static_cast<int>(listener.configured->kind);
+    std::string name;
+    for (const auto& [prefix, k] : kStoredSocketPrefixes)
+        if (k == kind) name = fmt::format("{}{}-{}", prefix, getpid(), next_listener_id_);
+    const std::string message = "FDSTORE=1\nFDNAME=" + name;
+    int fds[1] = {listener.socket.fd()};
+    if (sd_pid_notify_with_fds(0, 0, message.c_str(), fds, 1) > 0) listener.fd_store_name = name;
 }
 
 std::vector<Daemon::Endpoint> Daemon::endpoints(const Config& config) {
@@ -170,6 +288,8 @@ Result<bool, std::string> Daemon::reconcile_listeners(const std::vector<Endpoint
         const auto& configured = it->second.configured;
         if (configured && std::find(wanted.begin(), wanted.end(), *configured) == wanted.end()) {
             log_.logf(LOG_INFO, "no longer listening on {}", configured->address.to_string());
+            if (!it->second.fd_store_name.empty())
+                notify("FDSTOREREMOVE=1\nFDNAME=" + it->second.fd_store_name);
             flush(it->first);
             loop_.remove_fd(it->second.socket.fd());
             it = listeners_.erase(it);
@@ -184,10 +304,15 @@ Result<bool, std::string> Daemon::reconcile_listeners(const std::vector<Endpoint
     return true;
 }
 
-void Daemon::add_listener(std::optional<Endpoint> configured, UdpSocket socket) {
+void Daemon::add_listener(std::optional<Endpoint> configured, UdpSocket socket,
+                          std::string fd_store_name) {
     const std::uint32_t id = next_listener_id_++;
     const int fd = socket.fd();
-    listeners_.emplace(id, Listener{std::move(configured), std::move(socket)});
+    auto& l = listeners_
+                  .emplace(id, Listener{std::move(configured), std::move(socket),
+                                        std::move(fd_store_name)})
+                  .first->second;
+    keep_in_fd_store(l);
     loop_.add_fd(fd, EPOLLIN, [this, id](std::uint32_t events) {
         if (events & EPOLLERR) on_send_errors(id);
         if ((events & EPOLLIN) && read_socket(id, kBatchesPerWakeup)) defer_reads();
@@ -309,6 +434,7 @@ void Daemon::send(const Route& route, const Address& to, std::span<const std::ui
 
 void Daemon::peer_event(const PeerEvent& event) {
     status_dirty_ = true;
+    state_changed();
     ++event_counts_[static_cast<std::size_t>(event.kind)];
     if (!loop_.timer_deadline(summary_timer_))
         loop_.arm_timer(summary_timer_, loop_.now() + EventThrottle::Limits{}.summary_period);
@@ -382,12 +508,22 @@ std::unique_ptr<ControlServer> Daemon::try_control_server(
     }
 }
 
-void Daemon::stop() {
+void Daemon::stop(bool for_good) {
     if (stopping_) return;
     stopping_ = true;
     notify("STOPPING=1");
-    log_.log(LOG_INFO, "stopping: saying goodbye to every peer");
-    core_.shutdown();
+    // BYE 8 is a promise that the next process takes the sessions over: only
+    // when they are saved.
+    if (state_.enabled() && !for_good && save_state(true)) {
+        log_.log(LOG_INFO,
+                 "stopping: peer table saved; telling every peer we will be back (BYE 8)");
+        core_.shutdown(kap::Diag::restarting);
+    } else {
+        if (for_good) state_.discard();
+        log_.logf(LOG_INFO, "stopping{}: saying goodbye to every peer",
+                  for_good ? " for good" : "");
+        core_.shutdown(kap::Diag::shutting_down);
+    }
     after_work();
 }
 
@@ -408,10 +544,19 @@ std::vector<std::string> Daemon::listen_addresses() const {
 
 ControlServer::Producer Daemon::control_request(std::string_view request) {
     if (request == "peers")
-        return peers_stream(core_, [this] { return loop_.now(); },
-                            targets_->peer_rows(loop_.now()));
-    if (request == "targets") return ControlServer::whole(to_line(targets_->targets_json(loop_.now())));
+        return peers_stream(
+            core_, [this] { return loop_.now(); }, targets_->peer_rows(loop_.now()));
+    if (request == "targets")
+        return ControlServer::whole(to_line(targets_->targets_json(loop_.now())));
     if (request == "status") return ControlServer::whole(to_line(status()));
+    if (request == "shutdown-for-good") {
+        // Stops when the answer is written, so that it goes out before the loop ends.
+        return [this](std::string& out) {
+            stop(true);
+            out = to_line({{"stopping", true}});
+            return false;
+        };
+    }
     return ControlServer::whole(to_line({{"error", "unknown request"}}));
 }
 
@@ -467,6 +612,7 @@ int Daemon::run() {
               fmt::join(listen_addresses(), ", "));
     notify("READY=1");
     notify_status();
+    after_work();  // arms the wheel: restored peers are probed without waiting for a datagram
     // After READY nothing a peer sends may stop the daemon: a handler that
     // throws is logged (rate-limited) and the loop goes on.
     while (!stopping_) {

@@ -14,6 +14,7 @@
 #include "daemon/control.hpp"
 #include "daemon/event_throttle.hpp"
 #include "daemon/log.hpp"
+#include "daemon/state_store.hpp"
 #include "daemon/targets.hpp"
 #include "net/event_loop.hpp"
 #include "net/udp_socket.hpp"
@@ -44,14 +45,25 @@ private:
     struct Listener {
         std::optional<Endpoint> configured;  // none for a socket from systemd
         UdpSocket socket;
+        std::string fd_store_name;  // kept in systemd's fd store under this name
     };
     static std::vector<Endpoint> endpoints(const Config& config);
 
-    void adopt_activated_sockets();
+    // Sockets from socket activation, and the sockets and saved state the
+    // previous process left in systemd's fd store.
+    void adopt_passed_fds();
+    // Restart without flaps (state_store.hpp): take over the saved sessions,
+    // save them (debounced) as they change, and keep the sockets in the fd store.
+    void restore_state();
+    void state_changed();
+    // final: at stop, to every store. True if a copy was written.
+    bool save_state(bool final);
+    void keep_in_fd_store(Listener& listener);
     // Opens the listeners in `wanted` that are not open yet and closes the
     // configured ones not in it. All or nothing: on a bind failure nothing changes.
     Result<bool, std::string> reconcile_listeners(const std::vector<Endpoint>& wanted);
-    void add_listener(std::optional<Endpoint> configured, UdpSocket socket);
+    void add_listener(std::optional<Endpoint> configured, UdpSocket socket,
+                      std::string fd_store_name = {});
     std::optional<std::uint32_t> legacy_probe_listener() const;
     // Reads and handles up to max_batches batches; a socket with more left
     // goes on backlogged_. True if anything was read.
@@ -62,7 +74,9 @@ private:
     void after_work();
     void flush(std::uint32_t id);
     void reload();
-    void stop();
+    // for_good: BYE 5 and the saved state discarded; else BYE 8 when the
+    // sessions are saved for the next process.
+    void stop(bool for_good = false);
     void notify_status();
     PeerCounts counts() const;
     ControlServer::Producer control_request(std::string_view request);
@@ -91,6 +105,9 @@ private:
     std::vector<std::uint32_t> backlogged_;  // listeners with datagrams left unread
 
     std::unique_ptr<TargetSet> targets_;  // after core_: it checks names against them
+    StateStore state_;
+    EventLoop::TimerId state_timer_;
+
     std::unique_ptr<ControlServer> control_;
     EventLoop::TimerId wheel_timer_;
     TimePoint wheel_deadline_{};  // what wheel_timer_ was last armed to

@@ -450,7 +450,9 @@ std::string DaemonConfig::to_toml() const {
     std::ostringstream s;
     s << "[server]\nlisten = [";
     for (std::size_t i = 0; i < listen.size(); ++i) s << (i ? ", " : "") << toml_string(listen[i]);
-    s << "]\ncontrol_socket = " << toml_string(control_socket) << "\n\n[peers]\n"
+    s << "]\ncontrol_socket = " << toml_string(control_socket) << "\n";
+    if (state_file) s << "state_file = " << toml_string(*state_file) << "\n";
+    s << "\n[peers]\n"
       << "min_interval = " << toml_string(min_interval) << "\n"
       << "max_interval = " << toml_string(max_interval) << "\n"
       << "max_probes = " << max_probes << "\n"

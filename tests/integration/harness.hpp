@@ -143,6 +143,7 @@ std::uint16_t free_udp_port();
 struct DaemonConfig {
     std::vector<std::string> listen;  // "127.0.0.1:PORT", "[::1]:PORT"
     std::string control_socket;
+    std::optional<std::string> state_file;  // none: not in the file
     std::string min_interval = "10ms";
     std::string max_interval = "1h";
     int max_probes = 255;

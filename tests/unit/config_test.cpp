@@ -216,6 +216,29 @@ TEST(Config, ControlSocketMayUseAllOfSunPath) {
     EXPECT_EQ(r->control_socket, path);
 }
 
+TEST(Config, StateFile) {
+    const auto unset = parse_config(kServer, kFile);
+    ASSERT_TRUE(unset) << unset.error().to_string();
+    EXPECT_FALSE(unset->state_file.has_value()) << "default: the unit's StateDirectory, or none";
+    const auto path = parse_config(kServer + lines({R"(state_file = "/var/lib/k/state")"}), kFile);
+    ASSERT_TRUE(path) << path.error().to_string();
+    EXPECT_EQ(path->state_file, "/var/lib/k/state");
+    const auto none = parse_config(kServer + lines({R"(state_file = "")"}), kFile);
+    ASSERT_TRUE(none) << none.error().to_string();
+    EXPECT_EQ(none->state_file, "");
+}
+
+TEST(ConfigError, StateFileMustBeAbsolute) {
+    EXPECT_TRUE(fails_at(kServer + lines({R"(state_file = "state")"}), 3, 14,
+                         "server.state_file: must be an absolute path (starting with \"/\") or "
+                         "\"\", not \"state\""));
+    EXPECT_TRUE(fails_at(kServer + lines({R"(state_file = "/var/lib/")"}), 3, 14,
+                         "server.state_file: must name a file, not a directory: \"/var/lib/\""));
+    EXPECT_TRUE(fails_at(kServer + lines({R"(state_file = 1)"}), 3, 14,
+                         "server.state_file: must be an absolute path, or \"\" for none, not the "
+                         "integer 1"));
+}
+
 TEST(Config, LegacyAddressMayBeSetWhileDisabled) {
     const auto r =
         parse_config(kServer + lines({"[legacy]", R"(address = "198.51.100.7")"}), kFile);
