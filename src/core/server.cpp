@@ -120,7 +120,7 @@ ServerCore::ServerCore(const PeerLimits& limits, RandomSource& random, ServerSin
 void ServerCore::on_datagram(std::span<const std::uint8_t> data, const Address& from,
                              const Route& route, TimePoint now) {
     ++received_;
-    auto decoded = kap::decode(data);
+    auto decoded = kap::decode(data, auth_ ? &*auth_ : nullptr, auth_.has_value());
     if (!decoded) {
         count(drop_for(decoded.error()));
         return;
@@ -144,7 +144,7 @@ void ServerCore::on_datagram(std::span<const std::uint8_t> data, const Address& 
 
 void ServerCore::reply(const Route& route, const Address& to, const kap::Message& m) {
     std::array<std::uint8_t, kap::kMaxDatagramSize> buf;
-    const std::size_t n = kap::encode(m, buf);
+    const std::size_t n = kap::encode(m, buf, auth_ ? auth_->active() : nullptr);
     if (n > 0) sink_.send(route, to, std::span(buf.data(), n));
 }
 

@@ -81,6 +81,13 @@ public:
     // New limits apply to new registrations; granted intervals are promises
     // the peers rely on, so existing sessions keep theirs.
     void set_limits(const PeerLimits& limits) { limits_ = limits; }
+
+    // With keys, every KAP/1 datagram must carry a valid AUTH trailer under one
+    // of them (anything else is dropped as unauthenticated and never answered),
+    // and everything the server sends is signed with the active key. nullopt:
+    // authentication off. Sessions are kept across a change.
+    void set_auth(std::optional<kap::KeyRing> keys) { auth_ = std::move(keys); }
+    bool auth_required() const { return auth_.has_value(); }
     const PeerLimits& limits() const { return limits_; }
 
     // Says goodbye (BYE diag 5) to every peer that is not gone already.
@@ -127,6 +134,7 @@ private:
     void count(Drop d) { ++drops_[static_cast<std::size_t>(d)]; }
 
     PeerLimits limits_;
+    std::optional<kap::KeyRing> auth_;
     RandomSource& random_;
     ServerSink& sink_;
     CookieJar cookies_;
