@@ -20,6 +20,18 @@ void notify(const std::string& state) {
     sd_notify(0, state.c_str());
 }
 
+std::optional<kap::KeyRing> auth_keys(const AuthConfig& auth) {
+    if (auth.mode == AuthMode::off) return std::nullopt;
+    return auth.keys;
+}
+
+std::string auth_summary(const AuthConfig& auth) {
+    if (auth.mode == AuthMode::off) return "authentication off";
+    return fmt::format("authentication required: {} key{} from {}, sending with key {}",
+                       auth.keys.size(), auth.keys.size() == 1 ? "" : "s", auth.keys_file,
+                       auth.keys.active()->id);
+}
+
 std::string monotonic_usec(TimePoint now) {
     return fmt::format(
         "MONOTONIC_USEC={}",
@@ -35,6 +47,7 @@ Daemon::Daemon(Config config, Logger& log, const ClockSource& clock, RandomSourc
       loop_(clock),
       core_(config_.peers, random, *this, clock.now()),
       started_(clock.now()) {
+    core_.set_auth(auth_keys(config_.auth));
     adopt_activated_sockets();
     if (auto r = reconcile_listeners(endpoints(config_)); !r) throw std::runtime_error(r.error());
     if (listeners_.empty()) throw std::runtime_error("no address to listen on");
@@ -224,7 +237,9 @@ void Daemon::reload() {
             }
         }
         core_.set_limits(fresh->peers);
+        core_.set_auth(auth_keys(fresh->auth));
         config_ = std::move(*fresh);
+        log_.logf(LOG_INFO, "{}", auth_summary(config_.auth));
         log_.logf(LOG_INFO, "configuration reloaded: listening on {}",
                   fmt::join(listen_addresses(), ", "));
     }
@@ -273,8 +288,8 @@ std::string Daemon::control_request(std::string_view request) {
 }
 
 int Daemon::run() {
-    log_.logf(LOG_INFO, "keepalived {} ready: listening on {}", KEEPALIVE_VERSION,
-              fmt::join(listen_addresses(), ", "));
+    log_.logf(LOG_INFO, "keepalived {} ready: listening on {}; {}", KEEPALIVE_VERSION,
+              fmt::join(listen_addresses(), ", "), auth_summary(config_.auth));
     notify("READY=1");
     notify_status();
     // After READY nothing a peer sends may stop the daemon: a handler that
