@@ -81,6 +81,8 @@ std::string_view to_string(Drop d) {
             return "legacy_unknown";
         case Drop::legacy_refused:
             return "legacy_refused";
+        case Drop::stale_cookie:
+            return "stale_cookie";
     }
     return "?";
 }
@@ -153,6 +155,8 @@ void ServerCore::on_register(const kap::Message& m, const Address& from, const R
     const auto& reg = std::get<kap::Register>(m.body);
     // The cookie proves the source address is real before any state exists.
     if (!cookies_.verify(reg.cookie, from, reg.nonce, now)) {
+        // A non-zero cookie that fails is expired, forged or replayed from elsewhere.
+        if (reg.cookie != kap::Cookie{}) count(Drop::stale_cookie);
         reply(
             route, from,
             {.session = 0, .body = kap::Challenge{reg.nonce, cookies_.make(from, reg.nonce, now)}});

@@ -39,8 +39,9 @@ enum class Drop : std::uint8_t {
     legacy_malformed,  // legacy (Go module) datagram that does not parse
     legacy_unknown,    // legacy reply for no known peer, or from another address
     legacy_refused,    // legacy registration for a name held by another host, or table full
+    stale_cookie,      // REGISTER with a cookie that is not (or no longer) valid: challenged again
 };
-inline constexpr std::size_t kDropCount = 18;
+inline constexpr std::size_t kDropCount = 19;
 std::string_view to_string(Drop);
 Drop drop_for(kap::DecodeError);
 

@@ -32,6 +32,14 @@ std::string auth_summary(const AuthConfig& auth) {
                        auth.keys.active()->id);
 }
 
+nlohmann::json auth_json(const AuthConfig& auth) {
+    if (auth.mode == AuthMode::off) return {{"mode", "off"}};
+    return {{"mode", "required"},
+            {"keys_file", auth.keys_file},
+            {"keys", auth.keys.size()},
+            {"active_key", auth.keys.active()->id}};
+}
+
 std::string monotonic_usec(TimePoint now) {
     return fmt::format(
         "MONOTONIC_USEC={}",
@@ -282,6 +290,7 @@ std::string Daemon::control_request(std::string_view request) {
         for (const auto& [id, l] : listeners_) send_errors += l.socket.send_errors();
         j["daemon"]["send_errors"] = send_errors;
         j["daemon"]["unroutable"] = unroutable_;
+        j["daemon"]["auth"] = auth_json(config_.auth);
         return j.dump() + "\n";
     }
     return nlohmann::json{{"error", "unknown request"}}.dump() + "\n";
