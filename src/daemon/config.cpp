@@ -497,8 +497,10 @@ void read_auth(Checker& c, const toml::table& table, AuthConfig& auth, Positions
         at.keys_file = node->source();
         if (const auto* path = read_string(c, *node, "auth.keys_file", "an absolute path")) {
             if (path->empty() || path->front() != '/')
-                c.fail(*node, "auth.keys_file: must be an absolute path (starting with \"/\"), "
-                              "not " + quoted(*path));
+                c.fail(*node,
+                       "auth.keys_file: must be an absolute path (starting with \"/\"), "
+                       "not " +
+                           quoted(*path));
             else if (path->find('\0') != std::string::npos)
                 c.fail(*node, "auth.keys_file: must not contain a NUL character");
             else
@@ -542,8 +544,7 @@ std::optional<ConfigError> load_auth_keys(std::string_view file, AuthConfig& aut
     if (!keys) {
         const KeysFileError& e = keys.error();
         if (e.line != 0) return ConfigError{e.file, e.line, e.column, e.message};
-        return ConfigError{std::string(file), at.keys_file->begin.line,
-                           at.keys_file->begin.column,
+        return ConfigError{std::string(file), at.keys_file->begin.line, at.keys_file->begin.column,
                            "auth.keys_file: " + quoted(auth.keys_file) + ": " + e.message};
     }
     if (auth.active) {

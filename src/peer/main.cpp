@@ -273,7 +273,8 @@ int main(int argc, char** argv) {
         });
     } catch (const std::invalid_argument& e) {
         // A keys file that cannot be used is a configuration error, not a usage one.
-        if (!options.keys_file.empty() && std::string_view(e.what()).starts_with(options.keys_file)) {
+        if (!options.keys_file.empty() &&
+            std::string_view(e.what()).starts_with(options.keys_file)) {
             log(LOG_ERR, std::string("cannot start: ") + e.what());
             return 1;
         }

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <iostream>
 #include <map>
@@ -41,6 +42,12 @@ std::string hex_key(char digit) {
 kap::AuthKey key(std::uint32_t id, char digit) {
     const int v = digit >= 'a' ? digit - 'a' + 10 : digit - '0';
     return {id, Bytes(32, static_cast<std::uint8_t>(v << 4 | v))};
+}
+
+std::string fmt_session(std::uint32_t s) {
+    char buf[9];
+    std::snprintf(buf, sizeof buf, "%08x", s);
+    return buf;
 }
 
 // A UDP socket on 127.0.0.1 talking to one server address.
@@ -116,9 +123,9 @@ public:
             highest_seq_ = std::max(highest_seq_, p.seq);
             last_probe_ = p;
             if (!answering) continue;
-            acks_.push_back(encode({.session = session_,
-                                    .body = kap::Ack{p.seq, p.tx_time, incarnation_}},
-                                   sign_key()));
+            acks_.push_back(
+                encode({.session = session_, .body = kap::Ack{p.seq, p.tx_time, incarnation_}},
+                       sign_key()));
             socket_.send(acks_.back());
         }
         return n;
@@ -224,9 +231,8 @@ protected:
 
     Process& start_peer(const std::string& name, const std::string& keys,
                         const std::string& interval = "200ms", const std::string& probes = "5") {
-        Strings argv{peer_path(), "--server", address(),      "--name",     name,
-                     "--interval", interval,  "--probes",     probes,       "--log-target",
-                     "stderr"};
+        Strings argv{peer_path(), "--server", address(), "--name",       name,    "--interval",
+                     interval,    "--probes", probes,    "--log-target", "stderr"};
         if (!keys.empty()) argv.insert(argv.end(), {"--keys-file", keys});
         SpawnOptions options;
         options.stderr_path = dir_.file("peer-" + name + ".log");
@@ -291,9 +297,9 @@ TEST_F(AuthTest, ForgedAckAndByeMoveNothingWithAuthButFoolTheServerWithout) {
                 continue;
             }
             const kap::Probe p = victim.last_probe();
-            victim.socket().send(encode(
-                {.session = victim.session(), .body = kap::Ack{p.seq, p.tx_time, victim.incarnation()}},
-                auth ? wrong.active() : nullptr));
+            victim.socket().send(encode({.session = victim.session(),
+                                         .body = kap::Ack{p.seq, p.tx_time, victim.incarnation()}},
+                                        auth ? wrong.active() : nullptr));
             ++forgeries;
         }
         ASSERT_GE(forgeries, 5);
@@ -303,7 +309,8 @@ TEST_F(AuthTest, ForgedAckAndByeMoveNothingWithAuthButFoolTheServerWithout) {
                                      .body = kap::Bye{victim.highest_seq()}},
                                     auth ? wrong.active() : nullptr));
         if (auth) {
-            ASSERT_TRUE(wait_until([&] { return drops("unauthenticated") >= unauthenticated + forgeries + 1; }));
+            ASSERT_TRUE(wait_until(
+                [&] { return drops("unauthenticated") >= unauthenticated + forgeries + 1; }));
             EXPECT_EQ(state_of("victim"), "down");
             std::cout << "auth required: " << forgeries
                       << " forged ACKs and a forged BYE dropped as unauthenticated; the dead peer "
@@ -348,7 +355,8 @@ TEST_F(AuthTest, KeyRotationUnderLoadDropsNoSession) {
                 ++n;
             return n >= reloads;
         });
-        if (!done) fail("reload " + std::to_string(reloads) + " not seen:\n" + daemon_->stderr_text());
+        if (!done)
+            fail("reload " + std::to_string(reloads) + " not seen:\n" + daemon_->stderr_text());
     };
     std::size_t peer_reloads = 0;
     const auto hup_peers = [&] {
@@ -410,12 +418,131 @@ TEST_F(AuthTest, KeyRotationUnderLoadDropsNoSession) {
     // A reload that would break auth (a key file open to others) keeps the old keys.
     ::chmod(keys_path().c_str(), 0644);
     daemon_->signal(SIGHUP);
-    ASSERT_TRUE(wait_until([&] {
-        return daemon_->stderr_text().find("reload failed") != std::string::npos;
-    }));
+    ASSERT_TRUE(wait_until(
+        [&] { return daemon_->stderr_text().find("reload failed") != std::string::npos; }));
     EXPECT_NE(daemon_->stderr_text().find("accessible by group or others"), std::string::npos);
     let_probes_run();
     EXPECT_EQ(status().at("daemon").at("auth").at("mode"), "required");
+}
+
+// Every kind of bad datagram the contract names, plus what only authentication
+// and the replay rules catch, against a daemon with healthy peers: each is
+// dropped and counted under its reason (and nothing else is counted), no
+// answer is larger than what provoked it, and no peer's state moves.
+TEST_F(AuthTest, EveryBadDatagramIsDroppedAndCountedUnderItsReason) {
+    start_daemon(true);
+    const std::string peer_keys = dir_.file("peer-keys");
+    write_keys(peer_keys, "1 " + hex_key('a') + "\n");
+    const Strings names = {"healthy-1", "healthy-2", "healthy-3"};
+    for (const auto& n : names) start_peer(n, peer_keys);
+    wait_up(names);
+    const auto before = peers();
+
+    // The insider holds the key and is probed slowly; its datagrams are replayed.
+    HandPeer insider(server(), "insider", &ring_, 500, 255);
+    insider.wait_probes(1);
+    const kap::AuthKey* k = ring_.active();
+    const Bytes first_ack = insider.acks().front();
+    const Bytes old_bye = encode({.diag = kap::Diag::shutting_down,
+                                  .session = insider.session(),
+                                  .body = kap::Bye{insider.highest_seq()}},
+                                 k);
+    insider.wait_probes(2);  // the server has now seen ACKs above that BYE's seq
+    ASSERT_EQ(state_of("insider"), "up");
+
+    const auto with_header = [](Bytes d, std::size_t at, std::uint8_t v) {
+        d[at] = v;
+        return d;
+    };
+    const Bytes ack = insider.acks().back();
+    Bytes bad_mac = ack;
+    bad_mac.back() ^= 0x01;
+    Bytes short_ack = encode({.session = insider.session(), .body = kap::Ack{1, 2, 3}}, nullptr);
+    short_ack.resize(30);
+    short_ack[7] = 30;
+    const kap::AuthKey unknown_id = key(77, 'a');  // the right secret under an id not held
+    kap::Register stale_reg{1, 2, 100, 3, {}, "intruder"};
+    stale_reg.cookie.fill(0x5a);
+
+    struct Case {
+        const char* what;
+        const char* reason;
+        Bytes datagram;
+        bool from_elsewhere = false;
+    };
+    const std::vector<Case> cases = {
+        {"shorter than the header", "too_short", Bytes{0x4b, 0x41, 1, 6, 0}},
+        {"wrong magic", "bad_magic", with_header(ack, 0, 'X')},
+        {"wrong version", "bad_version", with_header(ack, 2, 2)},
+        {"wrong length", "bad_length", with_header(ack, 7, static_cast<std::uint8_t>(ack[7] - 1))},
+        {"unknown flag", "bad_flags", with_header(ack, 4, 0x03)},
+        {"unknown type", "bad_type", with_header(ack, 3, 9)},
+        {"body of the wrong size", "bad_size", short_ack},
+        {"no trailer", "unauthenticated",
+         encode({.session = insider.session(),
+                 .body = kap::Ack{insider.highest_seq(), 0, insider.incarnation()}},
+                nullptr)},
+        {"bad MAC", "unauthenticated", bad_mac},
+        {"unknown key id", "unauthenticated",
+         encode({.session = insider.session(), .body = kap::Ack{1, 0, 0}}, &unknown_id)},
+        {"server-to-peer type", "wrong_direction",
+         encode({.session = insider.session(), .body = kap::Probe{1, 2}}, k)},
+        {"replayed ACK", "stale_ack", first_ack},
+        {"replayed BYE", "stale_bye", old_bye},
+        {"stale cookie", "stale_cookie", encode({.session = 0, .body = stale_reg}, k)},
+        {"foreign source", "wrong_source", ack, true},
+        {"BYE diag 7 to the server", "bad_diag",
+         encode({.diag = kap::Diag::unknown_session,
+                 .session = insider.session(),
+                 .body = kap::Bye{0}},
+                k)},
+        {"unknown session", "unknown_session",
+         encode({.session = insider.session() ^ 0x5555, .body = kap::Ack{1, 0, 0}}, k)},
+    };
+
+    Socket elsewhere(server());
+    constexpr int kEach = 3;
+    for (const Case& c : cases) {
+        SCOPED_TRACE(c.what);
+        const json s0 = status();
+        Socket& from = c.from_elsewhere ? elsewhere : insider.socket();
+        for (int i = 0; i < kEach; ++i) from.send(c.datagram);
+        ASSERT_TRUE(wait_until([&] {
+            return status().at("datagrams_received").get<std::uint64_t>() >=
+                   s0.at("datagrams_received").get<std::uint64_t>() + kEach;
+        }));
+        // Replies: whatever the attacker's socket got, other than PROBEs of the insider.
+        std::vector<Bytes> replies;
+        // The daemon sends its answers before it serves the status request above.
+        while (auto d = from.receive()) {
+            const auto m = kap::decode(*d, &ring_, true);
+            if (m && kap::type_of(*m) == kap::Type::probe) continue;
+            replies.push_back(*d);
+        }
+        insider.pump();
+        const json s1 = status();
+        EXPECT_EQ(s1.at("drops").at(c.reason).get<std::uint64_t>() -
+                      s0.at("drops").at(c.reason).get<std::uint64_t>(),
+                  static_cast<std::uint64_t>(kEach));
+        EXPECT_EQ(s1.at("datagrams_dropped").get<std::uint64_t>() -
+                      s0.at("datagrams_dropped").get<std::uint64_t>(),
+                  static_cast<std::uint64_t>(kEach))
+            << "counted under other reasons too: " << s1.at("drops").dump();
+        for (const Bytes& r : replies) EXPECT_LE(r.size(), c.datagram.size());
+        std::cout << c.what << ": " << kEach << " x " << c.datagram.size() << " bytes -> "
+                  << c.reason << ", " << replies.size() << " replies" << std::endl;
+    }
+
+    const auto after = peers();
+    for (const auto& n : names) {
+        EXPECT_EQ(after.at(n).at("state"), "up");
+        EXPECT_EQ(after.at(n).at("session"), before.at(n).at("session"));
+        EXPECT_EQ(state_changes(n), Strings{}) << n;
+    }
+    EXPECT_EQ(after.at("insider").at("session"), json(fmt_session(insider.session())));
+    EXPECT_NE(after.at("insider").at("state"), "left");
+    EXPECT_NE(after.at("insider").at("state"), "down");
+    EXPECT_EQ(after.count("intruder"), 0u);
 }
 
 }  // namespace

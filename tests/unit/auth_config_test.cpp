@@ -87,9 +87,9 @@ TEST_F(AuthConfigTest, OffByDefaultAndWhenSaid) {
     ASSERT_TRUE(r.ok());
     EXPECT_EQ(r->auth.mode, AuthMode::off);
     EXPECT_TRUE(r->auth.keys.empty());
-    EXPECT_TRUE(parse_config("[server]\nlisten = [\"127.0.0.1:7371\"]\n[auth]\nmode = \"off\"\n",
-                             kFile)
-                    .ok());
+    EXPECT_TRUE(
+        parse_config("[server]\nlisten = [\"127.0.0.1:7371\"]\n[auth]\nmode = \"off\"\n", kFile)
+            .ok());
 }
 
 TEST_F(AuthConfigTest, MissingUnreadableOrExposedKeysFileIsAnError) {
@@ -130,14 +130,13 @@ TEST_F(AuthConfigTest, InconsistentAuthSettingsAreErrors) {
     EXPECT_EQ(e.line, 4u);
     EXPECT_NE(e.message.find("auth.keys_file: required"), std::string::npos) << e.to_string();
 
-    e = error_of("[server]\nlisten = [\"127.0.0.1:7371\"]\n[auth]\nkeys_file = \"" + path +
-                 "\"\n");
+    e = error_of("[server]\nlisten = [\"127.0.0.1:7371\"]\n[auth]\nkeys_file = \"" + path + "\"\n");
     EXPECT_EQ(e.line, 4u);
     EXPECT_NE(e.message.find("auth.mode is \"off\""), std::string::npos) << e.to_string();
 
     e = error_of("[server]\nlisten = [\"127.0.0.1:7371\"]\n[auth]\nmode = \"on\"\n");
-    EXPECT_EQ(e.to_string(), std::string(kFile) +
-                                 ":4:8: auth.mode: must be \"off\" or \"required\", not \"on\"");
+    EXPECT_EQ(e.to_string(),
+              std::string(kFile) + ":4:8: auth.mode: must be \"off\" or \"required\", not \"on\"");
 
     e = error_of(config("keys"));
     EXPECT_EQ(e.line, 5u);

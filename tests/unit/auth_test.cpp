@@ -83,7 +83,9 @@ struct Wire final : ServerSink, PeerSessionSink {
     }
     void peer_event(const PeerEvent& e) override { events.push_back(e.kind); }
     // peer -> server
-    void send(std::span<const std::uint8_t> d) override { to_server.emplace_back(d.begin(), d.end()); }
+    void send(std::span<const std::uint8_t> d) override {
+        to_server.emplace_back(d.begin(), d.end());
+    }
     void session_event(const SessionEvent&) override {}
 
     std::vector<std::pair<Address, Bytes>> to_peer;
@@ -107,7 +109,8 @@ protected:
         while (clock.now() < until) {
             pump();
             clock.advance(1ms);
-            if (auto t = server->next_deadline(); t && *t <= clock.now()) server->on_timer(clock.now());
+            if (auto t = server->next_deadline(); t && *t <= clock.now())
+                server->on_timer(clock.now());
             if (auto t = peer->next_deadline(); t && *t <= clock.now()) peer->on_timer(clock.now());
         }
         pump();
