@@ -182,7 +182,8 @@ void ServerCore::on_register(const kap::Message& m, const Address& from, const R
         return;
     }
     if (slot == PeerTable::kNone) {
-        if (table_.size() >= limits_.max_peers) {
+        // One host, even with real cookies, must not fill the table others need.
+        if (table_.size() >= limits_.max_peers || host_full(from)) {
             reject(kap::Diag::server_full);
             return;
         }
@@ -196,14 +197,21 @@ void ServerCore::on_register(const kap::Message& m, const Address& from, const R
                      now);
     } else if (Peer& p = table_.at(slot);
                p.incarnation != reg.incarnation || p.protocol == Protocol::legacy) {
-        // A new process behind a known name: a fresh session from seq 1.
+        // A new process behind a known name: a fresh session from seq 1. From
+        // another host it is a takeover, and it counts against that host.
+        const bool other_host = !p.address.same_host(from);
+        if (other_host && host_full(from)) {
+            reject(kap::Diag::server_full);
+            return;
+        }
+        const Address was = p.address;
         table_.set_session(slot, new_session_id());
         p.protocol = Protocol::kap1;
         p.incarnation = reg.incarnation;
         p.seq_sent = p.seq_acked = 0;
         p.rtt.reset();
         p.probes_sent = p.acks_received = 0;
-        p.address = from;
+        table_.set_address(slot, from);
         p.route = route;
         p.interval = interval;
         p.probes = probes;
@@ -211,7 +219,11 @@ void ServerCore::on_register(const kap::Message& m, const Address& from, const R
         const PeerState previous = p.state;
         table_.set_state(slot, PeerState::up, now);
         p.since = now;  // a new session starts its time in "up" afresh
-        emit(EventKind::restarted, previous, slot, "restarted (new incarnation)");
+        if (other_host)
+            emit(EventKind::moved, previous, slot,
+                 fmt::format("taken over from {} by a new incarnation", was.to_string()), was);
+        else
+            emit(EventKind::restarted, previous, slot, "restarted (new incarnation)");
     } else {
         // A retransmission, a peer that lost us, or a move: same session. The
         // handshake just proved the path, so probes in flight count as answered.
@@ -260,9 +272,9 @@ void ServerCore::renew(Slot slot, Duration interval, std::uint8_t probes, const 
     }
     p.route = route;
     if (p.address != to) {
-        const std::string old = p.address.to_string();
-        p.address = to;
-        emit(EventKind::moved, p.state, slot, "moved from " + old);
+        const Address was = p.address;
+        table_.set_address(slot, to);
+        emit(EventKind::moved, p.state, slot, "moved from " + was.to_string(), was);
     }
     if (p.state != PeerState::up)
         change_state(slot, PeerState::up, EventKind::up, "registered again", now);
@@ -308,10 +320,14 @@ void ServerCore::on_ack(const kap::Message& m, const Address& from, const Route&
 void ServerCore::acknowledge(Slot slot, std::uint64_t seq, std::optional<Duration> rtt,
                              TimePoint now) {
     Peer& p = table_.at(slot);
+    const bool first_answer = p.acks_received == 0;
     p.seq_acked = seq;
     p.missed = 0;
     ++p.acks_received;
     if (rtt) p.rtt = rtt;
+    // Off probation: from the probe just answered, the granted interval.
+    if (first_answer && p.interval > kProbationStep && p.state != PeerState::down)
+        schedule(slot, ceil_ms(p.last_probe_at) + p.interval);
     if (p.state == PeerState::suspect) {
         change_state(slot, PeerState::up, EventKind::up, "ack received", now);
     } else if (p.state == PeerState::down) {
@@ -393,14 +409,17 @@ void ServerCore::on_due(Slot slot, TimePoint deadline, TimePoint now) {
     switch (p.state) {
         case PeerState::up:
         case PeerState::suspect: {
-            if (p.seq_sent > p.seq_acked) ++p.missed;
-            if (p.missed >= p.probes) {
+            if (p.seq_sent > p.seq_acked) {
+                if (receive_doubt_ >= p.last_probe_at)
+                    ++verdicts_withheld_;  // its ACK may be one we lost
+                else
+                    ++p.missed;
+            }
+            if (p.missed >= probe_budget(p)) {
                 // probes × interval after the first unanswered probe went out.
                 change_state(slot, PeerState::down, EventKind::down, "detection time expired",
                              deadline);
-                send_probe(slot, now);
-                schedule(slot, std::min(next_on_grid(deadline, limits_.down_probe_interval, now),
-                                        p.since + limits_.forget_after));
+                probe_down(slot, deadline, now);
                 return;
             }
             if (p.missed > 0 && p.state == PeerState::up)
@@ -409,23 +428,49 @@ void ServerCore::on_due(Slot slot, TimePoint deadline, TimePoint now) {
                     fmt::format("{} probe{} unanswered", p.missed, p.missed == 1 ? "" : "s"),
                     deadline);
             send_probe(slot, now);
-            schedule(slot, next_on_grid(deadline, p.interval, now));
+            schedule(slot, next_on_grid(deadline, probe_step(p), now));
             return;
         }
         case PeerState::down:
-            if (deadline - p.since >= limits_.forget_after) {
+            if (deadline - p.since >= forget_after(p)) {
                 forget(slot);
                 return;
             }
             if (p.seq_sent > p.seq_acked) ++p.missed;
-            send_probe(slot, now);
-            schedule(slot, std::min(next_on_grid(deadline, limits_.down_probe_interval, now),
-                                    p.since + limits_.forget_after));
+            probe_down(slot, deadline, now);
             return;
         case PeerState::left:
             forget(slot);
             return;
     }
+}
+
+// A down peer is still probed now and then, so that it comes back on its own.
+// Not a legacy one that never answered: its address was never proven (the old
+// protocol has no cookie), and probing it would reflect traffic at a victim.
+void ServerCore::probe_down(Slot slot, TimePoint deadline, TimePoint now) {
+    Peer& p = table_.at(slot);
+    const TimePoint forget_at = p.since + forget_after(p);
+    if (p.protocol == Protocol::legacy && p.acks_received == 0) {
+        schedule(slot, forget_at);
+        return;
+    }
+    send_probe(slot, now);
+    schedule(slot, std::min(next_on_grid(deadline, limits_.down_probe_interval, now), forget_at));
+}
+
+// A legacy registration (no cookie: its source may be forged) that never
+// answered gets a few probes, not the 255 it may ask for.
+std::uint8_t ServerCore::probe_budget(const Peer& p) {
+    return p.protocol == Protocol::legacy && p.acks_received == 0
+               ? std::min(p.probes, kUnansweredLegacyProbes)
+               : p.probes;
+}
+
+// A session that never answered a probe is not kept for long once down.
+Duration ServerCore::forget_after(const Peer& p) const {
+    return p.acks_received == 0 ? std::min(limits_.forget_after, kUnansweredForgetAfter)
+                                : limits_.forget_after;
 }
 
 void ServerCore::send_probe(Slot slot, TimePoint now) {
@@ -460,8 +505,13 @@ void ServerCore::change_state(Slot slot, PeerState state, EventKind kind, std::s
 }
 
 void ServerCore::emit(EventKind kind, std::optional<PeerState> previous, Slot slot,
-                      std::string reason) {
-    sink_.peer_event(PeerEvent{kind, previous, table_.at(slot), std::move(reason)});
+                      std::string reason, std::optional<Address> previous_address) {
+    sink_.peer_event(
+        PeerEvent{kind, previous, table_.at(slot), std::move(reason), previous_address});
+}
+
+Duration ServerCore::probe_step(const Peer& p) {
+    return p.acks_received == 0 ? std::min(p.interval, kProbationStep) : p.interval;
 }
 
 void ServerCore::schedule(Slot slot, TimePoint deadline) {
@@ -486,9 +536,11 @@ std::uint32_t ServerCore::new_session_id() {
     }
 }
 
-// A random phase within the first interval keeps peers from probing in lockstep.
+// A random phase within the first interval keeps peers from probing in lockstep
+// (within the first probation step: a new session must show it answers).
 TimePoint ServerCore::first_probe_time(Duration interval, TimePoint now) {
-    const auto ms = static_cast<std::uint64_t>(duration_cast<milliseconds>(interval).count());
+    const auto ms = static_cast<std::uint64_t>(
+        duration_cast<milliseconds>(std::min(interval, kProbationStep)).count());
     return ceil_ms(now) + milliseconds(1 + random_.below(ms));
 }
 

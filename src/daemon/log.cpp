@@ -150,6 +150,8 @@ void Logger::peer_event(const PeerEvent& e) {
             fmt::format("PEER_RTT_USEC={}",
                         std::chrono::duration_cast<std::chrono::microseconds>(*p.rtt).count()));
     fields.push_back("PEER_REASON=" + e.reason);
+    if (e.previous_address)
+        fields.push_back("PEER_PREVIOUS_ADDRESS=" + e.previous_address->to_string());
     fields.push_back(fmt::format("PEER_PROTOCOL={}", to_string(p.protocol)));
     fields.push_back(fmt::format("PEER_EVENT={}", to_string(e.kind)));
     std::vector<iovec> iov;
