@@ -3,7 +3,9 @@
 
 #include <chrono>
 #include <cstdint>
+#include <vector>
 
+#include "core/cidr.hpp"
 #include "core/clock.hpp"
 
 namespace keepalive {
@@ -17,6 +19,12 @@ struct PeerLimits {
     Duration forget_after = std::chrono::minutes(10);        // 1s .. 30 days
     Duration down_probe_interval = std::chrono::seconds(5);  // 100ms .. 1h: how often down
                                                              // peers are still probed
+
+    // Source prefixes a peer may register from (KAP/1 and legacy); empty: any.
+    std::vector<Cidr> allow;
+    // Most legacy peers at once (within max_peers), so that a legacy flood
+    // cannot fill the table KAP/1 peers need. Set from [legacy] max_peers.
+    std::uint32_t legacy_max_peers = 10'000;
 
     friend bool operator==(const PeerLimits&, const PeerLimits&) = default;
 };

@@ -10,6 +10,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "core/keyed_hash.hpp"
 #include "core/peer.hpp"
 
 namespace keepalive {
@@ -78,7 +79,7 @@ private:
     std::vector<Entry> slots_;
     std::vector<Slot> free_;
     std::unordered_map<std::uint32_t, Slot> by_session_;
-    std::unordered_map<std::string, Slot> by_name_;
+    std::unordered_map<std::string, Slot, KeyedStringHash> by_name_;  // names are peer-chosen
     std::unordered_map<Address, std::uint32_t, AddressHash> per_host_;  // keyed by host, port 0
     PeerCounts counts_;
 };

@@ -34,9 +34,9 @@ constexpr std::size_t kMaxQuoted = 64;
 constexpr std::string_view kServerKeys[] = {"listen", "control_socket"};
 constexpr std::string_view kPeersKeys[] = {"min_interval", "max_interval",   "max_probes",
                                            "max_peers",    "max_per_host",   "forget_after",
-                                           "down_probe_interval"};
-constexpr std::string_view kLegacyKeys[] = {"enable", "address", "register_port", "probe_port",
-                                            "allow_unauthenticated"};
+                                           "down_probe_interval", "allow"};
+constexpr std::string_view kLegacyKeys[] = {"enable",     "address",   "register_port",
+                                            "probe_port", "max_peers", "allow_unauthenticated"};
 constexpr std::string_view kAuthKeys[] = {"mode", "keys_file", "active"};
 
 struct Section {
@@ -413,6 +413,28 @@ void read_peers(Checker& c, const toml::table& table, PeerLimits& peers) {
         if (const auto value = read_integer(c, *node, "peers.max_per_host", 1, 10'000'000))
             peers.max_per_host = static_cast<std::uint32_t>(*value);
 
+    if (const auto* node = table.get("allow")) {
+        const auto* array = node->as_array();
+        if (!array) {
+            c.fail(*node, "peers.allow: must be an array of address prefixes, e.g. "
+                          "[\"10.0.0.0/8\", \"2001:db8::/32\"], not " + describe(*node));
+        } else {
+            for (std::size_t i = 0; i < array->size(); ++i) {
+                const toml::node& element = *array->get(i);
+                const auto* text =
+                    read_string(c, element, "peers.allow", "a list of address prefixes");
+                if (!text) continue;
+                if (const auto cidr = Cidr::parse(*text))
+                    peers.allow.push_back(*cidr);
+                else
+                    c.fail(element, "peers.allow: " + quoted(*text) +
+                                        " is not an address prefix such as \"10.0.0.0/8\", "
+                                        "\"2001:db8::/32\" or \"192.0.2.7\" (no bits set "
+                                        "beyond the length)");
+            }
+        }
+    }
+
     if (intervals_valid && peers.min_interval > peers.max_interval) {
         const auto min_text = format_duration(peers.min_interval);
         const auto max_text = format_duration(peers.max_interval);
@@ -477,6 +499,9 @@ void read_legacy(Checker& c, const toml::table& table, LegacyConfig& legacy) {
                        ", the default of legacy.probe_port)");
     }
 
+    if (const auto* node = table.get("max_peers"))
+        if (const auto value = read_integer(c, *node, "legacy.max_peers", 1, 10'000'000))
+            legacy.max_peers = static_cast<std::uint32_t>(*value);
     if (const auto* node = table.get("allow_unauthenticated"))
         if (const auto value = read_bool(c, *node, "legacy.allow_unauthenticated"))
             legacy.allow_unauthenticated = *value;
@@ -621,6 +646,7 @@ Result<Config, ConfigError> parse_config(std::string_view text, std::string_view
                        "to serve on, e.g. listen = [\"127.0.0.1:7371\", \"[::1]:7371\"]");
 
     if (c.first()) return Err{*c.first()};
+    config.peers.legacy_max_peers = config.legacy.max_peers;
     check_auth(c, root, config, at);
     if (c.first()) return Err{*c.first()};
     if (config.auth.mode == AuthMode::required)

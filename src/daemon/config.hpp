@@ -29,6 +29,8 @@ struct LegacyConfig {
     std::optional<Address> address;
     std::uint16_t register_port = 5001;  // 1 .. 65535
     std::uint16_t probe_port = 5002;     // 1 .. 65535, != register_port
+    // 1 .. 10 000 000: legacy peers at once (copied into PeerLimits::legacy_max_peers).
+    std::uint32_t max_peers = 10'000;
     // The legacy protocol cannot authenticate: with [auth] mode = "required"
     // it may be enabled only when this says so explicitly.
     bool allow_unauthenticated = false;
