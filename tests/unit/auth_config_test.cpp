@@ -160,5 +160,33 @@ TEST_F(AuthConfigTest, LegacyWithRequiredAuthNeedsExplicitConsent) {
     EXPECT_EQ(r->auth.mode, AuthMode::required);
 }
 
+TEST(AdmissionConfig, AllowListAndLegacyMaxPeers) {
+    const auto r = parse_config(
+        "[server]\nlisten = [\"127.0.0.1:7371\"]\n[peers]\n"
+        "allow = [\"10.0.0.0/8\", \"2001:db8::/32\", \"192.0.2.7\"]\n"
+        "[legacy]\nmax_peers = 50\n",
+        kFile);
+    ASSERT_TRUE(r.ok()) << r.error().to_string();
+    ASSERT_EQ(r->peers.allow.size(), 3u);
+    EXPECT_EQ(r->peers.allow[0].to_string(), "10.0.0.0/8");
+    EXPECT_EQ(r->peers.allow[2].to_string(), "192.0.2.7/32");
+    EXPECT_EQ(r->peers.legacy_max_peers, 50u);
+
+    const auto bad = parse_config(
+        "[server]\nlisten = [\"127.0.0.1:7371\"]\n[peers]\nallow = [\"10.0.0.0/8\", "
+        "\"10.0.0.1/8\"]\n",
+        kFile);
+    ASSERT_FALSE(bad.ok());
+    EXPECT_EQ(bad.error().line, 4u);
+    EXPECT_EQ(bad.error().column, 24u);
+    EXPECT_NE(bad.error().message.find("peers.allow: \"10.0.0.1/8\" is not an address prefix"),
+              std::string::npos)
+        << bad.error().to_string();
+    const auto zero = parse_config(
+        "[server]\nlisten = [\"127.0.0.1:7371\"]\n[legacy]\nmax_peers = 0\n", kFile);
+    ASSERT_FALSE(zero.ok());
+    EXPECT_EQ(zero.error().line, 4u);
+}
+
 }  // namespace
 }  // namespace keepalive
