@@ -31,7 +31,8 @@ std::optional<Cidr> Cidr::parse(std::string_view text) {
     unsigned length = max;
     if (slash != std::string_view::npos) {
         const auto digits = text.substr(slash + 1);
-        const auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), length);
+        const auto [end, ec] =
+            std::from_chars(digits.data(), digits.data() + digits.size(), length);
         if (digits.empty() || ec != std::errc{} || end != digits.data() + digits.size() ||
             length > max)
             return std::nullopt;
@@ -47,10 +48,12 @@ std::optional<Cidr> Cidr::parse(std::string_view text) {
 
 bool Cidr::contains(const Address& a) const {
     if (network_.family() == Address::Family::v4) {
-        if (a.family() == Address::Family::v4) return prefix_equal(a.bytes(), 0, network_.bytes(), length_);
+        if (a.family() == Address::Family::v4)
+            return prefix_equal(a.bytes(), 0, network_.bytes(), length_);
         return is_v4_mapped(a) && prefix_equal(a.bytes(), 12, network_.bytes(), length_);
     }
-    return a.family() == Address::Family::v6 && prefix_equal(a.bytes(), 0, network_.bytes(), length_);
+    return a.family() == Address::Family::v6 &&
+           prefix_equal(a.bytes(), 0, network_.bytes(), length_);
 }
 
 std::string Cidr::to_string() const {

@@ -167,7 +167,9 @@ private:
     Duration forget_after(const Peer& p) const;
     static std::uint8_t probe_budget(const Peer& p);
     void probe_down(Slot slot, TimePoint deadline, TimePoint now);
-    bool host_full(const Address& host) const { return table_.on_host(host) >= limits_.max_per_host; }
+    bool host_full(const Address& host) const {
+        return table_.on_host(host) >= limits_.max_per_host;
+    }
     void schedule(Slot slot, TimePoint deadline);
     void forget(Slot slot);
     std::uint32_t new_session_id();

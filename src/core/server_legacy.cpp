@@ -31,8 +31,7 @@ void ServerCore::on_legacy_register(std::span<const std::uint8_t> data, const Ad
     Slot slot = table_.find_name(reg->name);
     // A legacy registration has no cookie, so its source may be forged: the
     // first probes to a host that has never answered come out of its budget.
-    const bool never_answered =
-        slot == PeerTable::kNone || table_.at(slot).acks_received == 0;
+    const bool never_answered = slot == PeerTable::kNone || table_.at(slot).acks_received == 0;
     if (never_answered && !handshake_budget_allows(from, now)) {
         count(Drop::rate_limited);
         return;

@@ -3,8 +3,8 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/un.h>
-#include <unistd.h>
 #include <toml++/toml.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
@@ -32,8 +32,8 @@ constexpr std::size_t kMaxFileSize = 1 << 20;
 constexpr std::size_t kMaxQuoted = 64;
 
 constexpr std::string_view kServerKeys[] = {"listen", "control_socket"};
-constexpr std::string_view kPeersKeys[] = {"min_interval", "max_interval",   "max_probes",
-                                           "max_peers",    "max_per_host",   "forget_after",
+constexpr std::string_view kPeersKeys[] = {"min_interval",        "max_interval", "max_probes",
+                                           "max_peers",           "max_per_host", "forget_after",
                                            "down_probe_interval", "allow"};
 constexpr std::string_view kLegacyKeys[] = {"enable",     "address",   "register_port",
                                             "probe_port", "max_peers", "allow_unauthenticated"};
@@ -416,8 +416,10 @@ void read_peers(Checker& c, const toml::table& table, PeerLimits& peers) {
     if (const auto* node = table.get("allow")) {
         const auto* array = node->as_array();
         if (!array) {
-            c.fail(*node, "peers.allow: must be an array of address prefixes, e.g. "
-                          "[\"10.0.0.0/8\", \"2001:db8::/32\"], not " + describe(*node));
+            c.fail(*node,
+                   "peers.allow: must be an array of address prefixes, e.g. "
+                   "[\"10.0.0.0/8\", \"2001:db8::/32\"], not " +
+                       describe(*node));
         } else {
             for (std::size_t i = 0; i < array->size(); ++i) {
                 const toml::node& element = *array->get(i);

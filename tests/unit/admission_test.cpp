@@ -59,7 +59,7 @@ TEST(ReplyBudget, PerHostPerSecondWithoutGrowing) {
     const Address a_other_port = addr("192.0.2.1:2000");
     for (int i = 0; i < 4; ++i) EXPECT_TRUE(budget.allow(i % 2 ? a : a_other_port, kStart, 4));
     EXPECT_FALSE(budget.allow(a, kStart + 999ms, 4));  // the port does not buy a new budget
-    EXPECT_TRUE(budget.allow(a, kStart + 1s, 4));       // the next second does
+    EXPECT_TRUE(budget.allow(a, kStart + 1s, 4));      // the next second does
 
     // A million spoofed hosts: each gets at most its budget, and memory is the fixed table.
     std::uint64_t allowed = 0;
@@ -133,8 +133,9 @@ TEST_F(AdmissionTest, RegisterFromOutsideTheAllowListIsRejectedWithoutState) {
 
     // Legacy registrations from outside create nothing either (and get no answer).
     const std::string legacy = "intruder2:1:3";
-    server->on_legacy_register({reinterpret_cast<const std::uint8_t*>(legacy.data()), legacy.size()},
-                               addr("192.0.2.50:4000"), route, 5002, clock.now());
+    server->on_legacy_register(
+        {reinterpret_cast<const std::uint8_t*>(legacy.data()), legacy.size()},
+        addr("192.0.2.50:4000"), route, 5002, clock.now());
     EXPECT_EQ(server->peers().size(), 2u);
     EXPECT_EQ(drop_count(*server, Drop::not_allowed), 2u);
 }
@@ -152,7 +153,8 @@ TEST_F(AdmissionTest, SpoofedRegistersAreChallengedWithinTheBudgetOnly) {
         const std::size_t before = sink.sent.size();
         server->on_datagram(d, victim, route, clock.now());
         bytes_in += d.size();
-        for (std::size_t k = before; k < sink.sent.size(); ++k) bytes_out += sink.sent[k].second.size();
+        for (std::size_t k = before; k < sink.sent.size(); ++k)
+            bytes_out += sink.sent[k].second.size();
         answered += sink.sent.size() - before;
     }
     const PeerLimits defaults;

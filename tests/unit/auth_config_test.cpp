@@ -182,8 +182,8 @@ TEST(AdmissionConfig, AllowListAndLegacyMaxPeers) {
     EXPECT_NE(bad.error().message.find("peers.allow: \"10.0.0.1/8\" is not an address prefix"),
               std::string::npos)
         << bad.error().to_string();
-    const auto zero = parse_config(
-        "[server]\nlisten = [\"127.0.0.1:7371\"]\n[legacy]\nmax_peers = 0\n", kFile);
+    const auto zero =
+        parse_config("[server]\nlisten = [\"127.0.0.1:7371\"]\n[legacy]\nmax_peers = 0\n", kFile);
     ASSERT_FALSE(zero.ok());
     EXPECT_EQ(zero.error().line, 4u);
 }
