@@ -545,5 +545,38 @@ TEST_F(AuthTest, EveryBadDatagramIsDroppedAndCountedUnderItsReason) {
     EXPECT_EQ(after.count("intruder"), 0u);
 }
 
+// keepalive-peer fails closed too: a keys file it cannot use stops it with
+// exit status 1 and the file (and line and column) of the problem.
+TEST(PeerKeys, UnusableKeysFileStopsThePeer) {
+    TempDir dir;
+    const std::string keys = dir.file("keys");
+    const auto peer = [&](const std::string& path) {
+        return run({peer_path(), "--server", "127.0.0.1:9", "--name", "p", "--keys-file", path,
+                    "--log-target", "stderr"});
+    };
+    RunResult r = peer(dir.file("absent"));
+    EXPECT_TRUE(r.status.exited_with(1)) << r.status.to_string();
+    EXPECT_NE(r.err.find(dir.file("absent") + ": cannot open the keys file"), std::string::npos)
+        << r.err;
+
+    write_file(keys, "# comment\n1 " + hex_key('a') + "\n2 nothex\n");
+    ASSERT_EQ(::chmod(keys.c_str(), 0600), 0);
+    r = peer(keys);
+    EXPECT_TRUE(r.status.exited_with(1)) << r.status.to_string();
+    EXPECT_NE(r.err.find(keys + ":3:3: key 2: not a hex digit"), std::string::npos) << r.err;
+
+    write_file(keys, "1 " + hex_key('a') + "\n");
+    ASSERT_EQ(::chmod(keys.c_str(), 0640), 0);
+    r = peer(keys);
+    EXPECT_TRUE(r.status.exited_with(1)) << r.status.to_string();
+    EXPECT_NE(r.err.find("accessible by group or others"), std::string::npos) << r.err;
+
+    write_file(keys, "");
+    ASSERT_EQ(::chmod(keys.c_str(), 0600), 0);
+    r = peer(keys);
+    EXPECT_TRUE(r.status.exited_with(1)) << r.status.to_string();
+    EXPECT_NE(r.err.find(keys + ":1:1: holds no key"), std::string::npos) << r.err;
+}
+
 }  // namespace
 }  // namespace keepalive::test
