@@ -16,7 +16,8 @@ enum class PeerState : std::uint8_t { up, suspect, down, left };
 inline constexpr std::size_t kPeerStateCount = 4;
 std::string_view to_string(PeerState);
 
-enum class Protocol : std::uint8_t { kap1, legacy };
+// tcp: an agentless target watched through the kernel's TCP keepalive (daemon/targets.hpp).
+enum class Protocol : std::uint8_t { kap1, legacy, tcp };
 std::string_view to_string(Protocol);
 
 // 1 to 64 bytes of A-Z a-z 0-9 . _ - : @ (the KAP/1 name rule, used for legacy names too).
@@ -50,6 +51,10 @@ struct Peer {
     TimePoint last_probe_at{};  // RTT of legacy peers, whose replies carry no time
     std::uint64_t probes_sent = 0;
     std::uint64_t acks_received = 0;
+    // The latest network error seen for this peer (an ICMP error quoting a probe, or a
+    // target's socket error), e.g. "port unreachable: host up, no agent"; empty if none.
+    std::string last_error;
+    TimePoint last_error_at{};
 
     TimerWheel::Handle timer;  // the one wheel entry: next probe, or forgetting
 };

@@ -16,6 +16,7 @@
 #include "core/codec.hpp"
 #include "core/peer_limits.hpp"
 #include "core/result.hpp"
+#include "daemon/target_config.hpp"
 
 namespace keepalive {
 
@@ -56,6 +57,7 @@ struct Config {
     PeerLimits peers;
     LegacyConfig legacy;
     AuthConfig auth;
+    std::vector<TargetConfig> targets;  // [[targets]], in file order, names unique
     std::string source;  // the file name or path the configuration was read from
 };
 

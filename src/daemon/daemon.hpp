@@ -14,6 +14,7 @@
 #include "daemon/control.hpp"
 #include "daemon/event_throttle.hpp"
 #include "daemon/log.hpp"
+#include "daemon/targets.hpp"
 #include "net/event_loop.hpp"
 #include "net/udp_socket.hpp"
 
@@ -55,11 +56,13 @@ private:
     // Reads and handles up to max_batches batches; a socket with more left
     // goes on backlogged_.
     void read_socket(std::uint32_t id, int max_batches);
+    void on_send_errors(std::uint32_t id);
     void after_work();
     void flush(std::uint32_t id);
     void reload();
     void stop();
     void notify_status();
+    PeerCounts counts() const;
     ControlServer::Producer control_request(std::string_view request);
     nlohmann::json status() const;
     std::unique_ptr<ControlServer> make_control_server(const std::string& path);
@@ -85,6 +88,7 @@ private:
     std::uint64_t unroutable_ = 0;
     std::vector<std::uint32_t> backlogged_;  // listeners with datagrams left unread
 
+    std::unique_ptr<TargetSet> targets_;  // after core_: it checks names against them
     std::unique_ptr<ControlServer> control_;
     EventLoop::TimerId wheel_timer_;
     TimePoint wheel_deadline_{};  // what wheel_timer_ was last armed to
