@@ -93,9 +93,14 @@ struct Harness final : ServerSink {
                     p.acks_received == 0
                         ? std::min<Duration>(p.interval, ServerCore::kProbationStep)
                         : p.interval;
+                // And a legacy one that never answered gets only a few probes.
+                const unsigned probes =
+                    p.protocol == Protocol::legacy && p.acks_received == 0
+                        ? std::min<unsigned>(p.probes, ServerCore::kUnansweredLegacyProbes)
+                        : p.probes;
                 const auto it = evidence.find(p.name);
-                if (it != evidence.end() && p.probes > 1 &&
-                    clock.now() - it->second < (p.probes - 1) * step)
+                if (it != evidence.end() && probes > 1 &&
+                    clock.now() - it->second < (probes - 1) * step)
                     violated("down before detection time");
                 break;
             }
