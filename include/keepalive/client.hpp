@@ -25,6 +25,10 @@ struct ClientOptions {
     std::string name;    // 1..64 of A-Z a-z 0-9 . _ - : @
     std::chrono::milliseconds interval{1000};
     unsigned probes = 3;
+    // Optional: a keys file (lines of "ID HEX-KEY", mode 0600; see keepalive-peer(1)).
+    // With it every datagram is signed with the first key and every datagram from
+    // the server must be signed with one of the keys; without it nothing is signed.
+    std::string keys_file;
 };
 
 enum class ClientEvent {
@@ -60,6 +64,9 @@ public:
     void on_readable();  // drains the socket
     void on_timeout();   // runs what is due
     void stop();         // BYE (shutting down) if registered
+    // Reads options.keys_file again (for key rotation); the session goes on. On a
+    // bad file throws std::invalid_argument ("FILE:LINE:COLUMN: ...") and keeps the old keys.
+    void reload_keys();
 
     bool registered() const;
     std::uint32_t session() const;

@@ -6,6 +6,7 @@
 #include <stdexcept>
 #include <system_error>
 
+#include "core/keys_file.hpp"
 #include "core/peer.hpp"
 #include "core/peer_session.hpp"
 #include "net/udp_socket.hpp"
@@ -36,6 +37,14 @@ Address resolve(const std::string& text, std::uint16_t default_port, const char*
     return *a;
 }
 
+// Fails closed: a keys file that was named but cannot be used is an error, never "no auth".
+std::optional<kap::KeyRing> load_keys(const std::string& path) {
+    if (path.empty()) return std::nullopt;
+    auto keys = load_keys_file(path);
+    if (!keys) throw std::invalid_argument(keys.error().to_string());
+    return std::move(*keys);
+}
+
 std::string_view diag_text(kap::Diag d) {
     return kap::to_string(d);
 }
@@ -50,7 +59,8 @@ struct Client::Impl final : PeerSessionSink {
           socket(open_socket()),
           session(
               PeerSessionOptions{options.name, static_cast<std::uint32_t>(options.interval.count()),
-                                 static_cast<std::uint8_t>(options.probes)},
+                                 static_cast<std::uint8_t>(options.probes),
+                                 load_keys(options.keys_file)},
               random, *this) {}
 
     UdpSocket open_socket() {
@@ -151,6 +161,9 @@ void Client::on_timeout() {
 }
 void Client::stop() {
     impl_->session.stop();
+}
+void Client::reload_keys() {
+    impl_->session.set_keys(load_keys(impl_->options.keys_file));
 }
 bool Client::registered() const {
     return impl_->session.state() == SessionState::registered;

@@ -6,6 +6,8 @@
 #include <charconv>
 #include <cstring>
 
+#include "core/keyed_hash.hpp"
+
 namespace keepalive {
 
 Address Address::v4(std::uint32_t host_order_addr, std::uint16_t port) {
@@ -133,14 +135,9 @@ bool Address::is_any() const {
 }
 
 std::size_t AddressHash::operator()(const Address& a) const noexcept {
-    // FNV-1a over the identifying bytes.
-    std::uint64_t h = 1469598103934665603ULL;
-    auto mix = [&h](std::uint8_t b) { h = (h ^ b) * 1099511628211ULL; };
-    for (auto b : a.bytes()) mix(b);
-    mix(static_cast<std::uint8_t>(a.port() >> 8));
-    mix(static_cast<std::uint8_t>(a.port()));
-    mix(static_cast<std::uint8_t>(a.family()));
-    return static_cast<std::size_t>(h);
+    // Keyed (SipHash under a per-process secret): tables of addresses are filled
+    // by whoever sends us datagrams, and must not be steerable into one bucket.
+    return static_cast<std::size_t>(keyed_hash(a));
 }
 
 }  // namespace keepalive

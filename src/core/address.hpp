@@ -47,6 +47,7 @@ private:
     std::uint32_t scope_id_ = 0;
 };
 
+// Keyed with a per-process random secret (see core/keyed_hash.hpp).
 struct AddressHash {
     std::size_t operator()(const Address& a) const noexcept;
 };

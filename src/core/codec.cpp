@@ -2,7 +2,7 @@
 
 #include <algorithm>
 
-#include "core/sha256.hpp"
+#include "core/crypto.hpp"
 
 namespace keepalive::kap {
 
@@ -306,6 +306,10 @@ std::string_view to_string(Diag d) {
             return "restarting";
     }
     return "unknown";
+}
+
+KeyRing::~KeyRing() {
+    for (auto& k : keys_) wipe(k.secret);
 }
 
 void KeyRing::add(AuthKey key) {

@@ -140,15 +140,24 @@ std::string_view to_string(DecodeError);  // "too_short", "bad_magic", ...
 std::string_view to_string(Type);         // "REGISTER", ...; "UNKNOWN" otherwise
 std::string_view to_string(Diag);         // short human text; "unknown" otherwise
 
+inline constexpr std::size_t kMinKeySize = 32;  // bytes; shorter keys are refused when loaded
+
 struct AuthKey {
     std::uint32_t id = 0;
-    std::array<std::uint8_t, 32> secret{};
+    std::vector<std::uint8_t> secret;  // any length; kMinKeySize or more from a keys file
 };
 
 // The keys a node holds. A receiver accepts any of them; a sender uses the active
 // one. The first key added is active until set_active() picks another.
 class KeyRing {
 public:
+    KeyRing() = default;
+    KeyRing(const KeyRing&) = default;
+    KeyRing& operator=(const KeyRing&) = default;
+    KeyRing(KeyRing&&) noexcept = default;
+    KeyRing& operator=(KeyRing&&) noexcept = default;
+    ~KeyRing();  // wipes the secrets
+
     // Adds a key, replacing one with the same id.
     void add(AuthKey key);
     // Selects the key used for sending; active() is nullptr while no key has that id.

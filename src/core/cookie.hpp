@@ -1,7 +1,6 @@
-// Stateless registration cookies (SYN-cookie style): the server answers a
-// REGISTER without a valid cookie with a CHALLENGE carrying one, and keeps no
-// state until the peer echoes it from the same address and port with the same
-// nonce. Pure: time is passed in.
+// Stateless registration cookies (HMAC-SHA256 from libsodium) (SYN-cookie style): the server
+// answers a REGISTER without a valid cookie with a CHALLENGE carrying one, and keeps no state until
+// the peer echoes it from the same address and port with the same nonce. Pure: time is passed in.
 #pragma once
 
 #include <array>
@@ -11,7 +10,7 @@
 #include "core/address.hpp"
 #include "core/clock.hpp"
 #include "core/codec.hpp"
-#include "core/sha256.hpp"
+#include "core/crypto.hpp"
 
 namespace keepalive {
 

@@ -3,7 +3,9 @@
 
 #include <chrono>
 #include <cstdint>
+#include <vector>
 
+#include "core/cidr.hpp"
 #include "core/clock.hpp"
 
 namespace keepalive {
@@ -20,6 +22,12 @@ struct PeerLimits {
     // An ICMP port unreachable quoting a probe (the host is up, no agent answers) declares
     // the peer down at once. Off by default: ICMP is easily forged.
     bool fast_down_on_icmp = false;
+
+    // Source prefixes a peer may register from (KAP/1 and legacy); empty: any.
+    std::vector<Cidr> allow;
+    // Most legacy peers at once (within max_peers), so that a legacy flood
+    // cannot fill the table KAP/1 peers need. Set from [legacy] max_peers.
+    std::uint32_t legacy_max_peers = 10'000;
 
     friend bool operator==(const PeerLimits&, const PeerLimits&) = default;
 };

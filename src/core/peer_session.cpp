@@ -31,7 +31,8 @@ void PeerSession::send_register(const kap::Cookie& cookie) {
 
 void PeerSession::send(const kap::Message& m) {
     std::array<std::uint8_t, kap::kMaxDatagramSize> buf;
-    if (const std::size_t n = kap::encode(m, buf); n > 0) sink_.send(std::span(buf.data(), n));
+    const kap::AuthKey* key = options_.keys ? options_.keys->active() : nullptr;
+    if (const std::size_t n = kap::encode(m, buf, key); n > 0) sink_.send(std::span(buf.data(), n));
 }
 
 Duration PeerSession::lost_after() const {
@@ -40,7 +41,8 @@ Duration PeerSession::lost_after() const {
 
 void PeerSession::on_datagram(std::span<const std::uint8_t> data, TimePoint now) {
     if (state_ == SessionState::stopped) return;
-    auto decoded = kap::decode(data);
+    const kap::KeyRing* keys = options_.keys ? &*options_.keys : nullptr;
+    auto decoded = kap::decode(data, keys, keys != nullptr);
     if (!decoded) {
         ++dropped_;
         return;

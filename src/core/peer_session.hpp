@@ -18,6 +18,9 @@ struct PeerSessionOptions {
     std::string name;
     std::uint32_t interval_ms = 1000;
     std::uint8_t probes = 3;
+    // With keys, everything sent is signed with the active key and every datagram
+    // received must carry a valid AUTH trailer under one of them.
+    std::optional<kap::KeyRing> keys;
 };
 
 enum class SessionState : std::uint8_t { registering, registered, stopped };
@@ -61,6 +64,8 @@ public:
     std::optional<TimePoint> next_deadline() const;
     // Says goodbye (BYE diag 5) if registered, and stops.
     void stop();
+    // Replaces the keys (see PeerSessionOptions::keys); the session goes on.
+    void set_keys(std::optional<kap::KeyRing> keys) { options_.keys = std::move(keys); }
 
     SessionState state() const { return state_; }
     std::uint32_t session() const { return session_; }

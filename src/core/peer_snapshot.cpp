@@ -5,7 +5,7 @@
 #include <cstring>
 
 #include "core/codec.hpp"
-#include "core/sha256.hpp"
+#include "core/crypto.hpp"
 
 namespace keepalive {
 namespace {

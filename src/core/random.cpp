@@ -1,10 +1,9 @@
 #include "core/random.hpp"
 
-#include <sys/random.h>
-
-#include <cerrno>
+#include <array>
 #include <cstring>
-#include <system_error>
+
+#include "core/crypto.hpp"
 
 namespace keepalive {
 
@@ -19,17 +18,10 @@ std::uint64_t RandomSource::below(std::uint64_t bound) {
 }
 
 std::uint64_t SystemRandom::next_u64() {
+    std::array<std::uint8_t, 8> bytes;
+    random_bytes(bytes);
     std::uint64_t v = 0;
-    auto* p = reinterpret_cast<unsigned char*>(&v);
-    std::size_t got = 0;
-    while (got < sizeof v) {
-        const ssize_t n = getrandom(p + got, sizeof v - got, 0);
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            throw std::system_error(errno, std::generic_category(), "getrandom");
-        }
-        got += static_cast<std::size_t>(n);
-    }
+    std::memcpy(&v, bytes.data(), sizeof v);
     return v;
 }
 

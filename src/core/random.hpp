@@ -14,7 +14,8 @@ public:
     std::uint64_t below(std::uint64_t bound);
 };
 
-// getrandom(2): unpredictable session ids, nonces, epochs and cookie secrets.
+// libsodium's randombytes_buf (the kernel's getrandom): unpredictable session ids, nonces, epochs
+// and cookie secrets.
 class SystemRandom final : public RandomSource {
 public:
     std::uint64_t next_u64() override;

@@ -18,6 +18,7 @@
 #include "core/peer_snapshot.hpp"
 #include "core/peer_table.hpp"
 #include "core/random.hpp"
+#include "core/reply_budget.hpp"
 #include "core/timer_wheel.hpp"
 
 namespace keepalive {
@@ -38,12 +39,14 @@ enum class Drop : std::uint8_t {
     stale_bye,         // BYE seq below the highest acknowledged
     bad_diag,          // BYE from a peer with a diag other than "shutting down"
     unknown_session,   // answered with BYE diag 7 when the rate limit allows
-    rate_limited,      // unknown session, over the BYE diag 7 budget: not answered
+    rate_limited,      // over the per-source budget of session-less replies: not answered
     legacy_malformed,  // legacy (Go module) datagram that does not parse
     legacy_unknown,    // legacy reply for no known peer, or from another address
     legacy_refused,    // legacy registration for a name held by another host, or table full
+    stale_cookie,      // REGISTER with a cookie that is not (or no longer) valid: challenged again
+    not_allowed,       // registration from a source outside [peers] allow (REJECT diag 3 in budget)
 };
-inline constexpr std::size_t kDropCount = 18;
+inline constexpr std::size_t kDropCount = 20;
 std::string_view to_string(Drop);
 Drop drop_for(kap::DecodeError);
 
@@ -61,6 +64,11 @@ class ServerCore {
 public:
     // Answers to ACK/BYE for unknown sessions, per source host and second.
     static constexpr unsigned kUnknownSessionRepliesPerSecond = 4;
+    // Replies to sources not yet proven (CHALLENGE, REJECT "not permitted") and
+    // legacy registrations of peers that have never answered, per source host
+    // and second: as many as one host may hold sessions (max_per_host), so a
+    // NAT full of peers can register at once, and at least this many.
+    static constexpr std::uint32_t kMinHandshakeRepliesPerSecond = 16;
     // Until a session has answered a probe, it is probed at most this far
     // apart: a registration nobody answers is down after at most probes x 1 s,
     // whatever interval it was granted, and forgotten a minute later.
@@ -104,6 +112,13 @@ public:
     // New limits apply to new registrations; granted intervals are promises
     // the peers rely on, so existing sessions keep theirs.
     void set_limits(const PeerLimits& limits) { limits_ = limits; }
+
+    // With keys, every KAP/1 datagram must carry a valid AUTH trailer under one
+    // of them (anything else is dropped as unauthenticated and never answered),
+    // and everything the server sends is signed with the active key. nullopt:
+    // authentication off. Sessions are kept across a change.
+    void set_auth(std::optional<kap::KeyRing> keys) { auth_ = std::move(keys); }
+    bool auth_required() const { return auth_.has_value(); }
     const PeerLimits& limits() const { return limits_; }
 
     // Names taken by something else (the daemon's TCP targets): a REGISTER for one is
@@ -184,6 +199,12 @@ private:
     void on_due(Slot slot, TimePoint deadline, TimePoint now);
     void send_probe(Slot slot, TimePoint now);
     void answer_unknown_session(const Address& from, const Route& route, TimePoint now);
+    bool allowed(const Address& from) const;
+    // Sends a CHALLENGE or REJECT to a source whose address is not proven yet if
+    // it has budget left; counts rate_limited if not.
+    void handshake_reply(const Route& route, const Address& from, const kap::Message& m,
+                         TimePoint now);
+    bool handshake_budget_allows(const Address& from, TimePoint now);
     void reply(const Route& route, const Address& to, const kap::Message& m);
     void change_state(Slot slot, PeerState state, EventKind kind, std::string reason, TimePoint at);
     void emit(EventKind kind, std::optional<PeerState> previous, Slot slot, std::string reason,
@@ -205,6 +226,7 @@ private:
     bool reserved(std::string_view name) const { return reserved_ && reserved_(name); }
 
     PeerLimits limits_;
+    std::optional<kap::KeyRing> auth_;
     std::function<bool(std::string_view)> reserved_;
     RandomSource& random_;
     ServerSink& sink_;
@@ -217,9 +239,10 @@ private:
     TimePoint receive_doubt_{};
     std::uint64_t verdicts_withheld_ = 0;
 
-    // BYE diag 7 budget: answers per source host in the current one-second window.
-    TimePoint window_start_{};
-    std::unordered_map<Address, unsigned, AddressHash> answered_;  // keyed by host, port 0
+    // Fixed-size, keyed: attackers choose the source addresses.
+    ReplyBudget unknown_session_budget_;
+    ReplyBudget handshake_budget_;
+    std::uint32_t legacy_peers_ = 0;
 };
 
 }  // namespace keepalive

@@ -20,6 +20,10 @@ void ServerCore::on_legacy_register(std::span<const std::uint8_t> data, const Ad
         count(Drop::legacy_malformed);
         return;
     }
+    if (!allowed(from)) {
+        count(Drop::not_allowed);  // the legacy protocol has no REJECT
+        return;
+    }
     if (reserved(reg->name)) {
         count(Drop::legacy_refused);
         return;
@@ -29,8 +33,16 @@ void ServerCore::on_legacy_register(std::span<const std::uint8_t> data, const Ad
     const auto probes = static_cast<std::uint8_t>(reg->probes);
 
     Slot slot = table_.find_name(reg->name);
+    // A legacy registration has no cookie, so its source may be forged: the
+    // first probes to a host that has never answered come out of its budget.
+    const bool never_answered = slot == PeerTable::kNone || table_.at(slot).acks_received == 0;
+    if (never_answered && !handshake_budget_allows(from, now)) {
+        count(Drop::rate_limited);
+        return;
+    }
     if (slot == PeerTable::kNone) {
-        if (table_.size() >= limits_.max_peers || host_full(from)) {
+        if (table_.size() >= limits_.max_peers || legacy_peers_ >= limits_.legacy_max_peers ||
+            host_full(from)) {
             count(Drop::legacy_refused);
             return;
         }

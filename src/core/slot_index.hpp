@@ -17,6 +17,8 @@
 #include <string_view>
 #include <vector>
 
+#include "core/keyed_hash.hpp"
+
 namespace keepalive {
 
 class SlotIndex {
@@ -74,15 +76,10 @@ public:
         x *= 0x9E3779B97F4A7C15ull;
         return static_cast<std::uint32_t>(x >> 32);
     }
+    // Names are chosen by peers: SipHash under the process's random key, so
+    // nobody outside can aim many names at one probe sequence.
     static std::uint32_t hash_bytes(std::string_view key) {
-        std::uint64_t h = 0xcbf29ce484222325ull;  // FNV-1a, then a final mix
-        for (const char c : key) {
-            h ^= static_cast<std::uint8_t>(c);
-            h *= 0x100000001b3ull;
-        }
-        h ^= h >> 29;
-        h *= 0xbf58476d1ce4e5b9ull;
-        return static_cast<std::uint32_t>(h >> 32);
+        return static_cast<std::uint32_t>(keyed_hash(key) >> 32);
     }
 
 private:

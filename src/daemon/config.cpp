@@ -17,6 +17,7 @@
 #include <tuple>
 
 #include "core/duration.hpp"
+#include "core/keys_file.hpp"
 
 namespace keepalive {
 namespace {
@@ -32,19 +33,31 @@ constexpr std::size_t kMaxQuoted = 64;
 
 constexpr std::string_view kServerKeys[] = {"listen", "control_socket", "state_file"};
 constexpr std::string_view kPeersKeys[] = {
-    "min_interval", "max_interval", "max_probes",          "max_peers",
-    "max_per_host", "forget_after", "down_probe_interval", "fast_down_on_icmp"};
-constexpr std::string_view kLegacyKeys[] = {"enable", "address", "register_port", "probe_port"};
+    "min_interval", "max_interval", "max_probes",          "max_peers",         "max_per_host",
+    "forget_after", "allow",        "down_probe_interval", "fast_down_on_icmp"};
+constexpr std::string_view kLegacyKeys[] = {"enable",     "address",   "register_port",
+                                            "probe_port", "max_peers", "allow_unauthenticated"};
+constexpr std::string_view kAuthKeys[] = {"mode", "keys_file", "active"};
 
 struct Section {
     std::string_view name;
     std::span<const std::string_view> keys;
 };
-constexpr std::array<Section, 3> kSections{{
+constexpr std::array<Section, 4> kSections{{
     {"server", kServerKeys},
     {"peers", kPeersKeys},
     {"legacy", kLegacyKeys},
+    {"auth", kAuthKeys},
 }};
+
+// Where the [auth] and [legacy] keys that constrain each other were written,
+// for the checks made once the whole document has been read.
+struct Positions {
+    std::optional<toml::source_region> auth_mode;
+    std::optional<toml::source_region> keys_file;
+    std::optional<toml::source_region> active;
+    std::optional<toml::source_region> legacy_enable;
+};
 
 // Collects the problems found while walking the document and keeps the one
 // nearest the start of the file, so the report does not depend on the order
@@ -423,6 +436,30 @@ void read_peers(Checker& c, const toml::table& table, PeerLimits& peers) {
         if (const auto value = read_bool(c, *node, "peers.fast_down_on_icmp"))
             peers.fast_down_on_icmp = *value;
 
+    if (const auto* node = table.get("allow")) {
+        const auto* array = node->as_array();
+        if (!array) {
+            c.fail(*node,
+                   "peers.allow: must be an array of address prefixes, e.g. "
+                   "[\"10.0.0.0/8\", \"2001:db8::/32\"], not " +
+                       describe(*node));
+        } else {
+            for (std::size_t i = 0; i < array->size(); ++i) {
+                const toml::node& element = *array->get(i);
+                const auto* text =
+                    read_string(c, element, "peers.allow", "a list of address prefixes");
+                if (!text) continue;
+                if (const auto cidr = Cidr::parse(*text))
+                    peers.allow.push_back(*cidr);
+                else
+                    c.fail(element, "peers.allow: " + quoted(*text) +
+                                        " is not an address prefix such as \"10.0.0.0/8\", "
+                                        "\"2001:db8::/32\" or \"192.0.2.7\" (no bits set "
+                                        "beyond the length)");
+            }
+        }
+    }
+
     if (intervals_valid && peers.min_interval > peers.max_interval) {
         const auto min_text = format_duration(peers.min_interval);
         const auto max_text = format_duration(peers.max_interval);
@@ -487,10 +524,95 @@ void read_legacy(Checker& c, const toml::table& table, LegacyConfig& legacy) {
                        ", the default of legacy.probe_port)");
     }
 
+    if (const auto* node = table.get("max_peers"))
+        if (const auto value = read_integer(c, *node, "legacy.max_peers", 1, 10'000'000))
+            legacy.max_peers = static_cast<std::uint32_t>(*value);
+    if (const auto* node = table.get("allow_unauthenticated"))
+        if (const auto value = read_bool(c, *node, "legacy.allow_unauthenticated"))
+            legacy.allow_unauthenticated = *value;
+
     if (legacy.enable && !address_given)
         c.fail_missing(table.get("enable")->source(),
                        "legacy.address: required when legacy.enable = true; set the IPv4 "
                        "address to serve the legacy protocol on");
+}
+
+void read_auth(Checker& c, const toml::table& table, AuthConfig& auth, Positions& at) {
+    check_section_keys(c, table, kSections[3]);
+    if (const auto* node = table.get("mode")) {
+        at.auth_mode = node->source();
+        if (const auto* text = read_string(c, *node, "auth.mode", "\"off\" or \"required\"")) {
+            if (*text == "off")
+                auth.mode = AuthMode::off;
+            else if (*text == "required")
+                auth.mode = AuthMode::required;
+            else
+                c.fail(*node, "auth.mode: must be \"off\" or \"required\", not " + quoted(*text));
+        }
+    }
+    if (const auto* node = table.get("keys_file")) {
+        at.keys_file = node->source();
+        if (const auto* path = read_string(c, *node, "auth.keys_file", "an absolute path")) {
+            if (path->empty() || path->front() != '/')
+                c.fail(*node,
+                       "auth.keys_file: must be an absolute path (starting with \"/\"), "
+                       "not " +
+                           quoted(*path));
+            else if (path->find('\0') != std::string::npos)
+                c.fail(*node, "auth.keys_file: must not contain a NUL character");
+            else
+                auth.keys_file = *path;
+        }
+    }
+    if (const auto* node = table.get("active")) {
+        at.active = node->source();
+        if (const auto value = read_integer(c, *node, "auth.active", 0, 0xFFFFFFFF))
+            auth.active = static_cast<std::uint32_t>(*value);
+    }
+}
+
+// The rules that span keys, checked once every key has been read without error.
+void check_auth(Checker& c, const toml::table& root, Config& config, const Positions& at) {
+    AuthConfig& auth = config.auth;
+    const auto* auth_table = root.get("auth");
+    if (auth.mode == AuthMode::required && auth.keys_file.empty())
+        c.fail_missing(at.auth_mode ? *at.auth_mode : auth_table->source(),
+                       "auth.keys_file: required when auth.mode = \"required\"; name the file "
+                       "of \"ID HEX-KEY\" lines, e.g. keys_file = \"/etc/keepalived/keys\"");
+    if (auth.mode == AuthMode::off && at.keys_file)
+        c.fail_missing(*at.keys_file,
+                       "auth.keys_file: set, but auth.mode is \"off\"; set auth.mode = "
+                       "\"required\" to authenticate, or remove keys_file");
+    if (auth.mode == AuthMode::off && at.active)
+        c.fail_missing(*at.active, "auth.active: set, but auth.mode is \"off\"");
+    if (config.legacy.enable && auth.mode == AuthMode::required &&
+        !config.legacy.allow_unauthenticated)
+        c.fail_missing(at.legacy_enable ? *at.legacy_enable : toml::source_region{},
+                       "legacy.enable: the legacy protocol cannot authenticate, and auth.mode "
+                       "is \"required\"; set legacy.allow_unauthenticated = true to serve "
+                       "unauthenticated legacy peers anyway");
+}
+
+// Reads the keys file named by [auth]. Problems in its text are reported at
+// their place in it; a file that cannot be used at all, at auth.keys_file.
+std::optional<ConfigError> load_auth_keys(std::string_view file, AuthConfig& auth,
+                                          const Positions& at) {
+    auto keys = load_keys_file(auth.keys_file);
+    if (!keys) {
+        const KeysFileError& e = keys.error();
+        if (e.line != 0) return ConfigError{e.file, e.line, e.column, e.message};
+        return ConfigError{std::string(file), at.keys_file->begin.line, at.keys_file->begin.column,
+                           "auth.keys_file: " + quoted(auth.keys_file) + ": " + e.message};
+    }
+    if (auth.active) {
+        if (!keys->find(*auth.active))
+            return ConfigError{std::string(file), at.active->begin.line, at.active->begin.column,
+                               "auth.active: no key has id " + std::to_string(*auth.active) +
+                                   " in " + auth.keys_file};
+        keys->set_active(*auth.active);
+    }
+    auth.keys = std::move(*keys);
+    return std::nullopt;
 }
 
 ConfigError syntax_error(std::string_view file, const toml::parse_error& e) {
@@ -520,6 +642,7 @@ Result<Config, ConfigError> parse_config(std::string_view text, std::string_view
     Config config;
     config.source = std::string(file_name);
     Checker c(file_name);
+    Positions at;
     for (auto&& [key, value] : root) {
         const std::string_view name = key.str();  // clang 14 cannot capture a binding
         if (name == "targets") {
@@ -543,7 +666,11 @@ Result<Config, ConfigError> parse_config(std::string_view text, std::string_view
         }
         if (it->name == "server") read_server(c, *table, config);
         if (it->name == "peers") read_peers(c, *table, config.peers);
-        if (it->name == "legacy") read_legacy(c, *table, config.legacy);
+        if (it->name == "legacy") {
+            read_legacy(c, *table, config.legacy);
+            if (const auto* enable = table->get("enable")) at.legacy_enable = enable->source();
+        }
+        if (it->name == "auth") read_auth(c, *table, config.auth, at);
     }
     if (!root.contains("server"))
         c.fail_missing({},
@@ -551,6 +678,11 @@ Result<Config, ConfigError> parse_config(std::string_view text, std::string_view
                        "to serve on, e.g. listen = [\"127.0.0.1:7371\", \"[::1]:7371\"]");
 
     if (c.first()) return Err{*c.first()};
+    config.peers.legacy_max_peers = config.legacy.max_peers;
+    check_auth(c, root, config, at);
+    if (c.first()) return Err{*c.first()};
+    if (config.auth.mode == AuthMode::required)
+        if (auto e = load_auth_keys(file_name, config.auth, at)) return Err{std::move(*e)};
     return config;
 }
 

@@ -13,6 +13,7 @@
 
 #include "core/address.hpp"
 #include "core/clock.hpp"
+#include "core/codec.hpp"
 #include "core/peer_limits.hpp"
 #include "core/result.hpp"
 #include "daemon/target_config.hpp"
@@ -29,6 +30,22 @@ struct LegacyConfig {
     std::optional<Address> address;
     std::uint16_t register_port = 5001;  // 1 .. 65535
     std::uint16_t probe_port = 5002;     // 1 .. 65535, != register_port
+    // 1 .. 10 000 000: legacy peers at once (copied into PeerLimits::legacy_max_peers).
+    std::uint32_t max_peers = 10'000;
+    // The legacy protocol cannot authenticate: with [auth] mode = "required"
+    // it may be enabled only when this says so explicitly.
+    bool allow_unauthenticated = false;
+};
+
+// [auth]: KAP/1 datagram authentication (the AUTH trailer).
+enum class AuthMode { off, required };
+struct AuthConfig {
+    AuthMode mode = AuthMode::off;
+    // Absolute path; set exactly when mode is required. The file is read while
+    // the configuration loads, so a loaded Config holds its keys.
+    std::string keys_file;
+    std::optional<std::uint32_t> active;  // as configured; none: the file's first key
+    kap::KeyRing keys;                    // non-empty with an active key when required
 };
 
 struct Config {
@@ -42,6 +59,7 @@ struct Config {
     std::optional<std::string> state_file;  // absolute when non-empty
     PeerLimits peers;
     LegacyConfig legacy;
+    AuthConfig auth;
     std::vector<TargetConfig> targets;  // [[targets]], in file order, names unique
     std::string source;  // the file name or path the configuration was read from
 };
@@ -59,7 +77,11 @@ struct ConfigError {
 inline constexpr const char* kDefaultConfigPath = "/etc/keepalived/keepalived.toml";
 
 // Parses and validates a configuration document. file_name is used in errors
-// and stored in Config::source. Never throws (other than std::bad_alloc).
+// and stored in Config::source. With [auth] mode = "required" the keys file is
+// read too; a keys file that is missing, unreadable, accessible by group or
+// others, empty or malformed is an error (in the keys file's FILE:LINE:COLUMN
+// when the problem is in its text, else at auth.keys_file), never "auth off".
+// Never throws (other than std::bad_alloc).
 // Unknown tables and keys, wrong types and out-of-range values are errors;
 // every key except server.listen is optional. When a document has several
 // problems, the one nearest the start of the file is reported.

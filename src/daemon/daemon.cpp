@@ -92,6 +92,26 @@ bool fd_store_available() {
            std::atoi(fdstore) > 0;
 }
 
+std::optional<kap::KeyRing> auth_keys(const AuthConfig& auth) {
+    if (auth.mode == AuthMode::off) return std::nullopt;
+    return auth.keys;
+}
+
+std::string auth_summary(const AuthConfig& auth) {
+    if (auth.mode == AuthMode::off) return "authentication off";
+    return fmt::format("authentication required: {} key{} from {}, sending with key {}",
+                       auth.keys.size(), auth.keys.size() == 1 ? "" : "s", auth.keys_file,
+                       auth.keys.active()->id);
+}
+
+nlohmann::json auth_json(const AuthConfig& auth) {
+    if (auth.mode == AuthMode::off) return {{"mode", "off"}};
+    return {{"mode", "required"},
+            {"keys_file", auth.keys_file},
+            {"keys", auth.keys.size()},
+            {"active_key", auth.keys.active()->id}};
+}
+
 std::string monotonic_usec(TimePoint now) {
     return fmt::format(
         "MONOTONIC_USEC={}",
@@ -109,6 +129,7 @@ Daemon::Daemon(Config config, Logger& log, const ClockSource& clock, RandomSourc
       started_(clock.now()),
       state_(state_file_path(config_), fd_store_available(), log),
       throttle_(random.next_u64()) {
+    core_.set_auth(auth_keys(config_.auth));
     adopt_passed_fds();
     if (auto r = reconcile_listeners(endpoints(config_)); !r) throw std::runtime_error(r.error());
     if (listeners_.empty()) throw std::runtime_error("no address to listen on");
@@ -482,7 +503,9 @@ void Daemon::reload() {
     } else {
         if (new_control) control_ = std::move(new_control);
         core_.set_limits(fresh->peers);
+        core_.set_auth(auth_keys(fresh->auth));
         config_ = std::move(*fresh);
+        log_.logf(LOG_INFO, "{}", auth_summary(config_.auth));
         targets_->apply(config_.targets);
         for (const TargetConfig& t : config_.targets)
             if (core_.peers().find_name(t.name) != PeerTable::kNone)
@@ -575,6 +598,7 @@ nlohmann::json Daemon::status() const {
     auto& d = j["daemon"];
     d["send_errors"] = send_errors;
     d["unroutable"] = unroutable_;
+    d["auth"] = auth_json(config_.auth);
     // Datagrams the kernel dropped because the daemon did not read them in
     // time, and the verdicts withheld for that reason.
     d["receive_overflows"] = overflow_drops;
@@ -608,8 +632,8 @@ void Daemon::LoopStats::record(Duration busy) {
 }
 
 int Daemon::run() {
-    log_.logf(LOG_INFO, "keepalived {} ready: listening on {}", KEEPALIVE_VERSION,
-              fmt::join(listen_addresses(), ", "));
+    log_.logf(LOG_INFO, "keepalived {} ready: listening on {}; {}", KEEPALIVE_VERSION,
+              fmt::join(listen_addresses(), ", "), auth_summary(config_.auth));
     notify("READY=1");
     notify_status();
     after_work();  // arms the wheel: restored peers are probed without waiting for a datagram

@@ -23,7 +23,7 @@ namespace {
 
 constexpr const char* kUsage =
     "Usage: keepalive-peer --server HOST:PORT --name NAME [--interval DURATION] [--probes N]\n"
-    "                      [--bind ADDR] [--log-target auto|journal|stderr]\n"
+    "                      [--bind ADDR] [--keys-file FILE] [--log-target auto|journal|stderr]\n"
     "       keepalive-peer --legacy --server IP --name NAME [--interval DURATION] [--probes N]\n"
     "                      [--bind IP] [--legacy-ports REGISTER:PROBE]\n"
     "\n"
@@ -33,6 +33,8 @@ constexpr const char* kUsage =
     "  -i, --interval DURATION  probe interval asked for, e.g. 200ms, 1s (default 1s)\n"
     "  -p, --probes N           unanswered probes before down, 1-255 (default 3)\n"
     "  -b, --bind ADDR          local address (and port) to use\n"
+    "  -k, --keys-file FILE     authenticate with the keys in FILE (\"ID HEX-KEY\" lines,\n"
+    "                           mode 0600); default $KEEPALIVE_KEYS_FILE; SIGHUP re-reads it\n"
     "  -l, --log-target TARGET  auto, journal or stderr\n"
     "      --legacy             speak the old Go keepalive module's protocol (IPv4, UDP ports\n"
     "                           5001/5002 on both sides, whole-second intervals)\n"
@@ -154,10 +156,12 @@ bool journal_wanted(const std::string& target) {
 int main(int argc, char** argv) {
     sigset_t mask;
     sigemptyset(&mask);
-    for (int s : {SIGTERM, SIGINT}) sigaddset(&mask, s);
+    for (int s : {SIGTERM, SIGINT, SIGHUP}) sigaddset(&mask, s);
     sigprocmask(SIG_BLOCK, &mask, nullptr);
 
     ClientOptions options;
+    // Set by a systemd drop-in, e.g. Environment=KEEPALIVE_KEYS_FILE=%d/keys with LoadCredential=.
+    if (const char* keys = std::getenv("KEEPALIVE_KEYS_FILE")) options.keys_file = keys;
     std::string log_target = "auto";
     bool legacy_mode = false;
     std::uint16_t register_port = legacy::kRegisterPort;
@@ -168,6 +172,7 @@ int main(int argc, char** argv) {
         {"interval", required_argument, nullptr, 'i'},
         {"probes", required_argument, nullptr, 'p'},
         {"bind", required_argument, nullptr, 'b'},
+        {"keys-file", required_argument, nullptr, 'k'},
         {"log-target", required_argument, nullptr, 'l'},
         {"help", no_argument, nullptr, 'h'},
         {"legacy", no_argument, nullptr, 'L'},
@@ -176,7 +181,7 @@ int main(int argc, char** argv) {
     };
     opterr = 0;
     int opt;
-    while ((opt = getopt_long(argc, argv, "s:n:i:p:b:l:h", long_options, nullptr)) != -1) {
+    while ((opt = getopt_long(argc, argv, "s:n:i:p:b:k:l:h", long_options, nullptr)) != -1) {
         const std::string arg = optarg ? optarg : "";
         switch (opt) {
             case 's':
@@ -203,6 +208,10 @@ int main(int argc, char** argv) {
             }
             case 'b':
                 options.bind = arg;
+                break;
+            case 'k':
+                if (arg.empty()) return usage_error("--keys-file needs a file name");
+                options.keys_file = arg;
                 break;
             case 'l':
                 if (arg != "auto" && arg != "journal" && arg != "stderr")
@@ -247,6 +256,8 @@ int main(int argc, char** argv) {
     };
 
     if (legacy_mode) {
+        if (!options.keys_file.empty())
+            return usage_error("--legacy cannot authenticate: the legacy protocol has no keys");
         if (options.interval % std::chrono::seconds(1) != std::chrono::milliseconds::zero())
             return usage_error("--legacy needs an interval in whole seconds");
         if (!valid_peer_name(options.name) || options.name.find(':') != std::string::npos)
@@ -261,6 +272,12 @@ int main(int argc, char** argv) {
             log(bad ? LOG_WARNING : LOG_INFO, n.message);
         });
     } catch (const std::invalid_argument& e) {
+        // A keys file that cannot be used is a configuration error, not a usage one.
+        if (!options.keys_file.empty() &&
+            std::string_view(e.what()).starts_with(options.keys_file)) {
+            log(LOG_ERR, std::string("cannot start: ") + e.what());
+            return 1;
+        }
         return usage_error(e.what());
     } catch (const std::exception& e) {
         log(LOG_ERR, std::string("cannot start: ") + e.what());
@@ -285,9 +302,19 @@ int main(int argc, char** argv) {
     };
     loop.on_signal(SIGTERM, quit);
     loop.on_signal(SIGINT, quit);
+    loop.on_signal(SIGHUP, [&] {
+        if (options.keys_file.empty()) return;
+        try {
+            client->reload_keys();
+            log(LOG_INFO, "keys re-read from " + options.keys_file);
+        } catch (const std::invalid_argument& e) {
+            log(LOG_ERR, std::string("keeping the old keys: ") + e.what());
+        }
+    });
 
     log(LOG_INFO, "keepalive-peer " + options.name + " starting: server " +
-                      client->server_address() + ", local " + client->local_address());
+                      client->server_address() + ", local " + client->local_address() +
+                      (options.keys_file.empty() ? "" : ", keys " + options.keys_file));
     client->start();
     loop.arm_timer(timer, client->next_deadline());
     loop.run();

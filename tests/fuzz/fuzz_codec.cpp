@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "core/codec.hpp"
-#include "core/sha256.hpp"
+#include "core/crypto.hpp"
 
 namespace {
 
@@ -23,9 +23,9 @@ const KeyRing& ring() {
     static const KeyRing r = [] {
         KeyRing k;
         AuthKey a{1, {}};
-        a.secret.fill(0x11);
+        a.secret.assign(32, 0x11);
         AuthKey b{0x01020304, {}};
-        b.secret.fill(0x22);
+        b.secret.assign(32, 0x22);
         k.add(a);
         k.add(b);
         return k;

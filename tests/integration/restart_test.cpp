@@ -45,7 +45,7 @@ public:
             : fleet(f),
               socket(sock),
               name(n),
-              session(PeerSessionOptions{std::move(n), kIntervalMs, kProbes}, fleet.random_,
+              session(PeerSessionOptions{std::move(n), kIntervalMs, kProbes, {}}, fleet.random_,
                       *this) {}
         void send(std::span<const std::uint8_t> d) override {
             if (d.size() > 3 && d[3] == static_cast<std::uint8_t>(kap::Type::register_))

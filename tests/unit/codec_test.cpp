@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "core/sha256.hpp"
+#include "core/crypto.hpp"
 
 namespace keepalive::kap {
 namespace {
@@ -45,7 +45,7 @@ Cookie counting_cookie(std::uint8_t first) {
 AuthKey make_key(std::uint32_t id, std::uint8_t fill) {
     AuthKey k;
     k.id = id;
-    k.secret.fill(fill);
+    k.secret.assign(32, fill);
     return k;
 }
 

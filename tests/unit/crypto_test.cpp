@@ -1,5 +1,5 @@
-// SHA-256 against FIPS 180 vectors, HMAC-SHA256 against RFC 4231, and the
-// registration cookie's validity window and bindings.
+// The libsodium wrappers against published vectors (HMAC-SHA256: RFC 4231;
+// SipHash-2-4: the SipHash paper), and the registration cookie's validity window and bindings.
 #include <gtest/gtest.h>
 
 #include <string>
@@ -9,16 +9,12 @@
 #include "core/address.hpp"
 #include "core/clock.hpp"
 #include "core/cookie.hpp"
-#include "core/sha256.hpp"
+#include "core/crypto.hpp"
 
 namespace keepalive {
 namespace {
 
 using namespace std::chrono_literals;
-
-std::span<const std::uint8_t> bytes_of(std::string_view s) {
-    return {reinterpret_cast<const std::uint8_t*>(s.data()), s.size()};
-}
 
 std::string hex(std::span<const std::uint8_t> b) {
     static constexpr char kDigits[] = "0123456789abcdef";
@@ -32,56 +28,6 @@ std::string hex(std::span<const std::uint8_t> b) {
 
 std::vector<std::uint8_t> repeat(std::uint8_t v, std::size_t n) {
     return std::vector(n, v);
-}
-
-TEST(Sha256, Fips180Vectors) {
-    EXPECT_EQ(hex(sha256(bytes_of(""))),
-              "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
-    EXPECT_EQ(hex(sha256(bytes_of("abc"))),
-              "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
-    EXPECT_EQ(hex(sha256(bytes_of("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"))),
-              "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
-}
-
-TEST(Sha256, MillionA) {
-    const auto data = repeat('a', 1'000'000);
-    const char* expected = "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0";
-    EXPECT_EQ(hex(sha256(data)), expected);
-    // The same through the incremental interface in uneven pieces.
-    Sha256 h;
-    std::size_t pos = 0;
-    for (std::size_t step = 1; pos < data.size(); step = step % 131 + 1) {
-        const std::size_t n = std::min(step, data.size() - pos);
-        h.update(std::span(data).subspan(pos, n));
-        pos += n;
-    }
-    EXPECT_EQ(hex(h.finish()), expected);
-}
-
-// Lengths around the padding boundaries (55/56 bytes fit or spill the length field).
-TEST(Sha256, PaddingBoundaries) {
-    const std::pair<std::size_t, const char*> cases[] = {
-        {55, "9f4390f8d30c2dd92ec9f095b65e2b9ae9b0a925a5258e241c9f1e910f734318"},
-        {56, "b35439a4ac6f0948b6d6f9e3c6af0f5f590ce20f1bde7090ef7970686ec6738a"},
-        {63, "7d3e74a05d7db15bce4ad9ec0658ea98e3f06eeecf16b4c6fff2da457ddc2f34"},
-        {64, "ffe054fe7ae0cb6dc65c3af9b61d5209f439851db43d0ba5997337df154668eb"},
-        {65, "635361c48bb9eab14198e76ea8ab7f1a41685d6ad62aa9146d301d4f17eb0ae0"},
-        {119, "31eba51c313a5c08226adf18d4a359cfdfd8d2e816b13f4af952f7ea6584dcfb"},
-        {120, "2f3d335432c70b580af0e8e1b3674a7c020d683aa5f73aaaedfdc55af904c21c"},
-        {128, "6836cf13bac400e9105071cd6af47084dfacad4e5e302c94bfed24e013afb73e"},
-    };
-    for (const auto& [n, expected] : cases) {
-        EXPECT_EQ(hex(sha256(repeat('a', n))), expected) << "length " << n;
-    }
-}
-
-TEST(Sha256, ResetStartsOver) {
-    Sha256 h;
-    h.update(bytes_of("garbage"));
-    (void)h.finish();
-    h.reset();
-    h.update(bytes_of("abc"));
-    EXPECT_EQ(hex(h.finish()), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
 }
 
 TEST(HmacSha256, Rfc4231) {
@@ -121,6 +67,43 @@ TEST(HmacSha256, Rfc4231) {
         mac.update(std::span(c.data).subspan(half));
         EXPECT_EQ(hex(mac.finish()), c.mac) << "incremental, case " << c.number;
     }
+}
+
+// Keys of any length work, the same key gives the same MAC in another instance,
+// and one changed bit of the key or the data changes it.
+TEST(HmacSha256, KeyAndDataBitsMatter) {
+    const auto key = repeat(0x42, 32);
+    const auto data = repeat(0x17, 100);
+    const auto mac = hmac_sha256(key, data);
+    EXPECT_EQ(mac, hmac_sha256(key, data));
+    auto other_key = key;
+    other_key[31] ^= 1;
+    EXPECT_NE(mac, hmac_sha256(other_key, data));
+    auto other_data = data;
+    other_data[0] ^= 0x80;
+    EXPECT_NE(mac, hmac_sha256(key, other_data));
+}
+
+// The reference vectors of SipHash-2-4 (key 00..0f; messages 00.., of length 0 and 15).
+TEST(ShortHash, SipHashReferenceVectors) {
+    ShortHashKey key;
+    for (std::size_t i = 0; i < key.size(); ++i) key[i] = static_cast<std::uint8_t>(i);
+    std::vector<std::uint8_t> msg;
+    EXPECT_EQ(short_hash(key, msg), 0x726fdb47dd0e0e31ULL);
+    for (std::uint8_t i = 0; i < 15; ++i) msg.push_back(i);
+    EXPECT_EQ(short_hash(key, msg), 0xa129ca6149be45e5ULL);
+    key[0] ^= 1;
+    EXPECT_NE(short_hash(key, msg), 0xa129ca6149be45e5ULL);
+}
+
+TEST(RandomBytes, FillsAndDiffers) {
+    std::array<std::uint8_t, 32> a{};
+    std::array<std::uint8_t, 32> b{};
+    random_bytes(a);
+    random_bytes(b);
+    const std::array<std::uint8_t, 32> zero{};
+    EXPECT_NE(a, zero);  // 2^-256 odds of a false failure
+    EXPECT_NE(a, b);
 }
 
 TEST(ConstantTimeEqual, ComparesContentAndLength) {

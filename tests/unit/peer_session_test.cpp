@@ -87,7 +87,7 @@ private:
 
 class PeerSessionTest : public ::testing::Test {
 protected:
-    PeerSessionTest() : session(PeerSessionOptions{"web-01", 200, 3}, random, sink) {}
+    PeerSessionTest() : session(PeerSessionOptions{"web-01", 200, 3, {}}, random, sink) {}
 
     void feed(const kap::Message& m) { session.on_datagram(encode(m), clock.now()); }
     // Advances to `t`, firing the session's timer at each of its deadlines on the way.
@@ -327,7 +327,7 @@ TEST(PeerSessionBackoff, JitterIsSpreadOverTheWholeRange) {
         FakeClock clock{kStart};
         SeededRandom random{seed + i};
         RecordingSessionSink sink{clock};
-        PeerSession s(PeerSessionOptions{"p", 1000, 3}, random, sink);
+        PeerSession s(PeerSessionOptions{"p", 1000, 3, {}}, random, sink);
         s.start(clock.now());
         const Duration wait = *s.next_deadline() - clock.now();
         EXPECT_GE(wait, 500ms);
@@ -648,7 +648,7 @@ protected:
         limits.forget_after = 60s;
         limits.down_probe_interval = 1s;
         start_server(1);
-        peer = std::make_unique<PeerSession>(PeerSessionOptions{"db-7", 200, 3}, peer_random,
+        peer = std::make_unique<PeerSession>(PeerSessionOptions{"db-7", 200, 3, {}}, peer_random,
                                              peer_sink);
     }
 
@@ -905,7 +905,7 @@ TEST_F(LoopbackTest, PeerRestartIsReportedWithANewSession) {
     const std::uint32_t old_session = sp().session;
     // The process dies without a goodbye and a new one starts.
     peer =
-        std::make_unique<PeerSession>(PeerSessionOptions{"db-7", 200, 3}, peer_random, peer_sink);
+        std::make_unique<PeerSession>(PeerSessionOptions{"db-7", 200, 3, {}}, peer_random, peer_sink);
     peer->start(clock.now());
     run_for(5s);
     const Peer& p = sp();
