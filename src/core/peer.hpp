@@ -49,6 +49,7 @@ struct Peer {
     TimePoint last_probe_at{};  // RTT of legacy peers, whose replies carry no time
     std::uint64_t probes_sent = 0;
     std::uint64_t acks_received = 0;
+    std::uint64_t state_changes = 0;  // since the name entered the table
 
     TimerWheel::Handle timer;  // the one wheel entry: next probe, or forgetting
 };

@@ -112,6 +112,7 @@ void PeerTable::set_state(Slot slot, PeerState state, TimePoint now) {
     ++counts_.by_state[static_cast<std::size_t>(state)];
     p.state = state;
     p.since = now;
+    ++p.state_changes;
 }
 
 void PeerTable::set_session(Slot slot, std::uint32_t session) {

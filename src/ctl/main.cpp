@@ -19,9 +19,11 @@ constexpr int kTimeoutMs = 5000;
 
 constexpr const char* kUsage =
     "Usage: keepalivectl [--socket PATH] status|peers [--json]\n"
+    "       keepalivectl [--socket PATH] metrics\n"
     "\n"
     "  status   peer counts and the daemon's drop counters\n"
     "  peers    every peer with its state, address and round-trip time\n"
+    "  metrics  the Prometheus text exposition of the daemon and every peer\n"
     "  -s, --socket PATH  control socket (default /run/keepalived/control.sock)\n"
     "  -j, --json         print JSON instead of a table\n"
     "  -h, --help         this text\n";
@@ -166,12 +168,24 @@ int main(int argc, char** argv) {
                                           : std::string("bad option ") + argv[optind - 1]);
         }
     }
-    if (optind + 1 != argc) return usage_error("expected one command: status or peers");
+    if (optind + 1 != argc) return usage_error("expected one command: status, peers or metrics");
     const std::string command = argv[optind];
-    if (command != "status" && command != "peers")
+    if (command != "status" && command != "peers" && command != "metrics")
         return usage_error("unknown command: " + command);
+    if (command == "metrics" && json) return usage_error("metrics has no --json form");
 
     try {
+        if (command == "metrics") {
+            // Text, not JSON; only an error reply is a JSON object.
+            const std::string text = ask(socket_path, command);
+            if (text.empty() || text.front() == '{')
+                throw Failure{"keepalived: " +
+                              (text.empty() ? std::string("empty reply")
+                                            : nlohmann::json::parse(text)
+                                                  .value("error", std::string("bad reply")))};
+            std::fwrite(text.data(), 1, text.size(), stdout);
+            return std::fflush(stdout) == 0 ? 0 : 1;
+        }
         const auto reply = nlohmann::json::parse(ask(socket_path, command));
         if (reply.contains("error"))
             throw Failure{"keepalived: " + reply["error"].get<std::string>()};

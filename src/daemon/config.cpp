@@ -31,15 +31,17 @@ constexpr std::string_view kServerKeys[] = {"listen", "control_socket"};
 constexpr std::string_view kPeersKeys[] = {"min_interval", "max_interval", "max_probes",
                                            "max_peers",    "forget_after", "down_probe_interval"};
 constexpr std::string_view kLegacyKeys[] = {"enable", "address", "register_port", "probe_port"};
+constexpr std::string_view kMetricsKeys[] = {"textfile", "interval"};
 
 struct Section {
     std::string_view name;
     std::span<const std::string_view> keys;
 };
-constexpr std::array<Section, 3> kSections{{
+constexpr std::array<Section, 4> kSections{{
     {"server", kServerKeys},
     {"peers", kPeersKeys},
     {"legacy", kLegacyKeys},
+    {"metrics", kMetricsKeys},
 }};
 
 // Collects the problems found while walking the document and keeps the one
@@ -463,6 +465,27 @@ void read_legacy(Checker& c, const toml::table& table, LegacyConfig& legacy) {
                        "address to serve the legacy protocol on");
 }
 
+void read_metrics(Checker& c, const toml::table& table, MetricsConfig& metrics) {
+    check_section_keys(c, table, kSections[3]);
+    if (const auto* node = table.get("textfile")) {
+        const std::string name = "metrics.textfile";
+        if (const auto* path = read_string(c, *node, name, "an absolute path")) {
+            if (path->empty() || path->front() != '/')
+                c.fail(*node, name + ": must be an absolute path (starting with \"/\"), not " +
+                                  quoted(*path));
+            else if (path->back() == '/')
+                c.fail(*node, name + ": must name a file, not a directory: " + quoted(*path));
+            else if (path->find('\0') != std::string::npos)
+                c.fail(*node, name + ": must not contain a NUL character");
+            else
+                metrics.textfile = *path;
+        }
+    }
+    if (const auto* node = table.get("interval"))
+        if (const auto value = read_duration(c, *node, "metrics.interval", 1s, 1h, 15s))
+            metrics.interval = *value;
+}
+
 ConfigError syntax_error(std::string_view file, const toml::parse_error& e) {
     std::string description(e.description());
     if (description.starts_with("Error")) description[0] = 'e';
@@ -507,6 +530,7 @@ Result<Config, ConfigError> parse_config(std::string_view text, std::string_view
         if (it->name == "server") read_server(c, *table, config);
         if (it->name == "peers") read_peers(c, *table, config.peers);
         if (it->name == "legacy") read_legacy(c, *table, config.legacy);
+        if (it->name == "metrics") read_metrics(c, *table, config.metrics);
     }
     if (!root.contains("server"))
         c.fail_missing({},

@@ -30,6 +30,12 @@ struct LegacyConfig {
     std::uint16_t probe_port = 5002;     // 1 .. 65535, != register_port
 };
 
+// [metrics]: the Prometheus text written for node_exporter's textfile collector.
+struct MetricsConfig {
+    std::string textfile;  // absolute path; empty: not written
+    Duration interval = std::chrono::seconds(15);  // 1s .. 1h
+};
+
 struct Config {
     // [server] listen: 1 .. 64 distinct addresses, each with a port 1 .. 65535;
     // wildcards (0.0.0.0, [::]) allowed. In file order. Never empty in a
@@ -38,6 +44,7 @@ struct Config {
     std::string control_socket = "/run/keepalived/control.sock";  // absolute, < 108 bytes
     PeerLimits peers;
     LegacyConfig legacy;
+    MetricsConfig metrics;
     std::string source;  // the file name or path the configuration was read from
 };
 

@@ -8,6 +8,7 @@
 #include <stdexcept>
 
 #include "daemon/status_json.hpp"
+#include "daemon/textfile.hpp"
 
 namespace keepalive {
 namespace {
@@ -42,6 +43,10 @@ Daemon::Daemon(Config config, Logger& log, const ClockSource& clock, RandomSourc
         loop_, config_.control_socket, [this](std::string_view r) { return control_request(r); });
 
     wheel_timer_ = loop_.add_timer([this] {
+        if (wheel_deadline_) {
+            loop_lag_ = std::max(Duration::zero(), loop_.now() - *wheel_deadline_);
+            loop_lag_max_ = std::max(loop_lag_max_, loop_lag_);
+        }
         core_.on_timer(loop_.now());
         after_work();
     });
@@ -49,6 +54,8 @@ Daemon::Daemon(Config config, Logger& log, const ClockSource& clock, RandomSourc
         notify("WATCHDOG=1");
         loop_.arm_timer(watchdog_timer_, loop_.now() + watchdog_period_);
     });
+    metrics_timer_ = loop_.add_timer([this] { write_metrics_file(); });
+    if (!config_.metrics.textfile.empty()) loop_.arm_timer(metrics_timer_, clock_.now());
     std::uint64_t watchdog_usec = 0;
     if (sd_watchdog_enabled(0, &watchdog_usec) > 0 && watchdog_usec > 0) {
         watchdog_period_ = std::chrono::microseconds(watchdog_usec / 2);
@@ -168,7 +175,8 @@ void Daemon::on_readable(std::uint32_t id) {
 void Daemon::after_work() {
     for (auto& [id, queue] : outbox_)
         if (!queue.empty()) flush(id);
-    loop_.arm_timer(wheel_timer_, core_.next_deadline());
+    wheel_deadline_ = core_.next_deadline();
+    loop_.arm_timer(wheel_timer_, wheel_deadline_);
     if (status_dirty_) notify_status();
 }
 
@@ -193,6 +201,7 @@ void Daemon::send(const Route& route, const Address& to, std::span<const std::ui
 }
 
 void Daemon::peer_event(const PeerEvent& event) {
+    ++events_[static_cast<std::size_t>(event.kind)];
     log_.peer_event(event);
     status_dirty_ = true;
 }
@@ -224,7 +233,13 @@ void Daemon::reload() {
             }
         }
         core_.set_limits(fresh->peers);
+        const bool metrics_changed = fresh->metrics.textfile != config_.metrics.textfile ||
+                                     fresh->metrics.interval != config_.metrics.interval;
         config_ = std::move(*fresh);
+        if (metrics_changed)
+            loop_.arm_timer(metrics_timer_, config_.metrics.textfile.empty()
+                                                ? std::nullopt
+                                                : std::optional<TimePoint>(now));
         log_.logf(LOG_INFO, "configuration reloaded: listening on {}",
                   fmt::join(listen_addresses(), ", "));
     }
@@ -257,7 +272,32 @@ std::vector<std::string> Daemon::listen_addresses() const {
     return out;
 }
 
+DaemonStats Daemon::stats() const {
+    DaemonStats s;
+    s.version = KEEPALIVE_VERSION;
+    s.uptime_s = std::chrono::duration<double>(loop_.now() - started_).count();
+    s.loop_lag_s = std::chrono::duration<double>(loop_lag_).count();
+    s.loop_lag_max_s = std::chrono::duration<double>(loop_lag_max_).count();
+    s.log_events_dropped = log_.suppressed();
+    for (const auto& [id, l] : listeners_) s.send_errors += l.socket.send_errors();
+    s.unroutable = unroutable_;
+    s.events = events_;
+    return s;
+}
+
+// Rewritten whole every interval; a failure is logged (rate-limited) and
+// retried at the next interval, the previous file staying in place.
+void Daemon::write_metrics_file() {
+    if (config_.metrics.textfile.empty()) return;
+    MetricsText text(core_, stats());
+    auto r = replace_file(config_.metrics.textfile, [&](std::string& out) { return text.next(out); });
+    if (!r)
+        log_.log_limited("metrics", LOG_WARNING, "metrics textfile: " + r.error(), loop_.now());
+    loop_.arm_timer(metrics_timer_, loop_.now() + config_.metrics.interval);
+}
+
 std::string Daemon::control_request(std::string_view request) {
+    if (request == "metrics") return metrics_text(core_, stats());
     if (request == "peers") return peers_json(core_, loop_.now()).dump() + "\n";
     if (request == "status") {
         const DaemonInfo info{KEEPALIVE_VERSION, config_.source, listen_addresses(),

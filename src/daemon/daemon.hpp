@@ -11,6 +11,7 @@
 #include "daemon/config.hpp"
 #include "daemon/control.hpp"
 #include "daemon/log.hpp"
+#include "daemon/metrics.hpp"
 #include "net/event_loop.hpp"
 #include "net/udp_socket.hpp"
 
@@ -57,6 +58,8 @@ private:
     void notify_status();
     std::string control_request(std::string_view request);
     std::vector<std::string> listen_addresses() const;
+    DaemonStats stats() const;
+    void write_metrics_file();
 
     void send(const Route& route, const Address& to, std::span<const std::uint8_t> data) override;
     void peer_event(const PeerEvent& event) override;
@@ -76,6 +79,11 @@ private:
     std::unique_ptr<ControlServer> control_;
     EventLoop::TimerId wheel_timer_;
     EventLoop::TimerId watchdog_timer_;
+    EventLoop::TimerId metrics_timer_;
+    std::optional<TimePoint> wheel_deadline_;  // what wheel_timer_ is armed to, for the lag
+    Duration loop_lag_{};
+    Duration loop_lag_max_{};
+    std::array<std::uint64_t, kEventKindCount> events_{};
     Duration watchdog_period_{};
     bool status_dirty_ = true;
     bool stopping_ = false;

@@ -112,6 +112,7 @@ void Logger::log_limited(std::string_view key, int priority, std::string_view me
     if (l == nullptr) l = &limiters_.emplace_back(Limiter{std::string(key), {}, 0});
     if (l->last != TimePoint{} && now - l->last < kPeriod) {
         ++l->suppressed;
+        ++suppressed_;
         return;
     }
     l->last = now;

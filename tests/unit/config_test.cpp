@@ -305,7 +305,7 @@ TEST(ConfigError, KeyInTheWrongTable) {
 TEST(ConfigError, UnknownTable) {
     EXPECT_TRUE(fails_at(kServer + lines({"", "[peer]", "max_probes = 3"}), 4, 2,
                          "unknown table [peer]; did you mean [peers]?"));
-    EXPECT_TRUE(fails_at(kServer + lines({"[metrics]"}), 3, 2, "unknown table [metrics]"));
+    EXPECT_TRUE(fails_at(kServer + lines({"[statistics]"}), 3, 2, "unknown table [statistics]"));
     EXPECT_TRUE(
         fails_at(kServer + lines({"[server.tls]"}), 3, 9, R"(unknown key "tls" in [server])"));
 }
@@ -665,6 +665,32 @@ TEST(LoadConfig, RefusesHugeFiles) {
     const auto r = load_config(path);
     ASSERT_FALSE(r.ok());
     EXPECT_EQ(r.error().message, "the configuration file is larger than 1 MiB");
+}
+
+// --- [metrics] ---
+
+TEST(ConfigMetrics, TextfileAndInterval) {
+    const Config defaults;
+    EXPECT_EQ(defaults.metrics.textfile, "");
+    EXPECT_EQ(defaults.metrics.interval, 15s);
+    const auto r = parse_config(
+        kServer + lines({"[metrics]", R"(textfile = "/var/lib/x/k.prom")", R"(interval = "2s")"}),
+        kFile);
+    ASSERT_TRUE(r.ok()) << r.error().to_string();
+    EXPECT_EQ(r->metrics.textfile, "/var/lib/x/k.prom");
+    EXPECT_EQ(r->metrics.interval, 2s);
+}
+
+TEST(ConfigMetrics, BadValuesNameTheKey) {
+    EXPECT_TRUE(fails_at(kServer + lines({"[metrics]", R"(textfile = "k.prom")"}), 4, 12,
+                         "metrics.textfile: must be an absolute path (starting with \"/\"), not "
+                         "\"k.prom\""));
+    EXPECT_TRUE(fails_at(kServer + lines({"[metrics]", R"(textfile = "/var/lib/")"}), 4, 12,
+                         "metrics.textfile: must name a file, not a directory: \"/var/lib/\""));
+    EXPECT_TRUE(fails_at(kServer + lines({"[metrics]", R"(interval = "500ms")"}), 4, 12,
+                         "metrics.interval: must be a duration from 1s to 1h, not \"500ms\""));
+    EXPECT_TRUE(fails_at(kServer + lines({"[metrics]", "bogus = 1"}), 4, 1,
+                         "unknown key \"bogus\" in [metrics]"));
 }
 
 }  // namespace
