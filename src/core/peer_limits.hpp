@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "core/clock.hpp"
+#include "core/health.hpp"
 
 namespace keepalive {
 
@@ -16,6 +17,7 @@ struct PeerLimits {
     Duration forget_after = std::chrono::minutes(10);        // 1s .. 30 days
     Duration down_probe_interval = std::chrono::seconds(5);  // 100ms .. 1h: how often down
                                                              // peers are still probed
+    HealthPolicy health;                                     // degraded and damping
 
     friend bool operator==(const PeerLimits&, const PeerLimits&) = default;
 };

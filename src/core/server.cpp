@@ -172,7 +172,7 @@ void ServerCore::on_register(const kap::Message& m, const Address& from, const R
 
     Slot slot = table_.find_name(reg.name);
     if (slot != PeerTable::kNone && table_.at(slot).protocol == Protocol::legacy &&
-        (table_.at(slot).state == PeerState::up || table_.at(slot).state == PeerState::suspect)) {
+        answering(table_.at(slot).state)) {
         // A live legacy peer holds this name; it can be taken over once it is down.
         reject(kap::Diag::not_permitted);
         return;
@@ -204,6 +204,8 @@ void ServerCore::on_register(const kap::Message& m, const Address& from, const R
         p.interval = interval;
         p.probes = probes;
         p.missed = 0;
+        p.health.reset();
+        p.damper.release();
         const PeerState previous = p.state;
         table_.set_state(slot, PeerState::up, now);
         p.since = now;  // a new session starts its time in "up" afresh
@@ -260,7 +262,9 @@ void ServerCore::renew(Slot slot, Duration interval, std::uint8_t probes, const 
         p.address = to;
         emit(EventKind::moved, p.state, slot, "moved from " + old);
     }
-    if (p.state != PeerState::up)
+    // Degraded stays degraded (its health is judged by probes), and a damped
+    // peer stays held: registering again is no proof that it stopped flapping.
+    if (p.state != PeerState::up && p.state != PeerState::degraded && !p.damper.held())
         change_state(slot, PeerState::up, EventKind::up, "registered again", now);
 }
 
@@ -307,12 +311,64 @@ void ServerCore::acknowledge(Slot slot, std::uint64_t seq, std::optional<Duratio
     p.seq_acked = seq;
     p.missed = 0;
     ++p.acks_received;
-    if (rtt) p.rtt = rtt;
-    if (p.state == PeerState::suspect) {
-        change_state(slot, PeerState::up, EventKind::up, "ack received", now);
-    } else if (p.state == PeerState::down) {
-        change_state(slot, PeerState::up, EventKind::up, "ack received", now);
-        schedule(slot, ceil_ms(now + p.interval));
+    if (rtt) {
+        p.rtt = rtt;
+        p.health.rtt_sample(*rtt);
+    }
+    if (p.state == PeerState::down) {
+        recover(slot, now);
+        return;
+    }
+    update_health(slot, now);
+}
+
+// A down peer answered. It comes back up, unless it keeps going down and
+// coming back: then it is damped, held down until it has answered for
+// hold_down, with one event for the whole episode.
+void ServerCore::recover(Slot slot, TimePoint now) {
+    Peer& p = table_.at(slot);
+    const HealthPolicy& policy = limits_.health;
+    if (!p.damper.held() && p.damper.recovered(now, policy)) {
+        p.damper.hold();
+        p.damper.answered(now);
+        emit(EventKind::damped, p.state, slot,
+             fmt::format("damped: back {} times within {}; held down until it has answered for {}",
+                         p.damper.recent_flaps(), format_duration(*policy.hold_down),
+                         format_duration(*policy.hold_down)));
+        schedule(slot, ceil_ms(now + p.interval));  // probed at its own rate while held
+        return;
+    }
+    if (p.damper.held()) {
+        p.damper.answered(now);
+        if (!p.damper.released(now, policy)) return;
+        p.damper.release();
+        p.health.reset();
+        change_state(slot, PeerState::up, EventKind::up,
+                     "ack received; damping ended after answering for " +
+                         format_duration(*policy.hold_down),
+                     now);
+        return;
+    }
+    p.health.reset();  // its sickness before it went down says nothing now
+    change_state(slot, PeerState::up, EventKind::up, "ack received", now);
+    schedule(slot, ceil_ms(now + p.interval));
+}
+
+// Moves between up and degraded by the peer's loss window and RTT; suspect
+// (an ACK just came) leaves to whichever of the two applies.
+void ServerCore::update_health(Slot slot, TimePoint now) {
+    Peer& p = table_.at(slot);
+    const bool degraded_now = p.state == PeerState::degraded;
+    if (p.state == PeerState::suspect && p.missed > 0) return;
+    if (p.state != PeerState::up && p.state != PeerState::degraded &&
+        p.state != PeerState::suspect)
+        return;
+    const auto why = p.health.degraded_reason(limits_.health, degraded_now);
+    if (why && !degraded_now) {
+        change_state(slot, PeerState::degraded, EventKind::degraded, *why, now);
+    } else if (!why && p.state != PeerState::up) {
+        change_state(slot, PeerState::up, EventKind::up,
+                     degraded_now ? "recovered: " + p.health.describe() : "ack received", now);
     }
 }
 
@@ -388,7 +444,9 @@ void ServerCore::on_due(Slot slot, TimePoint deadline, TimePoint now) {
     p.timer = {};
     switch (p.state) {
         case PeerState::up:
+        case PeerState::degraded:
         case PeerState::suspect: {
+            if (p.seq_sent > 0) p.health.probe_outcome(p.seq_sent > p.seq_acked, limits_.health);
             if (p.seq_sent > p.seq_acked) ++p.missed;
             if (p.missed >= p.probes) {
                 // probes × interval after the first unanswered probe went out.
@@ -399,16 +457,30 @@ void ServerCore::on_due(Slot slot, TimePoint deadline, TimePoint now) {
                                         p.since + limits_.forget_after));
                 return;
             }
+            // A degraded peer loses probes by definition: it stays degraded
+            // rather than flapping to suspect and back with every loss.
             if (p.missed > 0 && p.state == PeerState::up)
                 change_state(
                     slot, PeerState::suspect, EventKind::suspect,
                     fmt::format("{} probe{} unanswered", p.missed, p.missed == 1 ? "" : "s"),
                     deadline);
+            else if (p.missed == 0)
+                update_health(slot, deadline);
             send_probe(slot, now);
             schedule(slot, next_on_grid(deadline, p.interval, now));
             return;
         }
         case PeerState::down:
+            if (p.damper.held()) {
+                if (p.seq_sent > p.seq_acked) p.damper.unanswered();
+                if (!p.damper.answering() && deadline - p.since >= limits_.forget_after) {
+                    forget(slot);
+                    return;
+                }
+                send_probe(slot, now);
+                schedule(slot, next_on_grid(deadline, p.interval, now));
+                return;
+            }
             if (deadline - p.since >= limits_.forget_after) {
                 forget(slot);
                 return;

@@ -106,11 +106,11 @@ void print_peers(const nlohmann::json& j) {
         name_w = std::max(name_w, printable(p.at("name").get<std::string>()).size());
         addr_w = std::max(addr_w, p.at("address").get<std::string>().size());
     }
-    fmt::print("{:<{}}  {:<{}}  {:<7}  {:>8}  {:>10}  {:>6}  {:>9}  {:>8}  {}\n", "NAME", name_w,
+    fmt::print("{:<{}}  {:<{}}  {:<8}  {:>8}  {:>10}  {:>6}  {:>9}  {:>8}  {}\n", "NAME", name_w,
                "ADDRESS", addr_w, "STATE", "SINCE", "INTERVAL", "MISSED", "RTT", "SESSION",
                "PROTOCOL");
     for (const auto& p : peers) {
-        fmt::print("{:<{}}  {:<{}}  {:<7}  {:>8}  {:>10}  {:>6}  {:>9}  {:>8}  {}\n",
+        fmt::print("{:<{}}  {:<{}}  {:<8}  {:>8}  {:>10}  {:>6}  {:>9}  {:>8}  {}\n",
                    printable(p.at("name").get<std::string>()), name_w,
                    p.at("address").get<std::string>(), addr_w, p.at("state").get<std::string>(),
                    format_since(p.at("since").get<double>()),

@@ -28,8 +28,10 @@ constexpr std::size_t kMaxFileSize = 1 << 20;
 constexpr std::size_t kMaxQuoted = 64;
 
 constexpr std::string_view kServerKeys[] = {"listen", "control_socket"};
-constexpr std::string_view kPeersKeys[] = {"min_interval", "max_interval", "max_probes",
-                                           "max_peers",    "forget_after", "down_probe_interval"};
+constexpr std::string_view kPeersKeys[] = {
+    "min_interval",    "max_interval", "max_probes",   "max_peers",
+    "forget_after",    "down_probe_interval",          "degraded_loss",
+    "degraded_window", "degraded_rtt", "hold_down",    "flap_threshold"};
 constexpr std::string_view kLegacyKeys[] = {"enable", "address", "register_port", "probe_port"};
 constexpr std::string_view kMetricsKeys[] = {"textfile", "interval"};
 
@@ -372,6 +374,22 @@ void read_server(Checker& c, const toml::table& table, Config& config) {
         read_control_socket(c, *node, config.control_socket);
 }
 
+// "20%": a whole percentage from 1 to 100, as a fraction.
+std::optional<double> read_percent(Checker& c, const toml::node& node, const std::string& name) {
+    const std::string what = "a percentage from 1% to 100% as a string such as \"20%\"";
+    const auto* text = read_string(c, node, name, what);
+    if (!text) return std::nullopt;
+    const std::string_view digits = std::string_view(*text).substr(0, text->size() - 1);
+    int value = 0;
+    const auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), value);
+    if (text->empty() || text->back() != '%' || digits.empty() || ec != std::errc{} ||
+        end != digits.data() + digits.size() || value < 1 || value > 100) {
+        c.fail(node, name + ": must be " + what + ", not " + quoted(*text));
+        return std::nullopt;
+    }
+    return value / 100.0;
+}
+
 void read_peers(Checker& c, const toml::table& table, PeerLimits& peers) {
     check_section_keys(c, table, kSections[1]);
     bool intervals_valid = true;
@@ -387,6 +405,22 @@ void read_peers(Checker& c, const toml::table& table, PeerLimits& peers) {
     duration("max_interval", 1ms, 1h, peers.max_interval);
     duration("forget_after", 1s, 24h * 30, peers.forget_after);
     duration("down_probe_interval", 100ms, 1h, peers.down_probe_interval);
+
+    HealthPolicy& health = peers.health;
+    if (const auto* node = table.get("degraded_loss"))
+        if (const auto value = read_percent(c, *node, "peers.degraded_loss")) health.loss = *value;
+    if (const auto* node = table.get("degraded_window"))
+        if (const auto value = read_integer(c, *node, "peers.degraded_window", 10, 1000))
+            health.loss_window = static_cast<std::uint32_t>(*value);
+    if (const auto* node = table.get("degraded_rtt"))
+        if (const auto value = read_duration(c, *node, "peers.degraded_rtt", 1ms, 1h, 50ms))
+            health.rtt = *value;
+    if (const auto* node = table.get("hold_down"))
+        if (const auto value = read_duration(c, *node, "peers.hold_down", 1s, 24h, 30s))
+            health.hold_down = *value;
+    if (const auto* node = table.get("flap_threshold"))
+        if (const auto value = read_integer(c, *node, "peers.flap_threshold", 1, 100))
+            health.flap_threshold = static_cast<std::uint32_t>(*value);
 
     if (const auto* node = table.get("max_probes"))
         if (const auto value = read_integer(c, *node, "peers.max_probes", 1, 255))

@@ -49,10 +49,6 @@ std::string label(std::string_view v) {
     return out;
 }
 
-bool answering(PeerState s) {
-    return s != PeerState::down && s != PeerState::left;
-}
-
 }  // namespace
 
 MetricsText::MetricsText(const ServerCore& core, DaemonStats stats)

@@ -33,6 +33,7 @@ nlohmann::json peers_json(const ServerCore& core, TimePoint now) {
             {"since", std::max(0.0, duration<double>(now - p->since).count())},
             {"probes_sent", p->probes_sent},
             {"acks_received", p->acks_received},
+            {"state_changes", p->state_changes},
         });
     }
     return {{"peers", std::move(list)}};
@@ -50,6 +51,7 @@ nlohmann::json status_json(const ServerCore& core, const DaemonInfo& info) {
         {"summary", summary_line(c)},
         {"peers", c.total},
         {"up", c.in(PeerState::up)},
+        {"degraded", c.in(PeerState::degraded)},
         {"suspect", c.in(PeerState::suspect)},
         {"down", c.in(PeerState::down)},
         {"left", c.in(PeerState::left)},

@@ -693,5 +693,42 @@ TEST(ConfigMetrics, BadValuesNameTheKey) {
                          "unknown key \"bogus\" in [metrics]"));
 }
 
+TEST(ConfigPeersHealth, DegradedAndDamping) {
+    const Config defaults;
+    EXPECT_EQ(defaults.peers.health, HealthPolicy{});
+    EXPECT_FALSE(defaults.peers.health.loss || defaults.peers.health.rtt ||
+                 defaults.peers.health.hold_down);
+    const auto r = parse_config(kServer + lines({"[peers]", R"(degraded_loss = "20%")",
+                                                 "degraded_window = 100",
+                                                 R"(degraded_rtt = "50ms")", R"(hold_down = "30s")",
+                                                 "flap_threshold = 5"}),
+                                kFile);
+    ASSERT_TRUE(r.ok()) << r.error().to_string();
+    EXPECT_EQ(r->peers.health.loss, 0.2);
+    EXPECT_EQ(r->peers.health.loss_window, 100u);
+    EXPECT_EQ(r->peers.health.rtt, 50ms);
+    EXPECT_EQ(r->peers.health.hold_down, 30s);
+    EXPECT_EQ(r->peers.health.flap_threshold, 5u);
+
+    const auto example = load_config((source_root() / "config" / "keepalived.toml").string());
+    ASSERT_TRUE(example.ok()) << example.error().to_string();
+    EXPECT_EQ(example->peers.health, defaults.peers.health);
+}
+
+TEST(ConfigPeersHealth, BadValuesNameTheKey) {
+    const std::string percent =
+        "must be a percentage from 1% to 100% as a string such as \"20%\", not ";
+    for (const char* bad : {"0%", "101%", "20", "%", "twenty%", "-5%", "2.5%"})
+        EXPECT_TRUE(fails_at(kServer + lines({"[peers]", "degraded_loss = \"" + std::string(bad) +
+                                                             "\""}),
+                             4, 17, "peers.degraded_loss: " + percent + "\"" + bad + "\""));
+    EXPECT_TRUE(fails_at(kServer + lines({"[peers]", "degraded_window = 5"}), 4, 19,
+                         "peers.degraded_window: must be an integer from 10 to 1000, not 5"));
+    EXPECT_TRUE(fails_at(kServer + lines({"[peers]", "flap_threshold = 0"}), 4, 18,
+                         "peers.flap_threshold: must be an integer from 1 to 100, not 0"));
+    EXPECT_TRUE(fails_at(kServer + lines({"[peers]", R"(hold_down = "500ms")"}), 4, 13,
+                         "peers.hold_down: must be a duration from 1s to 24h, not \"500ms\""));
+}
+
 }  // namespace
 }  // namespace keepalive

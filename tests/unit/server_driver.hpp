@@ -18,6 +18,7 @@ struct Behaviour {
     bool answering = true;
     Duration delay = std::chrono::milliseconds(1);
     std::uint64_t incarnation = 0x1111;
+    std::uint64_t drop_every = 0;  // when set, probes whose seq is a multiple go unanswered
 };
 
 class ServerDriver final : public ServerSink {
@@ -46,6 +47,7 @@ public:
         const auto it = peers.find(to);
         if (it == peers.end() || !it->second.answering) return;
         const auto& p = std::get<kap::Probe>(m->body);
+        if (it->second.drop_every != 0 && p.seq % it->second.drop_every == 0) return;
         in_flight.emplace(clock.now() + it->second.delay,
                           std::pair{to, encode({.session = m->session,
                                                 .body = kap::Ack{p.seq, p.tx_time,
