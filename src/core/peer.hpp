@@ -83,6 +83,7 @@ struct PeerEvent {
     std::optional<PeerState> previous;  // none for a new registration
     const Peer& peer;
     std::string reason;
+    std::optional<Address> previous_address;  // for `moved`: where the peer was
 };
 
 }  // namespace keepalive

@@ -14,6 +14,7 @@ struct PeerLimits {
     Duration max_interval = std::chrono::hours(1);           // 1ms .. 1h (protocol maximum)
     std::uint8_t max_probes = 255;                           // 1 .. 255
     std::uint32_t max_peers = 100'000;                       // 1 .. 10 000 000
+    std::uint32_t max_per_host = 256;  // 1 .. 10 000 000: sessions one source host may hold
     Duration forget_after = std::chrono::minutes(10);        // 1s .. 30 days
     Duration down_probe_interval = std::chrono::seconds(5);  // 100ms .. 1h: how often down
                                                              // peers are still probed

@@ -74,6 +74,15 @@ std::string summary_line(const PeerCounts& c) {
                        c.in(PeerState::suspect), c.in(PeerState::down), c.in(PeerState::left));
 }
 
+namespace {
+
+Address host_of(Address a) {
+    a.set_port(0);
+    return a;
+}
+
+}  // namespace
+
 PeerTable::Slot PeerTable::insert(Peer peer) {
     Slot slot;
     if (!free_.empty()) {
@@ -88,6 +97,7 @@ PeerTable::Slot PeerTable::insert(Peer peer) {
     e.used = true;
     by_session_.emplace(e.peer.session, slot);
     by_name_.emplace(e.peer.name, slot);
+    ++per_host_[host_of(e.peer.address)];
     ++counts_.total;
     ++counts_.by_state[static_cast<std::size_t>(e.peer.state)];
     return slot;
@@ -97,6 +107,9 @@ void PeerTable::erase(Slot slot) {
     Entry& e = slots_[slot];
     by_session_.erase(e.peer.session);
     by_name_.erase(e.peer.name);
+    if (const auto it = per_host_.find(host_of(e.peer.address)); it != per_host_.end() &&
+                                                                 --it->second == 0)
+        per_host_.erase(it);
     --counts_.total;
     --counts_.by_state[static_cast<std::size_t>(e.peer.state)];
     e.peer = Peer{};  // release the name's memory now
@@ -131,6 +144,22 @@ void PeerTable::set_session(Slot slot, std::uint32_t session) {
     by_session_.erase(p.session);
     p.session = session;
     by_session_.emplace(session, slot);
+}
+
+void PeerTable::set_address(Slot slot, const Address& address) {
+    Peer& p = slots_[slot].peer;
+    if (!p.address.same_host(address)) {
+        if (const auto it = per_host_.find(host_of(p.address)); it != per_host_.end() &&
+                                                                --it->second == 0)
+            per_host_.erase(it);
+        ++per_host_[host_of(address)];
+    }
+    p.address = address;
+}
+
+std::size_t PeerTable::on_host(const Address& host) const {
+    const auto it = per_host_.find(host_of(host));
+    return it == per_host_.end() ? 0 : it->second;
 }
 
 }  // namespace keepalive

@@ -2,6 +2,7 @@
 // current so a status summary is O(1).
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <string>
@@ -39,6 +40,10 @@ public:
     // Keep the indexes and counts right: every change of these goes through here.
     void set_state(Slot slot, PeerState state, TimePoint now);
     void set_session(Slot slot, std::uint32_t session);
+    void set_address(Slot slot, const Address& address);
+
+    // Peers whose address is on `host` (any port).
+    std::size_t on_host(const Address& host) const;
 
     const PeerCounts& counts() const { return counts_; }
     std::size_t size() const { return counts_.total; }
@@ -56,6 +61,22 @@ public:
             if (slots_[s].used) fn(s, slots_[s].peer);
     }
 
+    // Visits the used slots from `begin` on, at most `max_used` of them and at
+    // most 4 x max_used slots in all, so the work of one call is bounded
+    // however sparse the table. Returns where to go on, or kNone at the end.
+    template <typename Fn>
+    Slot for_each_from(Slot begin, std::size_t max_used, Fn&& fn) const {
+        std::size_t used = 0;
+        const std::size_t limit = std::min<std::size_t>(slots_.size(), begin + 4 * max_used);
+        Slot s = begin;
+        for (; s < limit && used < max_used; ++s)
+            if (slots_[s].used) {
+                fn(s, slots_[s].peer);
+                ++used;
+            }
+        return s < slots_.size() ? s : kNone;
+    }
+
 private:
     struct Entry {
         Peer peer;
@@ -65,6 +86,7 @@ private:
     std::vector<Slot> free_;
     std::unordered_map<std::uint32_t, Slot> by_session_;
     std::unordered_map<std::string, Slot> by_name_;
+    std::unordered_map<Address, std::uint32_t, AddressHash> per_host_;  // keyed by host, port 0
     PeerCounts counts_;
 };
 

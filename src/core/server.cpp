@@ -178,7 +178,8 @@ void ServerCore::on_register(const kap::Message& m, const Address& from, const R
         return;
     }
     if (slot == PeerTable::kNone) {
-        if (table_.size() >= limits_.max_peers) {
+        // One host, even with real cookies, must not fill the table others need.
+        if (table_.size() >= limits_.max_peers || host_full(from)) {
             reject(kap::Diag::server_full);
             return;
         }
@@ -192,14 +193,21 @@ void ServerCore::on_register(const kap::Message& m, const Address& from, const R
                      now);
     } else if (Peer& p = table_.at(slot);
                p.incarnation != reg.incarnation || p.protocol == Protocol::legacy) {
-        // A new process behind a known name: a fresh session from seq 1.
+        // A new process behind a known name: a fresh session from seq 1. From
+        // another host it is a takeover, and it counts against that host.
+        const bool other_host = !p.address.same_host(from);
+        if (other_host && host_full(from)) {
+            reject(kap::Diag::server_full);
+            return;
+        }
+        const Address was = p.address;
         table_.set_session(slot, new_session_id());
         p.protocol = Protocol::kap1;
         p.incarnation = reg.incarnation;
         p.seq_sent = p.seq_acked = 0;
         p.rtt.reset();
         p.probes_sent = p.acks_received = 0;
-        p.address = from;
+        table_.set_address(slot, from);
         p.route = route;
         p.interval = interval;
         p.probes = probes;
@@ -209,7 +217,11 @@ void ServerCore::on_register(const kap::Message& m, const Address& from, const R
         const PeerState previous = p.state;
         table_.set_state(slot, PeerState::up, now);
         p.since = now;  // a new session starts its time in "up" afresh
-        emit(EventKind::restarted, previous, slot, "restarted (new incarnation)");
+        if (other_host)
+            emit(EventKind::moved, previous, slot,
+                 fmt::format("taken over from {} by a new incarnation", was.to_string()), was);
+        else
+            emit(EventKind::restarted, previous, slot, "restarted (new incarnation)");
     } else {
         // A retransmission, a peer that lost us, or a move: same session. The
         // handshake just proved the path, so probes in flight count as answered.
@@ -258,9 +270,9 @@ void ServerCore::renew(Slot slot, Duration interval, std::uint8_t probes, const 
     }
     p.route = route;
     if (p.address != to) {
-        const std::string old = p.address.to_string();
-        p.address = to;
-        emit(EventKind::moved, p.state, slot, "moved from " + old);
+        const Address was = p.address;
+        table_.set_address(slot, to);
+        emit(EventKind::moved, p.state, slot, "moved from " + was.to_string(), was);
     }
     // Degraded stays degraded (its health is judged by probes), and a damped
     // peer stays held: registering again is no proof that it stopped flapping.
@@ -308,6 +320,7 @@ void ServerCore::on_ack(const kap::Message& m, const Address& from, const Route&
 void ServerCore::acknowledge(Slot slot, std::uint64_t seq, std::optional<Duration> rtt,
                              TimePoint now) {
     Peer& p = table_.at(slot);
+    const bool first_answer = p.acks_received == 0;
     p.seq_acked = seq;
     p.missed = 0;
     ++p.acks_received;
@@ -315,6 +328,9 @@ void ServerCore::acknowledge(Slot slot, std::uint64_t seq, std::optional<Duratio
         p.rtt = rtt;
         p.health.rtt_sample(*rtt);
     }
+    // Off probation: from the probe just answered, the granted interval.
+    if (first_answer && p.interval > kProbationStep && p.state != PeerState::down)
+        schedule(slot, ceil_ms(p.last_probe_at) + p.interval);
     if (p.state == PeerState::down) {
         recover(slot, now);
         return;
@@ -446,12 +462,23 @@ void ServerCore::on_due(Slot slot, TimePoint deadline, TimePoint now) {
         case PeerState::up:
         case PeerState::degraded:
         case PeerState::suspect: {
-            if (p.seq_sent > 0) p.health.probe_outcome(p.seq_sent > p.seq_acked, limits_.health);
-            if (p.seq_sent > p.seq_acked) ++p.missed;
+            const bool unanswered = p.seq_sent > p.seq_acked;
+            const bool doubtful = unanswered && receive_doubt_ >= p.last_probe_at;
+            if (p.seq_sent > 0 && !doubtful) p.health.probe_outcome(unanswered, limits_.health);
+            if (unanswered) {
+                if (doubtful)
+                    ++verdicts_withheld_;  // its ACK may be one we lost
+                else
+                    ++p.missed;
+            }
             if (p.missed >= p.probes) {
                 // probes × interval after the first unanswered probe went out.
                 change_state(slot, PeerState::down, EventKind::down, "detection time expired",
                              deadline);
+                if (p.acks_received == 0) {
+                    forget(slot);  // it never answered: no reason to hold its slot
+                    return;
+                }
                 send_probe(slot, now);
                 schedule(slot, std::min(next_on_grid(deadline, limits_.down_probe_interval, now),
                                         p.since + limits_.forget_after));
@@ -467,7 +494,7 @@ void ServerCore::on_due(Slot slot, TimePoint deadline, TimePoint now) {
             else if (p.missed == 0)
                 update_health(slot, deadline);
             send_probe(slot, now);
-            schedule(slot, next_on_grid(deadline, p.interval, now));
+            schedule(slot, next_on_grid(deadline, probe_step(p), now));
             return;
         }
         case PeerState::down:
@@ -528,8 +555,13 @@ void ServerCore::change_state(Slot slot, PeerState state, EventKind kind, std::s
 }
 
 void ServerCore::emit(EventKind kind, std::optional<PeerState> previous, Slot slot,
-                      std::string reason) {
-    sink_.peer_event(PeerEvent{kind, previous, table_.at(slot), std::move(reason)});
+                      std::string reason, std::optional<Address> previous_address) {
+    sink_.peer_event(
+        PeerEvent{kind, previous, table_.at(slot), std::move(reason), previous_address});
+}
+
+Duration ServerCore::probe_step(const Peer& p) {
+    return p.acks_received == 0 ? std::min(p.interval, kProbationStep) : p.interval;
 }
 
 void ServerCore::schedule(Slot slot, TimePoint deadline) {
@@ -554,9 +586,11 @@ std::uint32_t ServerCore::new_session_id() {
     }
 }
 
-// A random phase within the first interval keeps peers from probing in lockstep.
+// A random phase within the first interval keeps peers from probing in lockstep
+// (within the first probation step: a new session must show it answers).
 TimePoint ServerCore::first_probe_time(Duration interval, TimePoint now) {
-    const auto ms = static_cast<std::uint64_t>(duration_cast<milliseconds>(interval).count());
+    const auto ms = static_cast<std::uint64_t>(
+        duration_cast<milliseconds>(std::min(interval, kProbationStep)).count());
     return ceil_ms(now) + milliseconds(1 + random_.below(ms));
 }
 

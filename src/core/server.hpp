@@ -58,6 +58,10 @@ class ServerCore {
 public:
     // Answers to ACK/BYE for unknown sessions, per source host and second.
     static constexpr unsigned kUnknownSessionRepliesPerSecond = 4;
+    // Until a session has answered a probe, it is probed at most this far
+    // apart: a registration nobody answers holds its slot for at most
+    // probes x 1 s, whatever interval it was granted, and is then forgotten.
+    static constexpr Duration kProbationStep = std::chrono::seconds(1);
 
     ServerCore(const PeerLimits& limits, RandomSource& random, ServerSink& sink, TimePoint now);
     ServerCore(const ServerCore&) = delete;
@@ -86,8 +90,21 @@ public:
     // Says goodbye (BYE diag 5) to every peer that is not gone already.
     void shutdown();
 
-    // For drops decided before the core sees the bytes (e.g. an oversized datagram).
-    void count_drop(Drop d) { count(d); }
+    // For datagrams dropped before the core sees their bytes (e.g. oversized ones).
+    void count_dropped_datagram(Drop d) {
+        ++received_;
+        count(d);
+    }
+
+    // The daemon may have lost datagrams addressed to it up to `now`: its
+    // receive queue overflowed, or the loop fell behind. A probe sent at or
+    // before that time and still unanswered is then no evidence against its
+    // peer: it is not counted as missed (the next one is).
+    void doubt_receive(TimePoint now) {
+        if (now > receive_doubt_) receive_doubt_ = now;
+    }
+    // Unanswered probes not counted against their peers because of doubt_receive().
+    std::uint64_t verdicts_withheld() const { return verdicts_withheld_; }
 
     const PeerTable& peers() const { return table_; }
     const DropCounters& drops() const { return drops_; }
@@ -121,7 +138,11 @@ private:
     void answer_unknown_session(const Address& from, const Route& route, TimePoint now);
     void reply(const Route& route, const Address& to, const kap::Message& m);
     void change_state(Slot slot, PeerState state, EventKind kind, std::string reason, TimePoint at);
-    void emit(EventKind kind, std::optional<PeerState> previous, Slot slot, std::string reason);
+    void emit(EventKind kind, std::optional<PeerState> previous, Slot slot, std::string reason,
+              std::optional<Address> previous_address = std::nullopt);
+    // The distance between two probes: the granted interval, or less on probation.
+    static Duration probe_step(const Peer& p);
+    bool host_full(const Address& host) const { return table_.on_host(host) >= limits_.max_per_host; }
     void schedule(Slot slot, TimePoint deadline);
     void forget(Slot slot);
     std::uint32_t new_session_id();
@@ -137,6 +158,8 @@ private:
     PeerTable table_;
     DropCounters drops_{};
     std::uint64_t received_ = 0;
+    TimePoint receive_doubt_{};
+    std::uint64_t verdicts_withheld_ = 0;
 
     // BYE diag 7 budget: answers per source host in the current one-second window.
     TimePoint window_start_{};

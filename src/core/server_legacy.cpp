@@ -26,7 +26,7 @@ void ServerCore::on_legacy_register(std::span<const std::uint8_t> data, const Ad
 
     Slot slot = table_.find_name(reg->name);
     if (slot == PeerTable::kNone) {
-        if (table_.size() >= limits_.max_peers) {
+        if (table_.size() >= limits_.max_peers || host_full(from)) {
             count(Drop::legacy_refused);
             return;
         }

@@ -6,6 +6,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -186,11 +187,19 @@ int main(int argc, char** argv) {
             std::fwrite(text.data(), 1, text.size(), stdout);
             return std::fflush(stdout) == 0 ? 0 : 1;
         }
-        const auto reply = nlohmann::json::parse(ask(socket_path, command));
+        auto reply = nlohmann::json::parse(ask(socket_path, command));
         if (reply.contains("error"))
             throw Failure{"keepalived: " + reply["error"].get<std::string>()};
+        // The daemon streams peers in table order; people read them by name.
+        if (command == "peers") {
+            auto& peers = reply.at("peers");
+            std::sort(peers.begin(), peers.end(), [](const auto& a, const auto& b) {
+                return a.at("name").template get<std::string>() <
+                       b.at("name").template get<std::string>();
+            });
+        }
         if (json)
-            fmt::print("{}\n", reply.dump(2));
+            fmt::print("{}\n", reply.dump(2, ' ', false, nlohmann::json::error_handler_t::replace));
         else if (command == "peers")
             print_peers(reply);
         else

@@ -1,6 +1,9 @@
 #include "daemon/config.hpp"
 
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <sys/un.h>
+#include <unistd.h>
 #include <toml++/toml.h>
 
 #include <algorithm>
@@ -29,9 +32,9 @@ constexpr std::size_t kMaxQuoted = 64;
 
 constexpr std::string_view kServerKeys[] = {"listen", "control_socket"};
 constexpr std::string_view kPeersKeys[] = {
-    "min_interval",    "max_interval", "max_probes",   "max_peers",
-    "forget_after",    "down_probe_interval",          "degraded_loss",
-    "degraded_window", "degraded_rtt", "hold_down",    "flap_threshold"};
+    "min_interval",  "max_interval",    "max_probes",   "max_peers",     "max_per_host",
+    "forget_after",  "down_probe_interval",             "degraded_loss", "degraded_window",
+    "degraded_rtt",  "hold_down",       "flap_threshold"};
 constexpr std::string_view kLegacyKeys[] = {"enable", "address", "register_port", "probe_port"};
 constexpr std::string_view kMetricsKeys[] = {"textfile", "interval"};
 
@@ -428,6 +431,9 @@ void read_peers(Checker& c, const toml::table& table, PeerLimits& peers) {
     if (const auto* node = table.get("max_peers"))
         if (const auto value = read_integer(c, *node, "peers.max_peers", 1, 10'000'000))
             peers.max_peers = static_cast<std::uint32_t>(*value);
+    if (const auto* node = table.get("max_per_host"))
+        if (const auto value = read_integer(c, *node, "peers.max_per_host", 1, 10'000'000))
+            peers.max_per_host = static_cast<std::uint32_t>(*value);
 
     if (intervals_valid && peers.min_interval > peers.max_interval) {
         const auto min_text = format_duration(peers.min_interval);
@@ -580,9 +586,25 @@ Result<Config, ConfigError> load_config(const std::string& path) {
         return Err{ConfigError{path, 0, 0,
                                std::string(what) + ": " + std::generic_category().message(error)}};
     };
-    const std::unique_ptr<std::FILE, int (*)(std::FILE*)> file(std::fopen(path.c_str(), "rb"),
-                                                               &std::fclose);
-    if (!file) return failure("cannot open the configuration file", errno);
+    // Non-blocking, and only a regular file: opening a FIFO (or a device)
+    // would block until a writer comes, with every signal blocked.
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+    if (fd < 0) return failure("cannot open the configuration file", errno);
+    struct stat st {};
+    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        ::close(fd);
+        const char* kind = S_ISDIR(st.st_mode)    ? "a directory"
+                           : S_ISFIFO(st.st_mode) ? "a FIFO"
+                           : S_ISSOCK(st.st_mode) ? "a socket"
+                                                  : "a device or special file";
+        return Err{ConfigError{path, 0, 0, std::string("not a regular file: it is ") + kind}};
+    }
+    const std::unique_ptr<std::FILE, int (*)(std::FILE*)> file(::fdopen(fd, "rb"), &std::fclose);
+    if (!file) {
+        const int error = errno;
+        ::close(fd);
+        return failure("cannot open the configuration file", error);
+    }
 
     std::string text;
     std::array<char, 8192> buffer;

@@ -1,5 +1,6 @@
 #include "daemon/control.hpp"
 
+#include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -17,7 +18,16 @@ namespace {
     throw std::system_error(errno, std::generic_category(), what + " " + path);
 }
 
+UniqueFd open_reserve() { return UniqueFd(::open("/dev/null", O_RDONLY | O_CLOEXEC)); }
+
 }  // namespace
+
+ControlServer::Producer ControlServer::whole(std::string answer) {
+    return [answer = std::move(answer)](std::string& out) mutable {
+        out += answer;
+        return false;
+    };
+}
 
 ControlServer::ControlServer(EventLoop& loop, std::string path, Handler handler)
     : loop_(loop), path_(std::move(path)), handler_(std::move(handler)) {
@@ -41,11 +51,22 @@ ControlServer::ControlServer(EventLoop& loop, std::string path, Handler handler)
     if (::bind(listen_fd_.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0)
         fail("cannot bind control socket", path_);
     ::chmod(path_.c_str(), 0660);
-    if (::listen(listen_fd_.get(), 16) != 0) fail("cannot listen on control socket", path_);
+    if (::listen(listen_fd_.get(), kBacklog) != 0) {
+        const int saved = errno;
+        ::unlink(path_.c_str());
+        errno = saved;
+        fail("cannot listen on control socket", path_);
+    }
+    reserve_fd_ = open_reserve();
+    retry_timer_ = loop_.add_timer([this] {
+        if (!reserve_fd_) reserve_fd_ = open_reserve();
+        set_accepting(true);
+    });
     loop_.add_fd(listen_fd_.get(), EPOLLIN, [this](std::uint32_t) { on_accept(); });
 }
 
 ControlServer::~ControlServer() {
+    loop_.arm_timer(retry_timer_, std::nullopt);  // the loop outlives us: never call back
     for (auto& [fd, client] : clients_) loop_.remove_fd(fd);
     if (listen_fd_) {
         loop_.remove_fd(listen_fd_.get());
@@ -53,20 +74,58 @@ ControlServer::~ControlServer() {
     }
 }
 
+void ControlServer::set_accepting(bool on) {
+    if (accepting_ == on) return;
+    accepting_ = on;
+    // Level-triggered: while not accepting, waiting connections must not
+    // wake the loop again and again.
+    loop_.modify_fd(listen_fd_.get(), on ? std::uint32_t{EPOLLIN} : std::uint32_t{0});
+}
+
+// Frees one client slot by closing the oldest client still silent about its
+// request: one that connects and says nothing must not lock keepalivectl out,
+// and one being answered must never be cut off (its reader would see a reset).
+bool ControlServer::make_room() {
+    auto oldest = clients_.end();
+    for (auto it = clients_.begin(); it != clients_.end(); ++it)
+        if (!it->second.producer && (oldest == clients_.end() ||
+                                     it->second.serial < oldest->second.serial))
+            oldest = it;
+    if (oldest == clients_.end()) return false;
+    close_client(oldest->first);
+    return true;
+}
+
 void ControlServer::on_accept() {
-    for (;;) {
+    // Bounded: at most one backlog's worth per wake-up.
+    for (int i = 0; i < kBacklog; ++i) {
+        if (clients_.size() >= kMaxClients && !make_room()) {
+            set_accepting(false);  // back on when a client finishes
+            return;
+        }
         UniqueFd fd(::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
-        if (!fd) return;  // EAGAIN, or a transient error: try again on the next wake-up
-        // When full, the oldest client goes: one that connects and says nothing
-        // must not lock keepalivectl out for good.
-        if (clients_.size() >= kMaxClients) {
-            const auto oldest = std::min_element(
-                clients_.begin(), clients_.end(),
-                [](const auto& a, const auto& b) { return a.second.serial < b.second.serial; });
-            close_client(oldest->first);
+        if (!fd) {
+            if (errno == EMFILE || errno == ENFILE) {
+                // Out of descriptors. An idle client's is the cheapest to
+                // give back; else the reserve buys one to refuse with.
+                if (make_room()) continue;
+                ++refused_no_fd_;
+                reserve_fd_.reset();
+                UniqueFd(::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+                reserve_fd_ = open_reserve();
+                if (!reserve_fd_) {
+                    // Nothing left to give back: pause rather than spin, and
+                    // look again when a client leaves or after a short wait.
+                    set_accepting(false);
+                    loop_.arm_timer(retry_timer_, loop_.now() + kRetryAfter);
+                    return;
+                }
+                continue;
+            }
+            return;  // EAGAIN, or a transient error: try again on the next wake-up
         }
         const int raw = fd.get();
-        clients_.emplace(raw, Client{std::move(fd), {}, {}, 0, next_serial_++});
+        clients_.emplace(raw, Client{std::move(fd), {}, {}, {}, 0, false, next_serial_++});
         loop_.add_fd(raw, EPOLLIN, [this, raw](std::uint32_t events) { on_client(raw, events); });
     }
 }
@@ -75,32 +134,52 @@ void ControlServer::on_client(int fd, std::uint32_t events) {
     auto it = clients_.find(fd);
     if (it == clients_.end()) return;
     Client& c = it->second;
-    if (c.out.empty()) {
-        char buf[kMaxRequest];
-        const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
-        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
-            close_client(fd);
-            return;
-        }
-        if (n > 0) c.in.append(buf, static_cast<std::size_t>(n));
-        const auto nl = c.in.find('\n');
-        if (nl == std::string::npos) {
-            if (c.in.size() >= kMaxRequest) close_client(fd);
-            return;
-        }
-        c.out = handler_(std::string_view(c.in).substr(0, nl));
-        loop_.modify_fd(fd, EPOLLOUT);
-        events |= EPOLLOUT;
+    if (!c.producer) {
+        read_request(fd, c);
+        return;
     }
-    if ((events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) == 0) return;
+    if ((events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) != 0) write_answer(fd, c);
+}
+
+void ControlServer::read_request(int fd, Client& c) {
+    char buf[kMaxRequest];
+    const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+        close_client(fd);
+        return;
+    }
+    if (n > 0) c.in.append(buf, static_cast<std::size_t>(n));
+    const auto nl = c.in.find('\n');
+    if (nl == std::string::npos) {
+        if (c.in.size() >= kMaxRequest) close_client(fd);
+        return;
+    }
+    c.producer = handler_(std::string_view(c.in).substr(0, nl));
+    loop_.modify_fd(fd, EPOLLOUT);
+}
+
+// One piece per wake-up: the socket's readiness paces the producer.
+void ControlServer::write_answer(int fd, Client& c) {
+    if (c.written == c.out.size()) {
+        c.out.clear();
+        c.written = 0;
+        if (!c.complete) c.complete = !c.producer(c.out);
+    }
     while (c.written < c.out.size()) {
         const ssize_t n =
             ::send(fd, c.out.data() + c.written, c.out.size() - c.written, MSG_NOSIGNAL);
         if (n < 0) {
             if (errno == EAGAIN || errno == EINTR) return;
-            break;
+            close_client(fd);  // the reader went away
+            return;
         }
         c.written += static_cast<std::size_t>(n);
+    }
+    if (!c.complete) return;
+    // Bytes left unread when a unix socket closes reach the client as a
+    // reset instead of the end of the answer: discard them first.
+    char sink[kMaxRequest];
+    for (int i = 0; i < 16 && ::recv(fd, sink, sizeof sink, MSG_DONTWAIT) > 0; ++i) {
     }
     close_client(fd);
 }
@@ -108,6 +187,7 @@ void ControlServer::on_client(int fd, std::uint32_t events) {
 void ControlServer::close_client(int fd) {
     loop_.remove_fd(fd);
     clients_.erase(fd);
+    set_accepting(true);
 }
 
 }  // namespace keepalive

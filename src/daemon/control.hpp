@@ -1,5 +1,10 @@
 // The control socket: a unix stream socket where keepalivectl sends one
-// request line ("status" or "peers") and reads one JSON document back.
+// request line ("status", "peers", ...) and reads the answer until EOF.
+//
+// An answer is streamed: the handler returns a producer that the server asks
+// for one bounded piece at a time, and only when the client's socket can take
+// more. However large the peer table, no loop iteration spends more than one
+// piece's worth of work on a client, so a query never delays a probe or an ACK.
 #pragma once
 
 #include <functional>
@@ -14,9 +19,18 @@ namespace keepalive {
 
 class ControlServer {
 public:
-    using Handler = std::function<std::string(std::string_view request)>;
-    static constexpr std::size_t kMaxClients = 32;
+    // Appends the next piece of an answer to `out`; returns false once the
+    // answer is complete (the piece appended by that call, if any, is its last).
+    using Producer = std::function<bool(std::string& out)>;
+    using Handler = std::function<Producer(std::string_view request)>;
+
+    // Clients served at once. Past this, connections wait in the listen
+    // backlog; only clients that have not sent a whole request yet are ever
+    // evicted, so an answer is never cut short.
+    static constexpr std::size_t kMaxClients = 64;
     static constexpr std::size_t kMaxRequest = 256;
+    static constexpr int kBacklog = 128;
+    static constexpr Duration kRetryAfter = std::chrono::milliseconds(100);
 
     // Binds `path` (replacing a stale socket file, creating its directory);
     // throws std::system_error with the path on failure.
@@ -26,25 +40,43 @@ public:
     ControlServer& operator=(const ControlServer&) = delete;
 
     const std::string& path() const { return path_; }
+    // Connections closed unanswered because the daemon was out of file descriptors.
+    std::uint64_t refused_no_fd() const { return refused_no_fd_; }
+
+    // A producer for an answer that is already whole.
+    static Producer whole(std::string answer);
 
 private:
     struct Client {
         UniqueFd fd;
         std::string in;
+        Producer producer;  // empty until the request line is in
         std::string out;
         std::size_t written = 0;
+        bool complete = false;  // the producer has given its last piece
         std::uint64_t serial = 0;  // accept order, to find the oldest
     };
     void on_accept();
+    bool make_room();
+    void set_accepting(bool on);
     void on_client(int fd, std::uint32_t events);
+    void read_request(int fd, Client& c);
+    void write_answer(int fd, Client& c);
     void close_client(int fd);
 
     EventLoop& loop_;
     std::string path_;
     Handler handler_;
     UniqueFd listen_fd_;
+    // Held open so that at the descriptor limit one can be freed to accept
+    // and close a connection, instead of leaving it in the backlog where
+    // level-triggered epoll would report it again at once, forever.
+    UniqueFd reserve_fd_;
+    EventLoop::TimerId retry_timer_{};
+    bool accepting_ = true;
     std::unordered_map<int, Client> clients_;
     std::uint64_t next_serial_ = 0;
+    std::uint64_t refused_no_fd_ = 0;
 };
 
 }  // namespace keepalive

@@ -3,6 +3,8 @@
 #include <fmt/ranges.h>
 #include <systemd/sd-daemon.h>
 
+#include <time.h>
+
 #include <algorithm>
 #include <csignal>
 #include <stdexcept>
@@ -16,6 +18,16 @@ namespace {
 // Most datagrams handled per wake-up of one socket before the loop looks at
 // the others (epoll is level-triggered, so the rest wait their turn).
 constexpr int kBatchesPerWakeup = 8;
+
+// A wheel timer that fires this late means the loop stalled (stopped,
+// starved of CPU): what was read meanwhile is in doubt.
+constexpr Duration kLagDoubt = std::chrono::milliseconds(100);
+
+Duration thread_cpu_time() {
+    timespec ts{};
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec);
+}
 
 void notify(const std::string& state) {
     sd_notify(0, state.c_str());
@@ -39,17 +51,17 @@ Daemon::Daemon(Config config, Logger& log, const ClockSource& clock, RandomSourc
     adopt_activated_sockets();
     if (auto r = reconcile_listeners(endpoints(config_)); !r) throw std::runtime_error(r.error());
     if (listeners_.empty()) throw std::runtime_error("no address to listen on");
-    control_ = std::make_unique<ControlServer>(
-        loop_, config_.control_socket, [this](std::string_view r) { return control_request(r); });
+    control_ = make_control_server(config_.control_socket);
 
     wheel_timer_ = loop_.add_timer([this] {
-        if (wheel_deadline_) {
-            loop_lag_ = std::max(Duration::zero(), loop_.now() - *wheel_deadline_);
-            loop_lag_max_ = std::max(loop_lag_max_, loop_lag_);
-        }
+        const Duration lag = loop_.now() - wheel_deadline_;
+        if (lag > stats_.max_lag) stats_.max_lag = lag;
+        last_lag_ = std::max(Duration::zero(), lag);
+        if (lag > kLagDoubt) core_.doubt_receive(loop_.now());
         core_.on_timer(loop_.now());
         after_work();
     });
+    summary_timer_ = loop_.add_timer([this] { log_throttle_summary(); });
     watchdog_timer_ = loop_.add_timer([this] {
         notify("WATCHDOG=1");
         loop_.arm_timer(watchdog_timer_, loop_.now() + watchdog_period_);
@@ -142,10 +154,13 @@ void Daemon::on_readable(std::uint32_t id) {
     const Kind kind = it->second.configured ? it->second.configured->kind : Kind::kap1;
     const auto probe_listener = legacy_probe_listener();
     const TimePoint now = loop_.now();
-    for (int i = 0; i < kBatchesPerWakeup; ++i) {
+    const std::uint64_t overflows_before = socket.overflow_drops();
+    bool backlog = true;
+    for (int i = 0; i < kBatchesPerWakeup && backlog; ++i) {
         const std::size_t n = socket.receive_batch([&](const UdpSocket::Received& r) {
             if (r.truncated) {
-                core_.count_drop(kind == Kind::kap1 ? Drop::bad_length : Drop::legacy_malformed);
+                core_.count_dropped_datagram(kind == Kind::kap1 ? Drop::bad_length
+                                                                : Drop::legacy_malformed);
                 return;
             }
             switch (kind) {
@@ -165,8 +180,12 @@ void Daemon::on_readable(std::uint32_t id) {
                     break;
             }
         });
-        if (n < UdpSocket::kBatchSize) break;
+        backlog = n == UdpSocket::kBatchSize;
     }
+    // The kernel dropped datagrams for us, or some still wait past this
+    // wake-up's budget while probes may fall due: either way an ACK may be
+    // missing through no fault of its peer.
+    if (socket.overflow_drops() != overflows_before || backlog) core_.doubt_receive(now);
     after_work();
 }
 
@@ -175,8 +194,9 @@ void Daemon::on_readable(std::uint32_t id) {
 void Daemon::after_work() {
     for (auto& [id, queue] : outbox_)
         if (!queue.empty()) flush(id);
-    wheel_deadline_ = core_.next_deadline();
-    loop_.arm_timer(wheel_timer_, wheel_deadline_);
+    const auto next = core_.next_deadline();
+    if (next) wheel_deadline_ = *next;
+    loop_.arm_timer(wheel_timer_, next);
     if (status_dirty_) notify_status();
 }
 
@@ -202,8 +222,26 @@ void Daemon::send(const Route& route, const Address& to, std::span<const std::ui
 
 void Daemon::peer_event(const PeerEvent& event) {
     ++events_[static_cast<std::size_t>(event.kind)];
-    log_.peer_event(event);
     status_dirty_ = true;
+    if (!throttle_.admit(event.kind, event.peer.name, event.peer.address, loop_.now())) {
+        if (!loop_.timer_deadline(summary_timer_))
+            loop_.arm_timer(summary_timer_, loop_.now() + EventThrottle::Limits{}.summary_period);
+        return;
+    }
+    log_.peer_event(event);
+}
+
+void Daemon::log_throttle_summary() {
+    if (auto line = throttle_.summary(loop_.now())) {
+        log_.log(LOG_WARNING, *line);
+        // Keep looking while the flood lasts; the next summary closes it.
+        loop_.arm_timer(summary_timer_, loop_.now() + EventThrottle::Limits{}.summary_period);
+    }
+}
+
+std::unique_ptr<ControlServer> Daemon::make_control_server(const std::string& path) {
+    return std::make_unique<ControlServer>(
+        loop_, path, [this](std::string_view request) { return control_request(request); });
 }
 
 void Daemon::notify_status() {
@@ -215,23 +253,23 @@ void Daemon::reload() {
     const TimePoint now = loop_.now();
     notify("RELOADING=1\n" + monotonic_usec(now));
     log_.logf(LOG_INFO, "reloading {}", config_.source);
+    // All of the new configuration or none of it: whatever can fail (the
+    // file, a new control socket, new listeners) is tried before anything
+    // running changes, and undone if a later step fails.
+    const auto failed = [&](const std::string& why) {
+        log_.logf(LOG_ERR, "reload failed, keeping the running configuration: {}", why);
+    };
     auto fresh = load_config(config_.source);
+    std::unique_ptr<ControlServer> new_control;
     if (!fresh) {
-        log_.logf(LOG_ERR, "reload failed, keeping the running configuration: {}",
-                  fresh.error().to_string());
+        failed(fresh.error().to_string());
+    } else if (fresh->control_socket != config_.control_socket &&
+               !(new_control = try_control_server(fresh->control_socket, failed))) {
+        // logged by try_control_server
     } else if (auto r = reconcile_listeners(endpoints(*fresh)); !r) {
-        log_.logf(LOG_ERR, "reload failed, keeping the running configuration: {}", r.error());
+        failed(r.error());  // new_control, if any, unlinks its path as it goes
     } else {
-        if (fresh->control_socket != config_.control_socket) {
-            try {
-                control_.reset();  // the old path is unlinked before the new one is bound
-                control_ = std::make_unique<ControlServer>(
-                    loop_, fresh->control_socket,
-                    [this](std::string_view req) { return control_request(req); });
-            } catch (const std::exception& e) {
-                log_.logf(LOG_ERR, "control socket: {}", e.what());
-            }
-        }
+        if (new_control) control_ = std::move(new_control);
         core_.set_limits(fresh->peers);
         const bool metrics_changed = fresh->metrics.textfile != config_.metrics.textfile ||
                                      fresh->metrics.interval != config_.metrics.interval;
@@ -246,6 +284,16 @@ void Daemon::reload() {
     notify("READY=1");
     status_dirty_ = true;
     after_work();
+}
+
+std::unique_ptr<ControlServer> Daemon::try_control_server(
+    const std::string& path, const std::function<void(const std::string&)>& failed) {
+    try {
+        return make_control_server(path);
+    } catch (const std::exception& e) {
+        failed(e.what());
+        return nullptr;
+    }
 }
 
 void Daemon::stop() {
@@ -276,9 +324,11 @@ DaemonStats Daemon::stats() const {
     DaemonStats s;
     s.version = KEEPALIVE_VERSION;
     s.uptime_s = std::chrono::duration<double>(loop_.now() - started_).count();
-    s.loop_lag_s = std::chrono::duration<double>(loop_lag_).count();
-    s.loop_lag_max_s = std::chrono::duration<double>(loop_lag_max_).count();
-    s.log_events_dropped = log_.suppressed();
+    s.loop_lag_s = std::chrono::duration<double>(last_lag_).count();
+    s.loop_lag_max_s = std::chrono::duration<double>(stats_.max_lag).count();
+    // Peer events kept out of the journal by the rate limit, and other lines
+    // suppressed by log_limited().
+    s.log_events_dropped = throttle_.suppressed_total() + log_.suppressed();
     for (const auto& [id, l] : listeners_) s.send_errors += l.socket.send_errors();
     s.unroutable = unroutable_;
     s.events = events_;
@@ -296,20 +346,58 @@ void Daemon::write_metrics_file() {
     loop_.arm_timer(metrics_timer_, loop_.now() + config_.metrics.interval);
 }
 
-std::string Daemon::control_request(std::string_view request) {
-    if (request == "metrics") return metrics_text(core_, stats());
-    if (request == "peers") return peers_json(core_, loop_.now()).dump() + "\n";
-    if (request == "status") {
-        const DaemonInfo info{KEEPALIVE_VERSION, config_.source, listen_addresses(),
-                              std::chrono::duration<double>(loop_.now() - started_).count()};
-        auto j = status_json(core_, info);
-        std::uint64_t send_errors = 0;
-        for (const auto& [id, l] : listeners_) send_errors += l.socket.send_errors();
-        j["daemon"]["send_errors"] = send_errors;
-        j["daemon"]["unroutable"] = unroutable_;
-        return j.dump() + "\n";
+ControlServer::Producer Daemon::control_request(std::string_view request) {
+    if (request == "metrics") {
+        // A few peers per piece: the streaming server asks for the next only
+        // when the client can take it.
+        auto text = std::make_shared<MetricsText>(core_, stats());
+        return [text](std::string& out) { return text->next(out); };
     }
-    return nlohmann::json{{"error", "unknown request"}}.dump() + "\n";
+    if (request == "peers") return peers_stream(core_, [this] { return loop_.now(); });
+    if (request == "status") return ControlServer::whole(to_line(status()));
+    return ControlServer::whole(to_line({{"error", "unknown request"}}));
+}
+
+nlohmann::json Daemon::status() const {
+    using std::chrono::duration_cast;
+    using std::chrono::microseconds;
+    const DaemonInfo info{KEEPALIVE_VERSION, config_.source, listen_addresses(),
+                          std::chrono::duration<double>(loop_.now() - started_).count()};
+    auto j = status_json(core_, info);
+    std::uint64_t send_errors = 0;
+    std::uint64_t overflow_drops = 0;
+    for (const auto& [id, l] : listeners_) {
+        send_errors += l.socket.send_errors();
+        overflow_drops += l.socket.overflow_drops();
+    }
+    auto& d = j["daemon"];
+    d["send_errors"] = send_errors;
+    d["unroutable"] = unroutable_;
+    // Datagrams the kernel dropped because the daemon did not read them in
+    // time, and the verdicts withheld for that reason.
+    d["receive_overflows"] = overflow_drops;
+    d["verdicts_withheld"] = core_.verdicts_withheld();
+    d["events_not_logged"] = throttle_.suppressed_total();
+    d["control_refused_no_fd"] = control_ ? control_->refused_no_fd() : 0;
+    d["loop"] = {
+        {"iterations", stats_.iterations},
+        {"longest_iteration_us", duration_cast<microseconds>(stats_.longest).count()},
+        {"iterations_over_1ms", stats_.over_1ms},
+        {"iterations_over_5ms", stats_.over_5ms},
+        {"iterations_over_20ms", stats_.over_20ms},
+        {"max_timer_lag_us", duration_cast<microseconds>(stats_.max_lag).count()},
+    };
+    return j;
+}
+
+// CPU time, not wall time: what the loop itself spent, whatever else the
+// machine was doing.
+void Daemon::LoopStats::record(Duration busy) {
+    ++iterations;
+    longest = std::max(longest, busy);
+    over_1ms += busy > std::chrono::milliseconds(1) ? 1 : 0;
+    over_5ms += busy > std::chrono::milliseconds(5) ? 1 : 0;
+    over_20ms += busy > std::chrono::milliseconds(20) ? 1 : 0;
 }
 
 int Daemon::run() {
@@ -321,7 +409,9 @@ int Daemon::run() {
     // throws is logged (rate-limited) and the loop goes on.
     while (!stopping_) {
         try {
+            const Duration before = thread_cpu_time();
             loop_.run_once(std::nullopt);
+            stats_.record(thread_cpu_time() - before);
         } catch (const std::exception& e) {
             log_.log_limited("handler", LOG_ERR, fmt::format("event handler failed: {}", e.what()),
                              clock_.now());

@@ -2,7 +2,9 @@
 // to the protocol core, with systemd notification and reloads.
 #pragma once
 
+#include <functional>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <memory>
 #include <string>
 #include <vector>
@@ -10,6 +12,7 @@
 #include "core/server.hpp"
 #include "daemon/config.hpp"
 #include "daemon/control.hpp"
+#include "daemon/event_throttle.hpp"
 #include "daemon/log.hpp"
 #include "daemon/metrics.hpp"
 #include "net/event_loop.hpp"
@@ -56,7 +59,13 @@ private:
     void reload();
     void stop();
     void notify_status();
-    std::string control_request(std::string_view request);
+    ControlServer::Producer control_request(std::string_view request);
+    nlohmann::json status() const;
+    std::unique_ptr<ControlServer> make_control_server(const std::string& path);
+    // The new server, or nullptr after calling `failed` with the reason.
+    std::unique_ptr<ControlServer> try_control_server(
+        const std::string& path, const std::function<void(const std::string&)>& failed);
+    void log_throttle_summary();
     std::vector<std::string> listen_addresses() const;
     DaemonStats stats() const;
     void write_metrics_file();
@@ -78,11 +87,23 @@ private:
 
     std::unique_ptr<ControlServer> control_;
     EventLoop::TimerId wheel_timer_;
+    TimePoint wheel_deadline_{};  // what wheel_timer_ was last armed to
+    EventLoop::TimerId summary_timer_;
+    EventThrottle throttle_;
+
+    struct LoopStats {
+        std::uint64_t iterations = 0;
+        Duration longest{};
+        std::uint64_t over_1ms = 0;
+        std::uint64_t over_5ms = 0;
+        std::uint64_t over_20ms = 0;
+        Duration max_lag{};
+        void record(Duration busy);
+    };
+    LoopStats stats_;
     EventLoop::TimerId watchdog_timer_;
     EventLoop::TimerId metrics_timer_;
-    std::optional<TimePoint> wheel_deadline_;  // what wheel_timer_ is armed to, for the lag
-    Duration loop_lag_{};
-    Duration loop_lag_max_{};
+    Duration last_lag_{};  // how late wheel_timer_ ran last time
     std::array<std::uint64_t, kEventKindCount> events_{};
     Duration watchdog_period_{};
     bool status_dirty_ = true;

@@ -10,33 +10,49 @@ using std::chrono::duration;
 using std::chrono::duration_cast;
 using std::chrono::microseconds;
 
-nlohmann::json peers_json(const ServerCore& core, TimePoint now) {
-    std::vector<const Peer*> peers;
-    peers.reserve(core.peers().size());
-    core.peers().for_each([&](PeerTable::Slot, const Peer& p) { peers.push_back(&p); });
-    std::sort(peers.begin(), peers.end(),
-              [](const Peer* a, const Peer* b) { return a->name < b->name; });
+nlohmann::json peer_json(const Peer& p, TimePoint now) {
+    return {
+        {"name", p.name},
+        {"address", p.address.to_string()},
+        {"protocol", to_string(p.protocol)},
+        {"state", to_string(p.state)},
+        {"session", fmt::format("{:08x}", p.session)},
+        {"interval_ms", duration_cast<milliseconds>(p.interval).count()},
+        {"probes", p.probes},
+        {"missed", p.missed},
+        {"rtt_us", p.rtt ? nlohmann::json(duration_cast<microseconds>(*p.rtt).count())
+                         : nlohmann::json(nullptr)},
+        {"since", std::max(0.0, duration<double>(now - p.since).count())},
+        {"probes_sent", p.probes_sent},
+        {"acks_received", p.acks_received},
+        {"state_changes", p.state_changes},
+    };
+}
 
-    auto list = nlohmann::json::array();
-    for (const Peer* p : peers) {
-        list.push_back({
-            {"name", p->name},
-            {"address", p->address.to_string()},
-            {"protocol", to_string(p->protocol)},
-            {"state", to_string(p->state)},
-            {"session", fmt::format("{:08x}", p->session)},
-            {"interval_ms", duration_cast<milliseconds>(p->interval).count()},
-            {"probes", p->probes},
-            {"missed", p->missed},
-            {"rtt_us", p->rtt ? nlohmann::json(duration_cast<microseconds>(*p->rtt).count())
-                              : nlohmann::json(nullptr)},
-            {"since", std::max(0.0, duration<double>(now - p->since).count())},
-            {"probes_sent", p->probes_sent},
-            {"acks_received", p->acks_received},
-            {"state_changes", p->state_changes},
-        });
-    }
-    return {{"peers", std::move(list)}};
+ControlServer::Producer peers_stream(const ServerCore& core, std::function<TimePoint()> now) {
+    struct Cursor {
+        PeerTable::Slot next = 0;
+        bool started = false;
+        bool first = true;
+    };
+    return [&core, now = std::move(now), cursor = Cursor{}](std::string& out) mutable {
+        if (!cursor.started) out += "{\"peers\":[";
+        cursor.started = true;
+        const TimePoint t = now();
+        cursor.next = core.peers().for_each_from(
+            cursor.next, kPeersPerPiece, [&](PeerTable::Slot, const Peer& p) {
+                if (!cursor.first) out += ',';
+                cursor.first = false;
+                out += peer_json(p, t).dump();
+            });
+        if (cursor.next != PeerTable::kNone) return true;
+        out += "]}\n";
+        return false;
+    };
+}
+
+std::string to_line(const nlohmann::json& j) {
+    return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
 }
 
 nlohmann::json status_json(const ServerCore& core, const DaemonInfo& info) {

@@ -1,15 +1,26 @@
 // What the control socket answers, as JSON documents.
 #pragma once
 
+#include <functional>
 #include <nlohmann/json.hpp>
+#include <string>
 
 #include "core/server.hpp"
+#include "daemon/control.hpp"
 
 namespace keepalive {
 
-// {"peers": [{"name", "address", "state", "session", "interval_ms", "probes", "missed",
-//   "rtt_us", "since", "probes_sent", "acks_received", "protocol"}, ...]}
-nlohmann::json peers_json(const ServerCore& core, TimePoint now);
+// Peers written into one answer per piece: a few tens of microseconds of work.
+inline constexpr std::size_t kPeersPerPiece = 128;
+
+// One peer: {"name", "address", "state", "session", "interval_ms", "probes", "missed",
+//   "rtt_us", "since", "probes_sent", "acks_received", "protocol"}
+nlohmann::json peer_json(const Peer& peer, TimePoint now);
+
+// Streams {"peers": [peer, ...]} over the table, kPeersPerPiece peers a piece,
+// each as it is when its piece is written (a peer that comes or goes while the
+// answer streams may be in it or not). In table order: readers sort.
+ControlServer::Producer peers_stream(const ServerCore& core, std::function<TimePoint()> now);
 
 struct DaemonInfo {
     std::string version;
@@ -21,5 +32,9 @@ struct DaemonInfo {
 // {"peers": N, "up": .., "suspect": .., "down": .., "left": .., "summary": "...",
 //  "drops": {"bad_magic": n, ...}, "datagrams_received": n, "epoch": "hex", "daemon": {...}}
 nlohmann::json status_json(const ServerCore& core, const DaemonInfo& info);
+
+// Compact JSON and a newline. Text that is not UTF-8 (a config path is any
+// bytes) is written with U+FFFD in its place instead of failing the answer.
+std::string to_line(const nlohmann::json& j);
 
 }  // namespace keepalive

@@ -47,11 +47,15 @@ void set_v4_mapped(in6_addr& out, const Address& v4) {
     std::memcpy(&out.s6_addr[12], v4.bytes().data(), 4);
 }
 
-// The local address a datagram arrived on, from its pktinfo control message.
-std::optional<Address> local_address(msghdr& h, std::uint16_t port) {
+// The local address a datagram arrived on, from its pktinfo control message,
+// and the socket's receive-queue drop count when the kernel attached it.
+std::optional<Address> local_address(msghdr& h, std::uint16_t port, std::uint32_t& drops) {
     std::optional<Address> result;
     for (cmsghdr* c = CMSG_FIRSTHDR(&h); c != nullptr; c = CMSG_NXTHDR(&h, c)) {
-        if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_PKTINFO &&
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SO_RXQ_OVFL &&
+            c->cmsg_len >= CMSG_LEN(sizeof(std::uint32_t))) {
+            std::memcpy(&drops, CMSG_DATA(c), sizeof drops);
+        } else if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_PKTINFO &&
             c->cmsg_len >= CMSG_LEN(sizeof(in_pktinfo))) {
             in_pktinfo info;
             std::memcpy(&info, CMSG_DATA(c), sizeof info);
@@ -123,6 +127,11 @@ Result<UdpSocket, std::string> UdpSocket::finish_setup(UniqueFd fd, std::string_
     }
     if (!enable_pktinfo(fd.get(), family))
         return Err{error_text("cannot enable pktinfo on", what, errno)};
+    // The kernel then tells, with the datagrams that follow, how many it
+    // dropped for want of buffer space: the daemon's evidence that an ACK it
+    // never saw may have been sent after all.
+    if (!set_int_option(fd.get(), SOL_SOCKET, SO_RXQ_OVFL, 1))
+        return Err{error_text("cannot enable SO_RXQ_OVFL on", what, errno)};
     return UdpSocket(std::move(fd), family, v6only != 0, *local);
 }
 
@@ -215,7 +224,12 @@ std::size_t UdpSocket::receive_batch(const std::function<void(const Received&)>&
                 ++receive_errors_;
                 continue;
             }
-            const auto to = local_address(h, local_.port());
+            std::uint32_t drops = 0;
+            const auto to = local_address(h, local_.port(), drops);
+            // The count is cumulative (and wraps at 2^32): it only ever moves on.
+            if (drops != 0 && drops != static_cast<std::uint32_t>(overflow_drops_))
+                overflow_drops_ += static_cast<std::uint32_t>(
+                    drops - static_cast<std::uint32_t>(overflow_drops_));
             const std::size_t size = std::min<std::size_t>(rx.msgs[i].msg_len, kReceiveBufferSize);
             const Received received{*from, to.value_or(local_),
                                     std::span<const std::uint8_t>(buffers_->data[i].data(), size),

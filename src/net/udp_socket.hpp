@@ -83,6 +83,9 @@ public:
 
     std::uint64_t send_errors() const { return send_errors_; }
     std::uint64_t receive_errors() const { return receive_errors_; }
+    // Datagrams the kernel dropped because this socket's receive queue was
+    // full (SO_RXQ_OVFL), as last reported with a received datagram.
+    std::uint64_t overflow_drops() const { return overflow_drops_; }
 
 private:
     struct Buffers;
@@ -99,6 +102,7 @@ private:
     std::unique_ptr<Buffers> buffers_;
     std::uint64_t send_errors_ = 0;
     std::uint64_t receive_errors_ = 0;
+    std::uint64_t overflow_drops_ = 0;
 };
 
 }  // namespace keepalive

@@ -111,16 +111,29 @@ protected:
                            options);
     }
 
-    std::string peer_state(const std::string& name) {
+    std::optional<json> peer_json(const std::string& name) {
         const auto j = try_ctl_json({"--socket", config_.control_socket, "peers"});
-        if (!j) return "";
+        if (!j) return std::nullopt;
         for (const auto& p : j->at("peers"))
-            if (p.at("name") == name) return p.at("state").get<std::string>();
-        return "";
+            if (p.at("name") == name) return p;
+        return std::nullopt;
+    }
+    std::string peer_state(const std::string& name) {
+        const auto p = peer_json(name);
+        return p ? p->at("state").get<std::string>() : "";
     }
     void wait_for_state(const std::string& name, const std::string& state) {
         if (!wait_until([&] { return peer_state(name) == state; }))
             fail("peer " + name + " did not become " + state + "\n" + daemon_->stderr_text());
+    }
+    // Up and answered at least one probe (a peer that never answered is
+    // forgotten when it goes down, not kept as down).
+    void wait_until_answered(const std::string& name) {
+        if (!wait_until([&] {
+                const auto p = peer_json(name);
+                return p && p->at("state") == "up" && p->at("acks_received").get<int>() > 0;
+            }))
+            fail("peer " + name + " did not answer\n" + daemon_->stderr_text());
     }
 
     std::string metrics() {
@@ -140,8 +153,8 @@ TEST_F(ObserveTest, MetricsArePrometheusTextWithEveryPeer) {
     start_daemon();
     start_peer("metrics-up");
     start_peer("metrics-down");
-    wait_for_state("metrics-up", "up");
-    wait_for_state("metrics-down", "up");
+    wait_until_answered("metrics-up");
+    wait_until_answered("metrics-down");
     peers_.at("metrics-down").kill();  // no goodbye: detection declares it down
     wait_for_state("metrics-down", "down");
 
@@ -170,7 +183,7 @@ TEST_F(ObserveTest, TextfileIsReplacedWholeEveryInterval) {
     const std::string path = dir_.file("keepalived.prom");
     start_daemon("[metrics]\ntextfile = \"" + path + "\"\ninterval = \"1s\"\n");
     start_peer("textfile-peer");
-    wait_for_state("textfile-peer", "up");
+    wait_until_answered("textfile-peer");
 
     // Read the file as node_exporter would, as fast as possible, through at
     // least three rewrites: every read must be one whole exposition.

@@ -1,6 +1,7 @@
 #include "daemon/config.hpp"
 
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -638,7 +639,18 @@ TEST(LoadConfig, DirectoryIsAnError) {
     ASSERT_FALSE(r.ok());
     EXPECT_EQ(r.error().file, dir.path().string());
     EXPECT_EQ(r.error().line, 0u);
-    EXPECT_EQ(r.error().message, "cannot read the configuration file: Is a directory");
+    EXPECT_EQ(r.error().message, "not a regular file: it is a directory");
+}
+
+// Opening a FIFO for reading blocks until a writer comes: the loader must
+// neither hang (no writer ever comes here) nor read it.
+TEST(LoadConfig, AFifoIsRefusedWithoutBlocking) {
+    const TempDir dir;
+    const std::string fifo = (dir.path() / "keepalived.toml").string();
+    ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+    const auto r = load_config(fifo);
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.error().to_string(), fifo + ": not a regular file: it is a FIFO");
 }
 
 TEST(LoadConfig, ReadsAFile) {

@@ -64,6 +64,7 @@ struct Event {
     TimePoint since;
     Address address;
     std::string reason;
+    std::optional<Address> previous_address;
 };
 
 class RecordingSink final : public ServerSink {
@@ -83,7 +84,7 @@ public:
     void peer_event(const PeerEvent& e) override {
         const Peer& p = e.peer;
         events.push_back({clock_.now(), e.kind, e.previous, p.name, p.state, p.session, p.missed,
-                          p.seq_sent, p.since, p.address, e.reason});
+                          p.seq_sent, p.since, p.address, e.reason, e.previous_address});
     }
 
     std::vector<Sent> sent;
@@ -1695,6 +1696,99 @@ TEST_F(ServerTest, TenThousandPeersAreEachProbedOncePerInterval) {
         EXPECT_EQ(e.at, e.since);
     }
     EXPECT_EQ(downs, static_cast<std::size_t>(kPeers));
+}
+
+// ---- Defences: what one host, or the daemon's own overload, may do ---------
+
+TEST_F(ServerTest, OneHostIsCappedWhileOthersStillRegister) {
+    limits.max_per_host = 3;
+    make_server();
+    for (int i = 0; i < 3; ++i)
+        add_peer("a" + std::to_string(i), addr(("198.51.100.7:" + std::to_string(40000 + i)).c_str()));
+    const auto before = snapshot(server->peers());
+    const Sent refused = register_with(reg("a3"), addr("198.51.100.7:40003"));
+    ASSERT_EQ(refused.type(), kap::Type::reject);
+    EXPECT_EQ(refused.msg.diag, kap::Diag::server_full);
+    EXPECT_EQ(snapshot(server->peers()), before);
+    // Another host is not affected, and a known name renews within the cap.
+    EXPECT_EQ(register_with(reg("b0"), kBeta).type(), kap::Type::accept);
+    EXPECT_EQ(register_with(reg("a0"), addr("198.51.100.7:40000")).type(), kap::Type::accept);
+    // A takeover counts against the host taking over.
+    EXPECT_EQ(register_with(reg("b0", 200, 3, 0x2222), addr("198.51.100.7:40009")).type(),
+              kap::Type::reject);
+    EXPECT_EQ(peer("b0").address, kBeta);
+}
+
+TEST_F(ServerTest, TakeoverFromAnotherHostIsReportedAsAMoveWithBothAddresses) {
+    add_peer("db1", kAlpha, 200, 3, 0x1111);
+    const std::size_t e = sink.events.size();
+    const Sent s = register_with(reg("db1", 200, 3, 0x2222), kBeta);
+    ASSERT_EQ(s.type(), kap::Type::accept);
+    const auto events = events_since(e);
+    ASSERT_EQ(events.size(), 1u);
+    EXPECT_EQ(events[0].kind, EventKind::moved);
+    EXPECT_EQ(events[0].address, kBeta);
+    EXPECT_EQ(events[0].previous_address, kAlpha);
+    EXPECT_NE(events[0].reason.find(kAlpha.to_string()), std::string::npos) << events[0].reason;
+    // From the same host, a new incarnation is a restart, as before.
+    const std::size_t e2 = sink.events.size();
+    ASSERT_EQ(register_with(reg("db1", 200, 3, 0x3333), kBeta).type(), kap::Type::accept);
+    ASSERT_EQ(events_since(e2).size(), 1u);
+    EXPECT_EQ(events_since(e2)[0].kind, EventKind::restarted);
+}
+
+TEST_F(ServerTest, ASessionThatNeverAnswersIsForgottenWithinProbesSeconds) {
+    // Granted an hour x 3, it would hold its slot for hours without a word.
+    limits.max_interval = 1h;
+    make_server();
+    responders[kAlpha] = Responder{0x1111, 5ms, false};
+    ASSERT_EQ(register_with(reg("mute", 3'600'000, 3), kAlpha).type(), kap::Type::accept);
+    run_for(3s);
+    EXPECT_TRUE(known("mute"));
+    run_for(2s);
+    EXPECT_FALSE(known("mute"));
+    EXPECT_EQ(sink.events.back().kind, EventKind::forgotten);
+    EXPECT_EQ(probes_to(kAlpha).size(), 3u);
+}
+
+TEST_F(ServerTest, AnAnsweringSessionLeavesProbationForItsGrantedInterval) {
+    limits.max_interval = 1h;
+    make_server();
+    add_peer("slow", kAlpha, 60'000, 3);
+    run_for(2s);
+    ASSERT_EQ(probes_to(kAlpha).size(), 1u);  // the first within a second, answered
+    run_for(59s);
+    EXPECT_EQ(probes_to(kAlpha).size(), 2u);
+    const auto p = probes_to(kAlpha);
+    EXPECT_EQ(p[1].at - p[0].at, 60s);
+    EXPECT_EQ(peer("slow").state, PeerState::up);
+}
+
+TEST_F(ServerTest, DoubtAboutOwnReceptionWithholdsOneVerdictNotMore) {
+    add_peer("p", kAlpha, 200, 1);
+    run_for(1s);
+    ASSERT_EQ(peer("p").state, PeerState::up);
+    responders[kAlpha].answering = false;
+    // The next probe goes unanswered; the daemon then finds it lost datagrams.
+    const std::size_t sent = probes_to(kAlpha).size();
+    while (probes_to(kAlpha).size() == sent) run_for(1ms);
+    const TimePoint probe_at = probes_to(kAlpha).back().at;
+    run_for(50ms);
+    server->doubt_receive(clock.now());
+    run_until(probe_at + 200ms);
+    EXPECT_EQ(peer("p").state, PeerState::up) << "a verdict on evidence the daemon may have lost";
+    EXPECT_EQ(server->verdicts_withheld(), 1u);
+    // The probe after the doubt is fair evidence: down one interval later.
+    run_until(probe_at + 400ms);
+    EXPECT_EQ(peer("p").state, PeerState::down);
+    EXPECT_EQ(sink.events.back().at, probe_at + 400ms);
+}
+
+TEST_F(ServerTest, OversizedDatagramsCountAsReceived) {
+    const auto before = server->datagrams_received();
+    server->count_dropped_datagram(Drop::bad_length);
+    EXPECT_EQ(server->datagrams_received(), before + 1);
+    EXPECT_EQ(drops(Drop::bad_length), 1u);
 }
 
 }  // namespace
