@@ -236,5 +236,161 @@ TEST_F(ObserveTest, UnwritableTextfileIsLoggedAndTheDaemonGoesOn) {
     wait_for_state("still-serving", "up");
 }
 
+std::optional<std::string> first_executable(std::initializer_list<const char*> paths) {
+    for (const char* p : paths)
+        if (::access(p, X_OK) == 0) return std::string(p);
+    return std::nullopt;
+}
+std::optional<std::string> ip_path() {
+    return first_executable({"/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"});
+}
+std::optional<std::string> nft_path() {
+    return first_executable({"/usr/sbin/nft", "/sbin/nft"});
+}
+
+// A network namespace joined to this one by a veth pair, with names and a
+// /30 subnet unique to this process; removed (with its veth and nft table)
+// on destruction.
+class NetNs {
+public:
+    NetNs() {
+        if (!ip_path() || !nft_path()) {
+            why_ = "ip or nft not installed";
+            return;
+        }
+        const std::string ip = *ip_path();
+        const int id = static_cast<int>(::getpid());
+        name_ = "kadeg" + std::to_string(id);
+        host_if_ = "kdh" + std::to_string(id);
+        ns_if_ = "kdn" + std::to_string(id);
+        const std::string net =
+            "10.231." + std::to_string(id % 250) + "." + std::to_string((id / 250) % 63 * 4);
+        host_ip_ = net.substr(0, net.rfind('.') + 1) + std::to_string((id / 250) % 63 * 4 + 1);
+        ns_ip_ = net.substr(0, net.rfind('.') + 1) + std::to_string((id / 250) % 63 * 4 + 2);
+        const std::vector<Strings> setup = {
+            {ip, "netns", "add", name_},
+            {ip, "link", "add", host_if_, "type", "veth", "peer", "name", ns_if_},
+            {ip, "link", "set", ns_if_, "netns", name_},
+            {ip, "addr", "add", host_ip_ + "/30", "dev", host_if_},
+            {ip, "link", "set", host_if_, "up"},
+            {ip, "netns", "exec", name_, "ip", "addr", "add", ns_ip_ + "/30", "dev", ns_if_},
+            {ip, "netns", "exec", name_, "ip", "link", "set", ns_if_, "up"},
+            {ip, "netns", "exec", name_, "ip", "link", "set", "lo", "up"},
+        };
+        for (const auto& argv : setup) {
+            const RunResult r = run(argv);
+            if (!r.status.exited_with(0)) {
+                why_ = "`" + argv[0] + " " + argv[1] + " " + argv[2] + "` failed: " + r.err;
+                return;
+            }
+        }
+        ok_ = true;
+    }
+    ~NetNs() {
+        if (!ok_ && name_.empty()) return;
+        const std::string ip = ip_path().value_or("ip");
+        run({ip, "link", "del", host_if_});
+        run({ip, "netns", "del", name_});
+    }
+    NetNs(const NetNs&) = delete;
+    NetNs& operator=(const NetNs&) = delete;
+
+    bool ok() const { return ok_; }
+    const std::string& why() const { return why_; }
+    const std::string& name() const { return name_; }
+    const std::string& host_ip() const { return host_ip_; }
+    // Runs `nft -f -` inside the namespace with `script`.
+    RunResult nft(const std::string& script) const {
+        const std::string ip = *ip_path();
+        return run({"/bin/sh", "-c",
+                    ip + " netns exec " + name_ + " " + *nft_path() + " -f - <<'EOF'\n" + script + "\nEOF\n"});
+    }
+
+private:
+    std::string name_, host_if_, ns_if_, host_ip_, ns_ip_, why_;
+    bool ok_ = false;
+};
+
+// Gray failure on a real path: 30% of the peer's ACKs dropped by nft in its
+// namespace. The peer becomes degraded once, stays so without flapping or
+// going down, shows as degraded everywhere, and is up again, once, when the
+// loss stops.
+TEST(Degraded, RandomLossInANamespaceMakesAPeerDegradedUntilItStops) {
+    if (::geteuid() != 0) GTEST_SKIP() << "needs root for network namespaces";
+    NetNs ns;
+    if (!ns.ok()) GTEST_SKIP() << "cannot make a network namespace: " << ns.why();
+
+    TempDir dir;
+    const std::uint16_t port = free_udp_port();
+    DaemonConfig config;
+    config.listen.push_back(ns.host_ip() + ":" + std::to_string(port));
+    config.control_socket = dir.file("control.sock");
+    write_file(dir.file("keepalived.toml"),
+               config.to_toml() + "degraded_loss = \"10%\"\ndegraded_window = 50\n");
+    SpawnOptions daemon_options;
+    daemon_options.stderr_path = dir.file("keepalived.log");
+    Process daemon({keepalived_path(), "--config", dir.file("keepalived.toml"), "--log-target",
+                    "stderr"},
+                   daemon_options);
+    const auto field = [&](const char* key) -> json {
+        const auto j = try_ctl_json({"--socket", config.control_socket, "peers"});
+        if (!j) return nullptr;
+        for (const auto& p : j->at("peers"))
+            if (p.at("name") == "gray") return p.at(key);
+        return nullptr;
+    };
+    const auto state = [&]() -> std::string {
+        const json s = field("state");
+        return s.is_string() ? s.get<std::string>() : "";
+    };
+    const auto log = [&] { return daemon.stderr_text(); };
+    // Events by kind from the metrics: the journal lines may be rate-limited.
+    const auto count = [&](const std::string& kind) {
+        const RunResult r = run({ctl_path(), "--socket", config.control_socket, "metrics"});
+        const auto m = samples_of(r.out);
+        const auto it = m.find("keepalived_peer_events_total{kind=\"" + kind + "\"}");
+        return it == m.end() ? std::string("?") : it->second;
+    };
+
+    SpawnOptions peer_options;
+    peer_options.stderr_path = dir.file("peer.log");
+    Process peer({*ip_path(), "netns", "exec", ns.name(), peer_path(), "--server",
+                  ns.host_ip() + ":" + std::to_string(port), "--name", "gray", "--interval",
+                  "20ms", "--probes", "30", "--log-target", "stderr"},
+                 peer_options);
+    ASSERT_TRUE(wait_until([&] { return state() == "up"; })) << log() << peer.stderr_text();
+    ASSERT_EQ(count("degraded"), "0") << log();
+
+    const RunResult drop = ns.nft(
+        "table inet kadeg {\n chain out {\n  type filter hook output priority 0;\n  udp dport " +
+        std::to_string(port) + " numgen random mod 100 < 30 drop\n }\n}");
+    ASSERT_TRUE(drop.status.exited_with(0)) << drop.err;
+    ASSERT_TRUE(wait_until([&] { return state() == "degraded"; })) << log();
+    // Before the window holds enough losses, each loss is a suspect and an up.
+    const std::string suspects = count("suspect");
+
+    // About 15 of every 50 lost: far above the 5 that keep it degraded. Watch
+    // it for 150 more probes.
+    const auto sent = field("probes_sent").get<std::uint64_t>();
+    ASSERT_TRUE(wait_until([&] { return field("probes_sent").get<std::uint64_t>() >= sent + 150; }))
+        << log();
+    EXPECT_EQ(state(), "degraded");
+    EXPECT_EQ(count("degraded"), "1") << log();
+    EXPECT_EQ(count("down"), "0") << log();
+    EXPECT_EQ(count("suspect"), suspects) << log();  // no flapping to suspect on each loss
+    const auto status = try_ctl_json({"--socket", config.control_socket, "status"});
+    ASSERT_TRUE(status);
+    EXPECT_EQ(status->at("degraded"), 1);
+    EXPECT_NE(status->at("summary").get<std::string>().find("1 degraded"), std::string::npos);
+    const RunResult metrics = run({ctl_path(), "--socket", config.control_socket, "metrics"});
+    EXPECT_NE(metrics.out.find(R"(keepalived_peer_state{name="gray",state="degraded"} 1)"),
+              std::string::npos)
+        << metrics.out;
+
+    ASSERT_TRUE(ns.nft("delete table inet kadeg").status.exited_with(0));
+    ASSERT_TRUE(wait_until([&] { return state() == "up"; })) << log();
+    EXPECT_EQ(count("degraded"), "1") << log();
+}
+
 }  // namespace
 }  // namespace keepalive::test
