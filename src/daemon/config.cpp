@@ -526,6 +526,73 @@ void read_metrics(Checker& c, const toml::table& table, MetricsConfig& metrics) 
             metrics.interval = *value;
 }
 
+constexpr std::string_view kHookKeys[] = {"exec", "states", "timeout"};
+constexpr std::string_view kHookStates[] = {"up",   "degraded", "suspect",
+                                            "down", "left",     "forgotten"};
+
+void read_hook(Checker& c, const toml::table& table, const std::string& where,
+               HookConfigEntry& hook) {
+    for (auto&& [key, value] : table)
+        if (std::find(std::begin(kHookKeys), std::end(kHookKeys), key.str()) ==
+            std::end(kHookKeys))
+            c.fail(key, "unknown key " + quoted(std::string(key.str())) + " in " + where +
+                            " (known: exec, states, timeout)");
+    const auto* exec = table.get("exec");
+    if (!exec) {
+        c.fail_missing(table.source(), where + ".exec: required; the command and its arguments, "
+                                               "e.g. exec = [\"/usr/local/bin/on-peer\"]");
+    } else if (const auto* array = exec->as_array();
+               !array || array->empty() || array->size() > 64) {
+        c.fail(*exec, where + ".exec: must be an array of 1 to 64 strings, the command (an "
+                              "absolute path) and its arguments");
+    } else {
+        for (std::size_t i = 0; i < array->size(); ++i) {
+            const auto* arg = read_string(c, *array->get(i), where + ".exec", "an array of strings");
+            if (!arg) continue;
+            if (arg->find('\0') != std::string::npos)
+                c.fail(*array->get(i), where + ".exec: must not contain a NUL character");
+            else if (i == 0 && (arg->empty() || arg->front() != '/'))
+                c.fail(*array->get(i), where + ".exec: the command must be an absolute path, not " +
+                                           quoted(*arg));
+            else
+                hook.exec.push_back(*arg);
+        }
+    }
+    if (const auto* states = table.get("states")) {
+        const std::string list = "up, degraded, suspect, down, left or forgotten";
+        if (const auto* array = states->as_array(); !array) {
+            c.fail(*states, where + ".states: must be an array of states (" + list + ")");
+        } else {
+            for (const auto& element : *array) {
+                const auto* s = read_string(c, element, where + ".states", "an array of strings");
+                if (!s) continue;
+                if (std::find(std::begin(kHookStates), std::end(kHookStates), *s) ==
+                    std::end(kHookStates))
+                    c.fail(element, where + ".states: " + quoted(*s) + " is not a state (" + list +
+                                        ")");
+                else
+                    hook.states.push_back(*s);
+            }
+        }
+    }
+    if (const auto* node = table.get("timeout"))
+        if (const auto value = read_duration(c, *node, where + ".timeout", 100ms, 1h, 10s))
+            hook.timeout = *value;
+}
+
+void read_hooks(Checker& c, const toml::node& node, std::vector<HookConfigEntry>& hooks) {
+    const auto* array = node.as_array();
+    if (!array || !array->is_array_of_tables()) {
+        c.fail(node, "hooks: must be an array of tables ([[hooks]]), not " + describe(node));
+        return;
+    }
+    for (std::size_t i = 0; i < array->size(); ++i) {
+        HookConfigEntry hook;
+        read_hook(c, *array->get(i)->as_table(), "hooks[" + std::to_string(i) + "]", hook);
+        hooks.push_back(std::move(hook));
+    }
+}
+
 ConfigError syntax_error(std::string_view file, const toml::parse_error& e) {
     std::string description(e.description());
     if (description.starts_with("Error")) description[0] = 'e';
@@ -555,6 +622,10 @@ Result<Config, ConfigError> parse_config(std::string_view text, std::string_view
     Checker c(file_name);
     for (auto&& [key, value] : root) {
         const std::string_view name = key.str();  // clang 14 cannot capture a binding
+        if (name == "hooks") {
+            read_hooks(c, value, config.hooks);
+            continue;
+        }
         const auto it = std::find_if(kSections.begin(), kSections.end(),
                                      [name](const Section& s) { return s.name == name; });
         if (it == kSections.end()) {

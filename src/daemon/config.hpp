@@ -36,6 +36,14 @@ struct MetricsConfig {
     Duration interval = std::chrono::seconds(15);  // 1s .. 1h
 };
 
+// [[hooks]]: a command to run on peer events (see daemon/hooks.hpp).
+struct HookConfigEntry {
+    std::vector<std::string> exec;    // 1 .. 64 strings; exec[0] an absolute path
+    std::vector<std::string> states;  // each a state name; empty: every event
+    Duration timeout = std::chrono::seconds(10);  // 100ms .. 1h
+    friend bool operator==(const HookConfigEntry&, const HookConfigEntry&) = default;
+};
+
 struct Config {
     // [server] listen: 1 .. 64 distinct addresses, each with a port 1 .. 65535;
     // wildcards (0.0.0.0, [::]) allowed. In file order. Never empty in a
@@ -45,6 +53,7 @@ struct Config {
     PeerLimits peers;
     LegacyConfig legacy;
     MetricsConfig metrics;
+    std::vector<HookConfigEntry> hooks;  // in file order
     std::string source;  // the file name or path the configuration was read from
 };
 

@@ -6,6 +6,7 @@
 #include <time.h>
 
 #include <algorithm>
+#include <charconv>
 #include <csignal>
 #include <stdexcept>
 
@@ -51,6 +52,8 @@ Daemon::Daemon(Config config, Logger& log, const ClockSource& clock, RandomSourc
     adopt_activated_sockets();
     if (auto r = reconcile_listeners(endpoints(config_)); !r) throw std::runtime_error(r.error());
     if (listeners_.empty()) throw std::runtime_error("no address to listen on");
+    hooks_ = std::make_unique<HookRunner>(loop_, log_);
+    hooks_->configure(config_.hooks);
     control_ = make_control_server(config_.control_socket);
 
     wheel_timer_ = loop_.add_timer([this] {
@@ -198,6 +201,8 @@ void Daemon::after_work() {
     if (next) wheel_deadline_ = *next;
     loop_.arm_timer(wheel_timer_, next);
     if (status_dirty_) notify_status();
+    if (wake_watchers_ && control_) control_->wake();
+    wake_watchers_ = false;
 }
 
 void Daemon::flush(std::uint32_t id) {
@@ -222,6 +227,13 @@ void Daemon::send(const Route& route, const Address& to, std::span<const std::ui
 
 void Daemon::peer_event(const PeerEvent& event) {
     ++events_[static_cast<std::size_t>(event.kind)];
+    // Every event is numbered, kept for watchers and offered to the hooks,
+    // whatever the journal's rate limit lets through.
+    const auto wall = std::chrono::duration<double>(
+        std::chrono::system_clock::now().time_since_epoch());
+    const EventRecord& record = ring_.push(event, wall.count());
+    hooks_->on_event(record);
+    wake_watchers_ = true;
     status_dirty_ = true;
     if (!throttle_.admit(event.kind, event.peer.name, event.peer.address, loop_.now())) {
         if (!loop_.timer_deadline(summary_timer_))
@@ -274,6 +286,7 @@ void Daemon::reload() {
         const bool metrics_changed = fresh->metrics.textfile != config_.metrics.textfile ||
                                      fresh->metrics.interval != config_.metrics.interval;
         config_ = std::move(*fresh);
+        hooks_->configure(config_.hooks);
         if (metrics_changed)
             loop_.arm_timer(metrics_timer_, config_.metrics.textfile.empty()
                                                 ? std::nullopt
@@ -352,6 +365,20 @@ ControlServer::Producer Daemon::control_request(std::string_view request) {
         // when the client can take it.
         auto text = std::make_shared<MetricsText>(core_, stats());
         return [text](std::string& out) { return text->next(out); };
+    }
+    if (request == "watch" || request.starts_with("watch ")) {
+        std::optional<std::uint64_t> since;
+        if (request.size() > 6) {
+            std::uint64_t v = 0;
+            const auto text = request.substr(6);
+            const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+            if (ec != std::errc{} || end != text.data() + text.size())
+                return ControlServer::whole(to_line({{"error", "bad watch request"}}));
+            since = v;
+        }
+        if (auto stream = watchers_.open(since)) return std::move(*stream);
+        return ControlServer::whole(to_line(
+            {{"error", fmt::format("too many watchers (at most {})", Watchers::kMaxWatchers)}}));
     }
     if (request == "peers") return peers_stream(core_, [this] { return loop_.now(); });
     if (request == "status") return ControlServer::whole(to_line(status()));

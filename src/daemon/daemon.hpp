@@ -12,9 +12,12 @@
 #include "core/server.hpp"
 #include "daemon/config.hpp"
 #include "daemon/control.hpp"
+#include "daemon/event_ring.hpp"
 #include "daemon/event_throttle.hpp"
+#include "daemon/hooks.hpp"
 #include "daemon/log.hpp"
 #include "daemon/metrics.hpp"
+#include "daemon/watch.hpp"
 #include "net/event_loop.hpp"
 #include "net/udp_socket.hpp"
 
@@ -85,6 +88,11 @@ private:
     std::map<std::uint32_t, std::vector<OutDatagram>> outbox_;
     std::uint64_t unroutable_ = 0;
 
+    // Before control_: its watch streams read the ring through watchers_.
+    EventRing ring_;
+    Watchers watchers_{ring_};
+    std::unique_ptr<HookRunner> hooks_;
+    bool wake_watchers_ = false;
     std::unique_ptr<ControlServer> control_;
     EventLoop::TimerId wheel_timer_;
     TimePoint wheel_deadline_{};  // what wheel_timer_ was last armed to
