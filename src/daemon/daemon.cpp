@@ -345,6 +345,12 @@ DaemonStats Daemon::stats() const {
     for (const auto& [id, l] : listeners_) s.send_errors += l.socket.send_errors();
     s.unroutable = unroutable_;
     s.events = events_;
+    s.last_event_seq = ring_.next_seq() - 1;
+    s.hooks_running = hooks_->running();
+    s.hooks_pending = hooks_->pending();
+    s.hooks_started = hooks_->started();
+    s.hooks_dropped = hooks_->dropped();
+    s.watchers = watchers_.count();
     return s;
 }
 

@@ -92,6 +92,20 @@ void MetricsText::daemon_families(std::string& out) const {
            "Datagrams for a socket closed by a reload.");
     fmt::format_to(it, "keepalived_unroutable_total {}\n", stats_.unroutable);
 
+    header(out, "keepalived_event_seq", "gauge",
+           "Sequence number of the latest peer event (keepalivectl watch).");
+    fmt::format_to(it, "keepalived_event_seq {}\n", stats_.last_event_seq);
+    header(out, "keepalived_watchers", "gauge", "Clients of keepalivectl watch.");
+    fmt::format_to(it, "keepalived_watchers {}\n", stats_.watchers);
+    header(out, "keepalived_hooks_running", "gauge", "Hook commands running now.");
+    fmt::format_to(it, "keepalived_hooks_running {}\n", stats_.hooks_running);
+    header(out, "keepalived_hooks_pending", "gauge", "Hook runs queued behind others.");
+    fmt::format_to(it, "keepalived_hooks_pending {}\n", stats_.hooks_pending);
+    header(out, "keepalived_hooks_started_total", "counter", "Hook commands started.");
+    fmt::format_to(it, "keepalived_hooks_started_total {}\n", stats_.hooks_started);
+    header(out, "keepalived_hooks_dropped_total", "counter",
+           "Hook runs dropped because too many were queued.");
+    fmt::format_to(it, "keepalived_hooks_dropped_total {}\n", stats_.hooks_dropped);
     header(out, "keepalived_loop_lag_seconds", "gauge",
            "How late the event loop ran the last due timer.");
     fmt::format_to(it, "keepalived_loop_lag_seconds {:.6f}\n", stats_.loop_lag_s);

@@ -20,6 +20,12 @@ struct DaemonStats {
     std::uint64_t send_errors = 0;
     std::uint64_t unroutable = 0;
     std::array<std::uint64_t, kEventKindCount> events{};  // peer events by kind, since start
+    std::uint64_t last_event_seq = 0;  // the seq of the latest event (0: none yet)
+    std::size_t hooks_running = 0;
+    std::size_t hooks_pending = 0;
+    std::uint64_t hooks_started = 0;
+    std::uint64_t hooks_dropped = 0;
+    std::size_t watchers = 0;
 };
 
 // Produces the text a piece at a time so that a large peer table need not be
