@@ -742,5 +742,41 @@ TEST(ConfigPeersHealth, BadValuesNameTheKey) {
                          "peers.hold_down: must be a duration from 1s to 24h, not \"500ms\""));
 }
 
+TEST(ConfigHooks, ArrayOfTables) {
+    const auto r = parse_config(
+        kServer + lines({"[[hooks]]", R"(exec = ["/usr/local/bin/on-peer", "--page"])",
+                         R"(states = ["down", "up"])", R"(timeout = "2s")", "", "[[hooks]]",
+                         R"(exec = ["/bin/true"])"}),
+        kFile);
+    ASSERT_TRUE(r.ok()) << r.error().to_string();
+    ASSERT_EQ(r->hooks.size(), 2u);
+    EXPECT_EQ(r->hooks[0].exec, (std::vector<std::string>{"/usr/local/bin/on-peer", "--page"}));
+    EXPECT_EQ(r->hooks[0].states, (std::vector<std::string>{"down", "up"}));
+    EXPECT_EQ(r->hooks[0].timeout, 2s);
+    EXPECT_TRUE(r->hooks[1].states.empty());
+    EXPECT_EQ(r->hooks[1].timeout, 10s);
+}
+
+TEST(ConfigHooks, BadHooksNameTheSpot) {
+    EXPECT_TRUE(fails_at(kServer + lines({"[[hooks]]", R"(exec = ["on-peer"])"}), 4, 9,
+                         "hooks[0].exec: the command must be an absolute path, not \"on-peer\""));
+    EXPECT_TRUE(fails_at(kServer + lines({"[[hooks]]", R"(exec = [])"}), 4, 8,
+                         "hooks[0].exec: must be an array of 1 to 64 strings, the command (an "
+                         "absolute path) and its arguments"));
+    EXPECT_TRUE(fails_at(kServer + lines({"[[hooks]]", R"(exec = ["/x"])", R"(states = ["gone"])"}),
+                         5, 11,
+                         "hooks[0].states: \"gone\" is not a state (up, degraded, suspect, down, "
+                         "left or forgotten)"));
+    EXPECT_TRUE(fails_at(kServer + lines({"[[hooks]]", R"(exec = ["/x"])", R"(timeout = "1ms")"}), 5,
+                         11, "hooks[0].timeout: must be a duration from 100ms to 1h, not \"1ms\""));
+    EXPECT_TRUE(fails_at(kServer + lines({"[[hooks]]", R"(exec = ["/x"])", "user = \"root\""}), 5, 1,
+                         "unknown key \"user\" in hooks[0] (known: exec, states, timeout)"));
+    EXPECT_TRUE(fails_at(kServer + lines({"[hooks]", R"(exec = ["/x"])"}), 3, 1,
+                         "hooks: must be an array of tables ([[hooks]]), not a table"));
+    const ConfigError missing = error_of(kServer + lines({"[[hooks]]", "timeout = \"1s\""}));
+    EXPECT_NE(missing.message.find("hooks[0].exec: required"), std::string::npos)
+        << missing.to_string();
+}
+
 }  // namespace
 }  // namespace keepalive
