@@ -51,6 +51,7 @@ struct Peer {
     std::uint64_t seq_sent = 0;
     std::uint64_t seq_acked = 0;
     std::uint32_t missed = 0;  // consecutive unanswered probes
+    std::uint8_t withheld = 0;  // consecutive unanswered probes not counted (server's own loss)
     std::optional<Duration> rtt;
     TimePoint last_probe_at{};  // RTT of legacy peers, whose replies carry no time
     std::uint64_t probes_sent = 0;

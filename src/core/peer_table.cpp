@@ -107,8 +107,8 @@ void PeerTable::erase(Slot slot) {
     Entry& e = slots_[slot];
     by_session_.erase(e.peer.session);
     by_name_.erase(e.peer.name);
-    if (const auto it = per_host_.find(host_of(e.peer.address)); it != per_host_.end() &&
-                                                                 --it->second == 0)
+    if (const auto it = per_host_.find(host_of(e.peer.address));
+        it != per_host_.end() && --it->second == 0)
         per_host_.erase(it);
     --counts_.total;
     --counts_.by_state[static_cast<std::size_t>(e.peer.state)];
@@ -149,8 +149,8 @@ void PeerTable::set_session(Slot slot, std::uint32_t session) {
 void PeerTable::set_address(Slot slot, const Address& address) {
     Peer& p = slots_[slot].peer;
     if (!p.address.same_host(address)) {
-        if (const auto it = per_host_.find(host_of(p.address)); it != per_host_.end() &&
-                                                                --it->second == 0)
+        if (const auto it = per_host_.find(host_of(p.address));
+            it != per_host_.end() && --it->second == 0)
             per_host_.erase(it);
         ++per_host_[host_of(address)];
     }

@@ -323,6 +323,7 @@ void ServerCore::acknowledge(Slot slot, std::uint64_t seq, std::optional<Duratio
     const bool first_answer = p.acks_received == 0;
     p.seq_acked = seq;
     p.missed = 0;
+    p.withheld = 0;
     ++p.acks_received;
     if (rtt) {
         p.rtt = rtt;
@@ -463,25 +464,24 @@ void ServerCore::on_due(Slot slot, TimePoint deadline, TimePoint now) {
         case PeerState::degraded:
         case PeerState::suspect: {
             const bool unanswered = p.seq_sent > p.seq_acked;
-            const bool doubtful = unanswered && receive_doubt_ >= p.last_probe_at;
+            // Its ACK may be one we lost. Not forever, though: a server
+            // that keeps losing datagrams must still find dead peers.
+            const bool doubtful =
+                unanswered && receive_doubt_ > p.last_probe_at && p.withheld < kMaxWithheld;
             if (p.seq_sent > 0 && !doubtful) p.health.probe_outcome(unanswered, limits_.health);
             if (unanswered) {
-                if (doubtful)
-                    ++verdicts_withheld_;  // its ACK may be one we lost
-                else
+                if (doubtful) {
+                    ++p.withheld;
+                    ++verdicts_withheld_;
+                } else {
                     ++p.missed;
+                }
             }
-            if (p.missed >= p.probes) {
+            if (p.missed >= probe_budget(p)) {
                 // probes × interval after the first unanswered probe went out.
                 change_state(slot, PeerState::down, EventKind::down, "detection time expired",
                              deadline);
-                if (p.acks_received == 0) {
-                    forget(slot);  // it never answered: no reason to hold its slot
-                    return;
-                }
-                send_probe(slot, now);
-                schedule(slot, std::min(next_on_grid(deadline, limits_.down_probe_interval, now),
-                                        p.since + limits_.forget_after));
+                probe_down(slot, deadline, now);
                 return;
             }
             // A degraded peer loses probes by definition: it stays degraded
@@ -500,7 +500,7 @@ void ServerCore::on_due(Slot slot, TimePoint deadline, TimePoint now) {
         case PeerState::down:
             if (p.damper.held()) {
                 if (p.seq_sent > p.seq_acked) p.damper.unanswered();
-                if (!p.damper.answering() && deadline - p.since >= limits_.forget_after) {
+                if (!p.damper.answering() && deadline - p.since >= forget_after(p)) {
                     forget(slot);
                     return;
                 }
@@ -508,19 +508,45 @@ void ServerCore::on_due(Slot slot, TimePoint deadline, TimePoint now) {
                 schedule(slot, next_on_grid(deadline, p.interval, now));
                 return;
             }
-            if (deadline - p.since >= limits_.forget_after) {
+            if (deadline - p.since >= forget_after(p)) {
                 forget(slot);
                 return;
             }
             if (p.seq_sent > p.seq_acked) ++p.missed;
-            send_probe(slot, now);
-            schedule(slot, std::min(next_on_grid(deadline, limits_.down_probe_interval, now),
-                                    p.since + limits_.forget_after));
+            probe_down(slot, deadline, now);
             return;
         case PeerState::left:
             forget(slot);
             return;
     }
+}
+
+// A down peer is still probed now and then, so that it comes back on its own.
+// Not a legacy one that never answered: its address was never proven (the old
+// protocol has no cookie), and probing it would reflect traffic at a victim.
+void ServerCore::probe_down(Slot slot, TimePoint deadline, TimePoint now) {
+    Peer& p = table_.at(slot);
+    const TimePoint forget_at = p.since + forget_after(p);
+    if (p.protocol == Protocol::legacy && p.acks_received == 0) {
+        schedule(slot, forget_at);
+        return;
+    }
+    send_probe(slot, now);
+    schedule(slot, std::min(next_on_grid(deadline, limits_.down_probe_interval, now), forget_at));
+}
+
+// A legacy registration (no cookie: its source may be forged) that never
+// answered gets a few probes, not the 255 it may ask for.
+std::uint8_t ServerCore::probe_budget(const Peer& p) {
+    return p.protocol == Protocol::legacy && p.acks_received == 0
+               ? std::min(p.probes, kUnansweredLegacyProbes)
+               : p.probes;
+}
+
+// A session that never answered a probe is not kept for long once down.
+Duration ServerCore::forget_after(const Peer& p) const {
+    return p.acks_received == 0 ? std::min(limits_.forget_after, kUnansweredForgetAfter)
+                                : limits_.forget_after;
 }
 
 void ServerCore::send_probe(Slot slot, TimePoint now) {

@@ -59,9 +59,15 @@ public:
     // Answers to ACK/BYE for unknown sessions, per source host and second.
     static constexpr unsigned kUnknownSessionRepliesPerSecond = 4;
     // Until a session has answered a probe, it is probed at most this far
-    // apart: a registration nobody answers holds its slot for at most
-    // probes x 1 s, whatever interval it was granted, and is then forgotten.
+    // apart: a registration nobody answers is down after at most probes x 1 s,
+    // whatever interval it was granted, and forgotten a minute later.
     static constexpr Duration kProbationStep = std::chrono::seconds(1);
+    // How long a down session that never answered is kept before it is forgotten.
+    static constexpr Duration kUnansweredForgetAfter = std::chrono::minutes(1);
+    static constexpr std::uint8_t kUnansweredLegacyProbes = 3;
+    // Unanswered probes in a row not counted against a peer because the
+    // server doubted its own reception; past this they count regardless.
+    static constexpr std::uint8_t kMaxWithheld = 3;
 
     ServerCore(const PeerLimits& limits, RandomSource& random, ServerSink& sink, TimePoint now);
     ServerCore(const ServerCore&) = delete;
@@ -96,10 +102,10 @@ public:
         count(d);
     }
 
-    // The daemon may have lost datagrams addressed to it up to `now`: its
-    // receive queue overflowed, or the loop fell behind. A probe sent at or
-    // before that time and still unanswered is then no evidence against its
-    // peer: it is not counted as missed (the next one is).
+    // The daemon may have lost datagrams addressed to it up to `now` (its
+    // receive queue overflowed). A probe sent before that time and still
+    // unanswered is then no evidence against its peer: it is not counted as
+    // missed, up to kMaxWithheld probes in a row.
     void doubt_receive(TimePoint now) {
         if (now > receive_doubt_) receive_doubt_ = now;
     }
@@ -142,7 +148,12 @@ private:
               std::optional<Address> previous_address = std::nullopt);
     // The distance between two probes: the granted interval, or less on probation.
     static Duration probe_step(const Peer& p);
-    bool host_full(const Address& host) const { return table_.on_host(host) >= limits_.max_per_host; }
+    Duration forget_after(const Peer& p) const;
+    static std::uint8_t probe_budget(const Peer& p);
+    void probe_down(Slot slot, TimePoint deadline, TimePoint now);
+    bool host_full(const Address& host) const {
+        return table_.on_host(host) >= limits_.max_per_host;
+    }
     void schedule(Slot slot, TimePoint deadline);
     void forget(Slot slot);
     std::uint32_t new_session_id();

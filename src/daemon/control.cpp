@@ -18,7 +18,9 @@ namespace {
     throw std::system_error(errno, std::generic_category(), what + " " + path);
 }
 
-UniqueFd open_reserve() { return UniqueFd(::open("/dev/null", O_RDONLY | O_CLOEXEC)); }
+UniqueFd open_reserve() {
+    return UniqueFd(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+}
 
 }  // namespace
 
@@ -82,25 +84,33 @@ void ControlServer::set_accepting(bool on) {
     loop_.modify_fd(listen_fd_.get(), on ? std::uint32_t{EPOLLIN} : std::uint32_t{0});
 }
 
-// Frees one client slot by closing the oldest client still silent about its
-// request: one that connects and says nothing must not lock keepalivectl out,
-// and one being answered must never be cut off (its reader would see a reset).
+// Frees one client slot by closing the oldest client that has been silent
+// about its request for a while: one that connects and says nothing must not
+// lock keepalivectl out, and one whose request is on its way, or is being
+// answered, must never be cut off (its reader would see a reset).
 bool ControlServer::make_room() {
     auto oldest = clients_.end();
     for (auto it = clients_.begin(); it != clients_.end(); ++it)
-        if (!it->second.producer && (oldest == clients_.end() ||
-                                     it->second.serial < oldest->second.serial))
+        if (!it->second.producer && loop_.now() - it->second.accepted_at >= kIdleGrace &&
+            (oldest == clients_.end() || it->second.serial < oldest->second.serial))
             oldest = it;
     if (oldest == clients_.end()) return false;
     close_client(oldest->first);
     return true;
 }
 
+// Connections wait in the backlog until a client leaves, or for a short
+// while, whichever comes first.
+void ControlServer::pause_accepting() {
+    set_accepting(false);
+    loop_.arm_timer(retry_timer_, loop_.now() + kRetryAfter);
+}
+
 void ControlServer::on_accept() {
     // Bounded: at most one backlog's worth per wake-up.
     for (int i = 0; i < kBacklog; ++i) {
         if (clients_.size() >= kMaxClients && !make_room()) {
-            set_accepting(false);  // back on when a client finishes
+            pause_accepting();
             return;
         }
         UniqueFd fd(::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
@@ -114,10 +124,7 @@ void ControlServer::on_accept() {
                 UniqueFd(::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC));
                 reserve_fd_ = open_reserve();
                 if (!reserve_fd_) {
-                    // Nothing left to give back: pause rather than spin, and
-                    // look again when a client leaves or after a short wait.
-                    set_accepting(false);
-                    loop_.arm_timer(retry_timer_, loop_.now() + kRetryAfter);
+                    pause_accepting();  // nothing left to give back: wait, never spin
                     return;
                 }
                 continue;
@@ -125,7 +132,8 @@ void ControlServer::on_accept() {
             return;  // EAGAIN, or a transient error: try again on the next wake-up
         }
         const int raw = fd.get();
-        clients_.emplace(raw, Client{std::move(fd), {}, {}, {}, 0, false, false, next_serial_++});
+        clients_.emplace(raw,
+                         Client{std::move(fd), {}, {}, {}, 0, false, false, next_serial_++, loop_.now()});
         loop_.add_fd(raw, EPOLLIN, [this, raw](std::uint32_t events) { on_client(raw, events); });
     }
 }

@@ -31,6 +31,9 @@ public:
     static constexpr std::size_t kMaxRequest = 256;
     static constexpr int kBacklog = 128;
     static constexpr Duration kRetryAfter = std::chrono::milliseconds(100);
+    // A client silent about its request for this long may be evicted to make
+    // room; a younger one may just not have been read yet.
+    static constexpr Duration kIdleGrace = std::chrono::seconds(1);
 
     // Binds `path` (replacing a stale socket file, creating its directory);
     // throws std::system_error with the path on failure.
@@ -58,12 +61,14 @@ private:
         Producer producer;  // empty until the request line is in
         std::string out;
         std::size_t written = 0;
-        bool complete = false;  // the producer has given its last piece
-        bool idle = false;      // the producer had nothing: wait for wake()
+        bool complete = false;     // the producer has given its last piece
+        bool idle = false;         // the producer had nothing: wait for wake()
         std::uint64_t serial = 0;  // accept order, to find the oldest
+        TimePoint accepted_at{};
     };
     void on_accept();
     bool make_room();
+    void pause_accepting();
     void set_accepting(bool on);
     void on_client(int fd, std::uint32_t events);
     void read_request(int fd, Client& c);

@@ -2,13 +2,13 @@
 
 #include <fmt/ranges.h>
 #include <systemd/sd-daemon.h>
-
 #include <time.h>
 
 #include <algorithm>
 #include <charconv>
 #include <csignal>
 #include <stdexcept>
+#include <utility>
 
 #include "daemon/status_json.hpp"
 #include "daemon/textfile.hpp"
@@ -20,9 +20,12 @@ namespace {
 // the others (epoll is level-triggered, so the rest wait their turn).
 constexpr int kBatchesPerWakeup = 8;
 
-// A wheel timer that fires this late means the loop stalled (stopped,
-// starved of CPU): what was read meanwhile is in doubt.
-constexpr Duration kLagDoubt = std::chrono::milliseconds(100);
+// Batches read from a socket still backlogged when probes fall due: enough
+// to empty a full receive queue.
+constexpr int kDrainBatches = 64;
+
+// How soon log records the journal (or stderr) could not take are tried again.
+constexpr Duration kLogRetry = std::chrono::milliseconds(20);
 
 Duration thread_cpu_time() {
     timespec ts{};
@@ -57,14 +60,17 @@ Daemon::Daemon(Config config, Logger& log, const ClockSource& clock, RandomSourc
     control_ = make_control_server(config_.control_socket);
 
     wheel_timer_ = loop_.add_timer([this] {
-        const Duration lag = loop_.now() - wheel_deadline_;
-        if (lag > stats_.max_lag) stats_.max_lag = lag;
-        last_lag_ = std::max(Duration::zero(), lag);
-        if (lag > kLagDoubt) core_.doubt_receive(loop_.now());
+        stats_.max_lag = std::max(stats_.max_lag, loop_.now() - wheel_deadline_);
+        last_lag_ = std::max(Duration::zero(), loop_.now() - wheel_deadline_);
+        // ACKs that came before the probes fell due are read before any
+        // verdict, even when a wake-up's budget left them in the queue.
+        for (const std::uint32_t id : std::exchange(backlogged_, {}))
+            read_socket(id, kDrainBatches);
         core_.on_timer(loop_.now());
         after_work();
     });
     summary_timer_ = loop_.add_timer([this] { log_throttle_summary(); });
+    log_timer_ = loop_.add_timer([this] { after_work(); });
     watchdog_timer_ = loop_.add_timer([this] {
         notify("WATCHDOG=1");
         loop_.arm_timer(watchdog_timer_, loop_.now() + watchdog_period_);
@@ -147,10 +153,13 @@ void Daemon::add_listener(std::optional<Endpoint> configured, UdpSocket socket) 
     const std::uint32_t id = next_listener_id_++;
     const int fd = socket.fd();
     listeners_.emplace(id, Listener{std::move(configured), std::move(socket)});
-    loop_.add_fd(fd, EPOLLIN, [this, id](std::uint32_t) { on_readable(id); });
+    loop_.add_fd(fd, EPOLLIN, [this, id](std::uint32_t) {
+        read_socket(id, kBatchesPerWakeup);
+        after_work();
+    });
 }
 
-void Daemon::on_readable(std::uint32_t id) {
+void Daemon::read_socket(std::uint32_t id, int max_batches) {
     auto it = listeners_.find(id);
     if (it == listeners_.end()) return;
     UdpSocket& socket = it->second.socket;
@@ -159,7 +168,7 @@ void Daemon::on_readable(std::uint32_t id) {
     const TimePoint now = loop_.now();
     const std::uint64_t overflows_before = socket.overflow_drops();
     bool backlog = true;
-    for (int i = 0; i < kBatchesPerWakeup && backlog; ++i) {
+    for (int i = 0; i < max_batches && backlog; ++i) {
         const std::size_t n = socket.receive_batch([&](const UdpSocket::Received& r) {
             if (r.truncated) {
                 core_.count_dropped_datagram(kind == Kind::kap1 ? Drop::bad_length
@@ -185,11 +194,10 @@ void Daemon::on_readable(std::uint32_t id) {
         });
         backlog = n == UdpSocket::kBatchSize;
     }
-    // The kernel dropped datagrams for us, or some still wait past this
-    // wake-up's budget while probes may fall due: either way an ACK may be
-    // missing through no fault of its peer.
-    if (socket.overflow_drops() != overflows_before || backlog) core_.doubt_receive(now);
-    after_work();
+    // The kernel dropped datagrams for us: an ACK may be missing through no
+    // fault of its peer.
+    if (socket.overflow_drops() != overflows_before) core_.doubt_receive(now);
+    if (backlog) backlogged_.push_back(id);
 }
 
 // Everything a handler produced leaves here, once per handler: batched
@@ -201,6 +209,10 @@ void Daemon::after_work() {
     if (next) wheel_deadline_ = *next;
     loop_.arm_timer(wheel_timer_, next);
     if (status_dirty_) notify_status();
+    // The log never holds the loop up: what it could not take is retried soon.
+    log_.flush();
+    if (log_.pending() && !loop_.timer_deadline(log_timer_))
+        loop_.arm_timer(log_timer_, loop_.now() + kLogRetry);
     if (wake_watchers_ && control_) control_->wake();
     wake_watchers_ = false;
 }
@@ -226,7 +238,6 @@ void Daemon::send(const Route& route, const Address& to, std::span<const std::ui
 }
 
 void Daemon::peer_event(const PeerEvent& event) {
-    ++events_[static_cast<std::size_t>(event.kind)];
     // Every event is numbered, kept for watchers and offered to the hooks,
     // whatever the journal's rate limit lets through.
     const auto wall = std::chrono::duration<double>(
@@ -235,20 +246,17 @@ void Daemon::peer_event(const PeerEvent& event) {
     hooks_->on_event(record);
     wake_watchers_ = true;
     status_dirty_ = true;
-    if (!throttle_.admit(event.kind, event.peer.name, event.peer.address, loop_.now())) {
-        if (!loop_.timer_deadline(summary_timer_))
-            loop_.arm_timer(summary_timer_, loop_.now() + EventThrottle::Limits{}.summary_period);
-        return;
-    }
-    log_.peer_event(event);
+    ++event_counts_[static_cast<std::size_t>(event.kind)];
+    // The summary period also prunes the throttle's buckets, so it runs
+    // whenever there were events, held back or not.
+    if (!loop_.timer_deadline(summary_timer_))
+        loop_.arm_timer(summary_timer_, loop_.now() + EventThrottle::Limits{}.summary_period);
+    if (throttle_.admit(event.kind, event.peer.name, event.peer.address, loop_.now()))
+        log_.peer_event(event);
 }
 
 void Daemon::log_throttle_summary() {
-    if (auto line = throttle_.summary(loop_.now())) {
-        log_.log(LOG_WARNING, *line);
-        // Keep looking while the flood lasts; the next summary closes it.
-        loop_.arm_timer(summary_timer_, loop_.now() + EventThrottle::Limits{}.summary_period);
-    }
+    if (auto line = throttle_.summary(loop_.now())) log_.log(LOG_WARNING, *line);
 }
 
 std::unique_ptr<ControlServer> Daemon::make_control_server(const std::string& path) {
@@ -344,7 +352,7 @@ DaemonStats Daemon::stats() const {
     s.log_events_dropped = throttle_.suppressed_total() + log_.suppressed();
     for (const auto& [id, l] : listeners_) s.send_errors += l.socket.send_errors();
     s.unroutable = unroutable_;
-    s.events = events_;
+    s.events = event_counts_;
     s.last_event_seq = ring_.next_seq() - 1;
     s.hooks_running = hooks_->running();
     s.hooks_pending = hooks_->pending();
@@ -411,6 +419,11 @@ nlohmann::json Daemon::status() const {
     d["receive_overflows"] = overflow_drops;
     d["verdicts_withheld"] = core_.verdicts_withheld();
     d["events_not_logged"] = throttle_.suppressed_total();
+    d["log_records_dropped"] = log_.dropped_total();
+    // Every event since start, logged or not: what alerting should count.
+    auto& events = j["events"];
+    for (std::size_t k = 0; k < kEventKindCount; ++k)
+        events[std::string(to_string(static_cast<EventKind>(k)))] = event_counts_[k];
     d["control_refused_no_fd"] = control_ ? control_->refused_no_fd() : 0;
     d["loop"] = {
         {"iterations", stats_.iterations},

@@ -4,8 +4,8 @@
 
 #include <functional>
 #include <map>
-#include <nlohmann/json.hpp>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -56,7 +56,9 @@ private:
     Result<bool, std::string> reconcile_listeners(const std::vector<Endpoint>& wanted);
     void add_listener(std::optional<Endpoint> configured, UdpSocket socket);
     std::optional<std::uint32_t> legacy_probe_listener() const;
-    void on_readable(std::uint32_t id);
+    // Reads and handles up to max_batches batches; a socket with more left
+    // goes on backlogged_.
+    void read_socket(std::uint32_t id, int max_batches);
     void after_work();
     void flush(std::uint32_t id);
     void reload();
@@ -87,6 +89,7 @@ private:
     std::uint32_t next_listener_id_ = 1;
     std::map<std::uint32_t, std::vector<OutDatagram>> outbox_;
     std::uint64_t unroutable_ = 0;
+    std::vector<std::uint32_t> backlogged_;  // listeners with datagrams left unread
 
     // Before control_: its watch streams read the ring through watchers_.
     EventRing ring_;
@@ -97,7 +100,9 @@ private:
     EventLoop::TimerId wheel_timer_;
     TimePoint wheel_deadline_{};  // what wheel_timer_ was last armed to
     EventLoop::TimerId summary_timer_;
+    EventLoop::TimerId log_timer_;
     EventThrottle throttle_;
+    std::array<std::uint64_t, kEventKindCount> event_counts_{};
 
     struct LoopStats {
         std::uint64_t iterations = 0;
@@ -112,7 +117,6 @@ private:
     EventLoop::TimerId watchdog_timer_;
     EventLoop::TimerId metrics_timer_;
     Duration last_lag_{};  // how late wheel_timer_ ran last time
-    std::array<std::uint64_t, kEventKindCount> events_{};
     Duration watchdog_period_{};
     bool status_dirty_ = true;
     bool stopping_ = false;

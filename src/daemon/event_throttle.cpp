@@ -59,10 +59,12 @@ std::optional<std::string> EventThrottle::summary(TimePoint now) {
         return b.tokens + elapsed * rate >= burst;
     };
     for (auto& [name, b] : peers_) b.suppressed = 0;
-    std::erase_if(peers_,
-                  [&](const auto& e) { return full(e.second, limits_.peer_burst, limits_.peer_per_second); });
-    std::erase_if(hosts_,
-                  [&](const auto& e) { return full(e.second, limits_.host_burst, limits_.host_per_second); });
+    std::erase_if(peers_, [&](const auto& e) {
+        return full(e.second, limits_.peer_burst, limits_.peer_per_second);
+    });
+    std::erase_if(hosts_, [&](const auto& e) {
+        return full(e.second, limits_.host_burst, limits_.host_per_second);
+    });
     period_start_ = now;
     suppressed_in_period_ = 0;
     return line;

@@ -1,8 +1,6 @@
 #include "daemon/log.hpp"
 
 #include <sys/stat.h>
-#include <sys/uio.h>
-#include <systemd/sd-journal.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -100,16 +98,18 @@ std::string describe(const PeerEvent& e) {
     }
 }
 
-Logger::Logger(LogTarget target) : target_(resolve_log_target(target)) {}
+Logger::Logger(LogTarget target)
+    : target_(resolve_log_target(target)),
+      writer_(target_ == LogTarget::journal ? LogWriter::Kind::journal : LogWriter::Kind::stderr_) {
+}
 
 void Logger::log(int priority, std::string_view message) {
     if (target_ == LogTarget::journal) {
-        sd_journal_send("MESSAGE=%.*s", static_cast<int>(message.size()), message.data(),
-                        "PRIORITY=%d", priority, nullptr);
+        writer_.write(journal_datagram(
+            {{"MESSAGE", std::string(message)}, {"PRIORITY", std::to_string(priority)}}));
         return;
     }
-    fmt::print(stderr, "<{}>{}\n", priority, message);
-    std::fflush(stderr);
+    writer_.write(fmt::format("<{}>{}\n", priority, message));
 }
 
 void Logger::log_limited(std::string_view key, int priority, std::string_view message,
@@ -140,32 +140,32 @@ void Logger::peer_event(const PeerEvent& e) {
         log(priority, message);
         return;
     }
-    std::vector<std::string> fields;
-    fields.reserve(16);
-    fields.push_back("MESSAGE=" + message);
-    fields.push_back(fmt::format("PRIORITY={}", priority));
-    fields.push_back(fmt::format("MESSAGE_ID={}", message_id(e.kind)));
-    fields.push_back("PEER_NAME=" + p.name);
-    fields.push_back("PEER_ADDRESS=" + p.address.to_string());
-    fields.push_back(fmt::format("PEER_STATE={}", state_after(e)));
-    fields.push_back(fmt::format("PEER_PREVIOUS_STATE={}",
-                                 e.previous ? to_string(*e.previous) : std::string_view{}));
-    fields.push_back(fmt::format("PEER_SESSION={:08x}", p.session));
-    fields.push_back(fmt::format("PEER_INTERVAL_MSEC={}",
-                                 std::chrono::duration_cast<milliseconds>(p.interval).count()));
-    fields.push_back(fmt::format("PEER_PROBES={}", p.probes));
-    fields.push_back(fmt::format("PEER_MISSED={}", p.missed));
+    std::vector<std::pair<std::string_view, std::string>> fields;
+    fields.reserve(17);
+    fields.emplace_back("MESSAGE", message);
+    fields.emplace_back("PRIORITY", std::to_string(priority));
+    fields.emplace_back("MESSAGE_ID", std::string(message_id(e.kind)));
+    fields.emplace_back("PEER_NAME", p.name);
+    fields.emplace_back("PEER_ADDRESS", p.address.to_string());
+    fields.emplace_back("PEER_STATE", std::string(state_after(e)));
+    fields.emplace_back("PEER_PREVIOUS_STATE",
+                        e.previous ? std::string(to_string(*e.previous)) : std::string());
+    fields.emplace_back("PEER_SESSION", fmt::format("{:08x}", p.session));
+    fields.emplace_back(
+        "PEER_INTERVAL_MSEC",
+        std::to_string(std::chrono::duration_cast<milliseconds>(p.interval).count()));
+    fields.emplace_back("PEER_PROBES", std::to_string(p.probes));
+    fields.emplace_back("PEER_MISSED", std::to_string(p.missed));
     if (p.rtt)
-        fields.push_back(
-            fmt::format("PEER_RTT_USEC={}",
-                        std::chrono::duration_cast<std::chrono::microseconds>(*p.rtt).count()));
-    fields.push_back("PEER_REASON=" + e.reason);
-    fields.push_back(fmt::format("PEER_PROTOCOL={}", to_string(p.protocol)));
-    fields.push_back(fmt::format("PEER_EVENT={}", to_string(e.kind)));
-    std::vector<iovec> iov;
-    iov.reserve(fields.size());
-    for (auto& f : fields) iov.push_back({f.data(), f.size()});
-    sd_journal_sendv(iov.data(), static_cast<int>(iov.size()));
+        fields.emplace_back(
+            "PEER_RTT_USEC",
+            std::to_string(std::chrono::duration_cast<std::chrono::microseconds>(*p.rtt).count()));
+    fields.emplace_back("PEER_REASON", e.reason);
+    if (e.previous_address)
+        fields.emplace_back("PEER_PREVIOUS_ADDRESS", e.previous_address->to_string());
+    fields.emplace_back("PEER_PROTOCOL", std::string(to_string(p.protocol)));
+    fields.emplace_back("PEER_EVENT", std::string(to_string(e.kind)));
+    writer_.write(journal_datagram(fields));
 }
 
 }  // namespace keepalive

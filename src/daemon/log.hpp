@@ -12,6 +12,7 @@
 
 #include "core/clock.hpp"
 #include "core/peer.hpp"
+#include "daemon/log_writer.hpp"
 
 namespace keepalive {
 
@@ -44,8 +45,16 @@ public:
     // Lines log_limited() has suppressed since start.
     std::uint64_t suppressed() const { return suppressed_; }
 
+    // Writing never blocks: what the destination cannot take now waits in a
+    // bounded queue. Call flush() again (e.g. each loop iteration) while
+    // pending(); records dropped because the queue was full are counted.
+    void flush() { writer_.flush(); }
+    bool pending() const { return writer_.pending(); }
+    std::uint64_t dropped_total() const { return writer_.dropped_total(); }
+
 private:
     LogTarget target_;
+    LogWriter writer_;
     struct Limiter {
         std::string key;
         TimePoint last{};

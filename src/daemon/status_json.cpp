@@ -39,12 +39,12 @@ ControlServer::Producer peers_stream(const ServerCore& core, std::function<TimeP
         if (!cursor.started) out += "{\"peers\":[";
         cursor.started = true;
         const TimePoint t = now();
-        cursor.next = core.peers().for_each_from(
-            cursor.next, kPeersPerPiece, [&](PeerTable::Slot, const Peer& p) {
-                if (!cursor.first) out += ',';
-                cursor.first = false;
-                out += peer_json(p, t).dump();
-            });
+        cursor.next = core.peers().for_each_from(cursor.next, kPeersPerPiece,
+                                                 [&](PeerTable::Slot, const Peer& p) {
+                                                     if (!cursor.first) out += ',';
+                                                     cursor.first = false;
+                                                     out += peer_json(p, t).dump();
+                                                 });
         if (cursor.next != PeerTable::kNone) return true;
         out += "]}\n";
         return false;

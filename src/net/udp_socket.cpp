@@ -56,7 +56,7 @@ std::optional<Address> local_address(msghdr& h, std::uint16_t port, std::uint32_
             c->cmsg_len >= CMSG_LEN(sizeof(std::uint32_t))) {
             std::memcpy(&drops, CMSG_DATA(c), sizeof drops);
         } else if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_PKTINFO &&
-            c->cmsg_len >= CMSG_LEN(sizeof(in_pktinfo))) {
+                   c->cmsg_len >= CMSG_LEN(sizeof(in_pktinfo))) {
             in_pktinfo info;
             std::memcpy(&info, CMSG_DATA(c), sizeof info);
             sockaddr_in sin{};
@@ -228,8 +228,8 @@ std::size_t UdpSocket::receive_batch(const std::function<void(const Received&)>&
             const auto to = local_address(h, local_.port(), drops);
             // The count is cumulative (and wraps at 2^32): it only ever moves on.
             if (drops != 0 && drops != static_cast<std::uint32_t>(overflow_drops_))
-                overflow_drops_ += static_cast<std::uint32_t>(
-                    drops - static_cast<std::uint32_t>(overflow_drops_));
+                overflow_drops_ +=
+                    static_cast<std::uint32_t>(drops - static_cast<std::uint32_t>(overflow_drops_));
             const std::size_t size = std::min<std::size_t>(rx.msgs[i].msg_len, kReceiveBufferSize);
             const Received received{*from, to.value_or(local_),
                                     std::span<const std::uint8_t>(buffers_->data[i].data(), size),

@@ -184,13 +184,14 @@ protected:
         config_.listen.push_back("127.0.0.1:" + std::to_string(port_));
         config_.control_socket = dir_.file("control.sock");
         config_.max_peers = 5000;
+        config_.max_per_host = 5000;
         config_.forget_after = "1h";
         config_.down_probe_interval = "100ms";
     }
 
     void start_daemon(const std::string& extra_peers = {}, const std::string& extra = {}) {
         write_file(dir_.file("keepalived.toml"),
-                   config_.to_toml() + "max_per_host = 5000\n" + extra_peers + "\n" + extra);
+                   config_.to_toml() + extra_peers + "\n" + extra);
         SpawnOptions options;
         options.stderr_path = dir_.file("keepalived.log");
         daemon_.emplace(Strings{keepalived_path(), "--config", dir_.file("keepalived.toml"),

@@ -455,8 +455,10 @@ std::string DaemonConfig::to_toml() const {
       << "max_interval = " << toml_string(max_interval) << "\n"
       << "max_probes = " << max_probes << "\n"
       << "max_peers = " << max_peers << "\n"
+      << "max_per_host = " << max_per_host << "\n"
       << "forget_after = " << toml_string(forget_after) << "\n"
-      << "down_probe_interval = " << toml_string(down_probe_interval) << "\n";
+      << "down_probe_interval = " << toml_string(down_probe_interval) << "\n"
+      << extra;
     return s.str();
 }
 

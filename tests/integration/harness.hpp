@@ -147,8 +147,10 @@ struct DaemonConfig {
     std::string max_interval = "1h";
     int max_probes = 255;
     int max_peers = 1000;
+    int max_per_host = 1000;
     std::string forget_after = "10m";
     std::string down_probe_interval = "1s";
+    std::string extra;  // appended verbatim: more tables
 
     std::string to_toml() const;
 };

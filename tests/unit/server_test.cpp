@@ -1704,7 +1704,8 @@ TEST_F(ServerTest, OneHostIsCappedWhileOthersStillRegister) {
     limits.max_per_host = 3;
     make_server();
     for (int i = 0; i < 3; ++i)
-        add_peer("a" + std::to_string(i), addr(("198.51.100.7:" + std::to_string(40000 + i)).c_str()));
+        add_peer("a" + std::to_string(i),
+                 addr(("198.51.100.7:" + std::to_string(40000 + i)).c_str()));
     const auto before = snapshot(server->peers());
     const Sent refused = register_with(reg("a3"), addr("198.51.100.7:40003"));
     ASSERT_EQ(refused.type(), kap::Type::reject);
@@ -1737,18 +1738,20 @@ TEST_F(ServerTest, TakeoverFromAnotherHostIsReportedAsAMoveWithBothAddresses) {
     EXPECT_EQ(events_since(e2)[0].kind, EventKind::restarted);
 }
 
-TEST_F(ServerTest, ASessionThatNeverAnswersIsForgottenWithinProbesSeconds) {
+TEST_F(ServerTest, ASessionThatNeverAnswersIsDownWithinProbesSecondsAndSoonForgotten) {
     // Granted an hour x 3, it would hold its slot for hours without a word.
     limits.max_interval = 1h;
     make_server();
     responders[kAlpha] = Responder{0x1111, 5ms, false};
     ASSERT_EQ(register_with(reg("mute", 3'600'000, 3), kAlpha).type(), kap::Type::accept);
     run_for(3s);
-    EXPECT_TRUE(known("mute"));
+    EXPECT_EQ(peer("mute").state, PeerState::suspect);
     run_for(2s);
+    EXPECT_EQ(peer("mute").state, PeerState::down);
+    EXPECT_EQ(probes_to(kAlpha).size(), 4u);  // three unanswered, one slow probe at down
+    run_for(ServerCore::kUnansweredForgetAfter);
     EXPECT_FALSE(known("mute"));
     EXPECT_EQ(sink.events.back().kind, EventKind::forgotten);
-    EXPECT_EQ(probes_to(kAlpha).size(), 3u);
 }
 
 TEST_F(ServerTest, AnAnsweringSessionLeavesProbationForItsGrantedInterval) {
@@ -1782,6 +1785,24 @@ TEST_F(ServerTest, DoubtAboutOwnReceptionWithholdsOneVerdictNotMore) {
     run_until(probe_at + 400ms);
     EXPECT_EQ(peer("p").state, PeerState::down);
     EXPECT_EQ(sink.events.back().at, probe_at + 400ms);
+}
+
+TEST_F(ServerTest, ADeadPeerIsFoundEvenWhileTheServerKeepsDoubting) {
+    add_peer("p", kAlpha, 200, 2);
+    run_for(1s);
+    responders[kAlpha].answering = false;
+    const std::size_t sent = probes_to(kAlpha).size();
+    while (probes_to(kAlpha).size() == sent) run_for(1ms);
+    const TimePoint first_unanswered = probes_to(kAlpha).back().at;
+    // The server loses datagrams all the time from now on.
+    while (peer("p").state != PeerState::down && clock.now() < first_unanswered + 10s) {
+        run_for(10ms);
+        server->doubt_receive(clock.now());
+    }
+    ASSERT_EQ(peer("p").state, PeerState::down);
+    EXPECT_EQ(server->verdicts_withheld(), ServerCore::kMaxWithheld);
+    // Detection is late by the withheld probes, and no more.
+    EXPECT_EQ(sink.events.back().at, first_unanswered + (2 + ServerCore::kMaxWithheld) * 200ms);
 }
 
 TEST_F(ServerTest, OversizedDatagramsCountAsReceived) {
