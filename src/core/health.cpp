@@ -71,8 +71,7 @@ std::string PeerHealth::describe() const {
 
 bool FlapDamper::recovered(TimePoint now, const HealthPolicy& policy) {
     if (!policy.hold_down) return false;
-    while (!recoveries_.empty() && now - recoveries_.front() > *policy.hold_down)
-        recoveries_.pop_front();
+    std::erase_if(recoveries_, [&](TimePoint t) { return now - t > *policy.hold_down; });
     recoveries_.push_back(now);
     return recoveries_.size() > policy.flap_threshold;
 }
@@ -82,8 +81,7 @@ void FlapDamper::answered(TimePoint now) {
 }
 
 bool FlapDamper::released(TimePoint now, const HealthPolicy& policy) const {
-    return !policy.hold_down ||
-           (answering_since_ && now - *answering_since_ >= *policy.hold_down);
+    return !policy.hold_down || (answering_since_ && now - *answering_since_ >= *policy.hold_down);
 }
 
 void FlapDamper::release() {

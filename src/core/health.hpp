@@ -4,7 +4,6 @@
 #pragma once
 
 #include <cstdint>
-#include <deque>
 #include <optional>
 #include <string>
 #include <vector>
@@ -54,8 +53,7 @@ public:
     // Why the peer is degraded under `policy`, or nullopt if it is healthy.
     // `degraded_now` selects the thresholds: entering needs the high one,
     // staying needs only more than the low one (hysteresis).
-    std::optional<std::string> degraded_reason(const HealthPolicy& policy,
-                                               bool degraded_now) const;
+    std::optional<std::string> degraded_reason(const HealthPolicy& policy, bool degraded_now) const;
     // "loss 12/50, rtt 3.1 ms" for event reasons.
     std::string describe() const;
 
@@ -86,7 +84,9 @@ public:
     std::size_t recent_flaps() const { return recoveries_.size(); }
 
 private:
-    std::deque<TimePoint> recoveries_;
+    // At most flap_threshold + 1 entries; a vector, because an empty deque
+    // allocates, and every peer has one of these.
+    std::vector<TimePoint> recoveries_;
     bool held_ = false;
     std::optional<TimePoint> answering_since_;
 };

@@ -360,10 +360,10 @@ void ServerCore::recover(Slot slot, TimePoint now) {
         if (!p.damper.released(now, policy)) return;
         p.damper.release();
         p.health.reset();
-        change_state(slot, PeerState::up, EventKind::up,
-                     "ack received; damping ended after answering for " +
-                         format_duration(*policy.hold_down),
-                     now);
+        change_state(
+            slot, PeerState::up, EventKind::up,
+            "ack received; damping ended after answering for " + format_duration(*policy.hold_down),
+            now);
         return;
     }
     p.health.reset();  // its sickness before it went down says nothing now
@@ -377,8 +377,7 @@ void ServerCore::update_health(Slot slot, TimePoint now) {
     Peer& p = table_.at(slot);
     const bool degraded_now = p.state == PeerState::degraded;
     if (p.state == PeerState::suspect && p.missed > 0) return;
-    if (p.state != PeerState::up && p.state != PeerState::degraded &&
-        p.state != PeerState::suspect)
+    if (p.state != PeerState::up && p.state != PeerState::degraded && p.state != PeerState::suspect)
         return;
     const auto why = p.health.degraded_reason(limits_.health, degraded_now);
     if (why && !degraded_now) {

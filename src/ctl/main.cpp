@@ -166,7 +166,8 @@ std::string format_time(double t) {
 void print_event(const nlohmann::json& e) {
     if (e.contains("missed")) {
         fmt::print("-- missed {} events (seq {} to {}): this reader fell behind --\n",
-                   e.at("missed").get<std::uint64_t>(), e.at("first_missed_seq").get<std::uint64_t>(),
+                   e.at("missed").get<std::uint64_t>(),
+                   e.at("first_missed_seq").get<std::uint64_t>(),
                    e.at("last_missed_seq").get<std::uint64_t>());
         return;
     }
@@ -272,10 +273,10 @@ int main(int argc, char** argv) {
             // Text, not JSON; only an error reply is a JSON object.
             const std::string text = ask(socket_path, command);
             if (text.empty() || text.front() == '{')
-                throw Failure{"keepalived: " +
-                              (text.empty() ? std::string("empty reply")
-                                            : nlohmann::json::parse(text)
-                                                  .value("error", std::string("bad reply")))};
+                throw Failure{"keepalived: " + (text.empty()
+                                                    ? std::string("empty reply")
+                                                    : nlohmann::json::parse(text).value(
+                                                          "error", std::string("bad reply")))};
             std::fwrite(text.data(), 1, text.size(), stdout);
             return std::fflush(stdout) == 0 ? 0 : 1;
         }

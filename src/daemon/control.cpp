@@ -132,8 +132,8 @@ void ControlServer::on_accept() {
             return;  // EAGAIN, or a transient error: try again on the next wake-up
         }
         const int raw = fd.get();
-        clients_.emplace(raw,
-                         Client{std::move(fd), {}, {}, {}, 0, false, false, next_serial_++, loop_.now()});
+        clients_.emplace(
+            raw, Client{std::move(fd), {}, {}, {}, 0, false, false, next_serial_++, loop_.now()});
         loop_.add_fd(raw, EPOLLIN, [this, raw](std::uint32_t events) { on_client(raw, events); });
     }
 }

@@ -1,6 +1,7 @@
 #include "daemon/hooks.hpp"
 
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/syscall.h>
@@ -10,8 +11,6 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
-
-#include <fmt/format.h>
 
 #include "core/duration.hpp"
 
@@ -239,7 +238,8 @@ void HookRunner::on_exit(int pidfd) {
         if (info.si_status == 0) priority = r.stderr_text.empty() ? LOG_DEBUG : LOG_INFO;
     } else {
         const char* sig = ::sigabbrev_np(info.si_status);
-        how = "was killed by signal " + (sig ? "SIG" + std::string(sig) : std::to_string(info.si_status));
+        how = "was killed by signal " +
+              (sig ? "SIG" + std::string(sig) : std::to_string(info.si_status));
     }
     std::string message = fmt::format("hook {} for peer {} (event {}, {}) {}", r.job.hook.exec[0],
                                       e.name, e.seq, e.state, how);

@@ -78,7 +78,7 @@ private:
     std::vector<HookConfig> hooks_;
     std::unordered_map<std::string, std::deque<Job>> queues_;  // per peer name, event order
     std::unordered_map<std::string, bool> busy_;               // peer name -> a hook is running
-    std::deque<std::string> ready_;  // peers with a queued job and none running, FIFO
+    std::deque<std::string> ready_;   // peers with a queued job and none running, FIFO
     std::map<int, Running> running_;  // by pidfd
     std::size_t pending_ = 0;
     std::uint64_t dropped_ = 0;

@@ -23,7 +23,8 @@ constexpr Family kPeerFamilies[] = {
     {"keepalived_peer_rtt_seconds", "gauge", "Round-trip time of the last answered probe."},
     {"keepalived_peer_missed_probes", "gauge", "Consecutive unanswered probes."},
     {"keepalived_peer_probes_sent_total", "counter", "Probes sent in the current session."},
-    {"keepalived_peer_acks_received_total", "counter", "Valid ACKs received in the current session."},
+    {"keepalived_peer_acks_received_total", "counter",
+     "Valid ACKs received in the current session."},
     {"keepalived_peer_state_changes_total", "counter", "State changes since the peer registered."},
     {"keepalived_peer_interval_seconds", "gauge", "Granted probe interval."},
 };
@@ -109,8 +110,7 @@ void MetricsText::daemon_families(std::string& out) const {
     header(out, "keepalived_loop_lag_seconds", "gauge",
            "How late the event loop ran the last due timer.");
     fmt::format_to(it, "keepalived_loop_lag_seconds {:.6f}\n", stats_.loop_lag_s);
-    header(out, "keepalived_loop_lag_max_seconds", "gauge",
-           "The largest loop lag since start.");
+    header(out, "keepalived_loop_lag_max_seconds", "gauge", "The largest loop lag since start.");
     fmt::format_to(it, "keepalived_loop_lag_max_seconds {:.6f}\n", stats_.loop_lag_max_s);
     header(out, "keepalived_log_events_dropped_total", "counter",
            "Log messages suppressed by rate limiting.");

@@ -50,9 +50,9 @@ private:
     const ServerCore& core_;
     DaemonStats stats_;
     bool daemon_done_ = false;
-    std::size_t family_ = 0;     // index into the per-peer families
-    PeerTable::Slot slot_ = 0;   // next slot of the current family
-    bool header_done_ = false;   // HELP/TYPE of the current family written
+    std::size_t family_ = 0;    // index into the per-peer families
+    PeerTable::Slot slot_ = 0;  // next slot of the current family
+    bool header_done_ = false;  // HELP/TYPE of the current family written
 };
 
 // The whole text at once.

@@ -57,7 +57,8 @@ Result<bool, std::string> replace_file(const std::string& path,
     }
     if (!write_all(fd.get(), piece)) return fail("cannot write " + tmp);
     if (::close(fd.release()) != 0) return fail("cannot write " + tmp);
-    if (::rename(tmp.c_str(), path.c_str()) != 0) return fail("cannot rename " + tmp + " to " + path);
+    if (::rename(tmp.c_str(), path.c_str()) != 0)
+        return fail("cannot rename " + tmp + " to " + path);
     return true;
 }
 

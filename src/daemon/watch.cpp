@@ -26,7 +26,7 @@ std::optional<ControlServer::Producer> Watchers::open(std::optional<std::uint64_
         }
         for (std::size_t n = 0; n < kEventsPerPiece && next < ring_.next_seq(); ++n, ++next)
             out += ring_.find(next)->to_json().dump(-1, ' ', false,
-                                                   nlohmann::json::error_handler_t::replace) +
+                                                    nlohmann::json::error_handler_t::replace) +
                    "\n";
         return true;  // a stream ends only when its reader hangs up
     };

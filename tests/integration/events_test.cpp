@@ -164,7 +164,8 @@ public:
             }
         }
         std::size_t start = 0;
-        for (auto nl = buffer_.find('\n'); nl != std::string::npos; nl = buffer_.find('\n', start)) {
+        for (auto nl = buffer_.find('\n'); nl != std::string::npos;
+             nl = buffer_.find('\n', start)) {
             out.push_back(json::parse(buffer_.substr(start, nl - start)));
             start = nl + 1;
         }
@@ -190,8 +191,7 @@ protected:
     }
 
     void start_daemon(const std::string& extra_peers = {}, const std::string& extra = {}) {
-        write_file(dir_.file("keepalived.toml"),
-                   config_.to_toml() + extra_peers + "\n" + extra);
+        write_file(dir_.file("keepalived.toml"), config_.to_toml() + extra_peers + "\n" + extra);
         SpawnOptions options;
         options.stderr_path = dir_.file("keepalived.log");
         daemon_.emplace(Strings{keepalived_path(), "--config", dir_.file("keepalived.toml"),
@@ -314,7 +314,8 @@ TEST_F(EventsTest, WatchResumesWithSinceAndASlowReaderIsToldWhatItMissed) {
         for (auto& e : slow.read(50ms)) late.push_back(std::move(e));
         return std::any_of(late.begin(), late.end(),
                            [](const json& e) { return e.contains("missed"); });
-    })) << late.size() << " lines, none saying what was missed";
+    })) << late.size()
+        << " lines, none saying what was missed";
     // Every event is either delivered or counted as missed, in order.
     std::uint64_t next = 1;
     for (const auto& e : late) {
@@ -329,9 +330,8 @@ TEST_F(EventsTest, WatchResumesWithSinceAndASlowReaderIsToldWhatItMissed) {
         }
     }
     // keepalivectl shows it too.
-    const RunResult text = run({ctl_path(), "--socket", config_.control_socket, "watch", "--since",
-                                "0"},
-                               2s);
+    const RunResult text =
+        run({ctl_path(), "--socket", config_.control_socket, "watch", "--since", "0"}, 2s);
     EXPECT_NE(text.out.find("-- missed "), std::string::npos) << text.out.substr(0, 500);
     EXPECT_TRUE(run({ctl_path(), "--socket", config_.control_socket, "watch", "--since", "x"})
                     .status.exited_with(2));
@@ -348,17 +348,19 @@ std::string hook_script(const TempDir& dir, const std::string& name, const std::
 
 TEST_F(EventsTest, HooksGetTheEventInTheirEnvironmentInOrderPerPeer) {
     // Sleeps a little, differently per peer, so that peers' hooks overlap.
-    const std::string all = hook_script(
-        dir_, "all.sh",
-        "sleep 0.0$(( ${KEEPALIVE_PEER_NAME#env} % 5 ))\n"
-        "echo \"$KEEPALIVE_EVENT_SEQ|$KEEPALIVE_PEER_NAME|$KEEPALIVE_PEER_STATE|"
-        "$KEEPALIVE_PEER_PREVIOUS_STATE|$KEEPALIVE_PEER_ADDRESS|$KEEPALIVE_REASON|"
-        "$KEEPALIVE_EVENT\" >> " + dir_.file("all.out") + "\n");
-    const std::string downs = hook_script(
-        dir_, "down.sh", "echo \"$KEEPALIVE_EVENT_SEQ $KEEPALIVE_PEER_NAME\" >> " +
-                             dir_.file("down.out") + "\necho oops >&2\nexit 4\n");
-    start_daemon("", "[[hooks]]\nexec = [\"" + all + "\"]\ntimeout = \"5s\"\n\n[[hooks]]\nexec = [\"" +
-                         downs + "\"]\nstates = [\"down\"]\n");
+    const std::string all =
+        hook_script(dir_, "all.sh",
+                    "sleep 0.0$(( ${KEEPALIVE_PEER_NAME#env} % 5 ))\n"
+                    "echo \"$KEEPALIVE_EVENT_SEQ|$KEEPALIVE_PEER_NAME|$KEEPALIVE_PEER_STATE|"
+                    "$KEEPALIVE_PEER_PREVIOUS_STATE|$KEEPALIVE_PEER_ADDRESS|$KEEPALIVE_REASON|"
+                    "$KEEPALIVE_EVENT\" >> " +
+                        dir_.file("all.out") + "\n");
+    const std::string downs = hook_script(dir_, "down.sh",
+                                          "echo \"$KEEPALIVE_EVENT_SEQ $KEEPALIVE_PEER_NAME\" >> " +
+                                              dir_.file("down.out") + "\necho oops >&2\nexit 4\n");
+    start_daemon("", "[[hooks]]\nexec = [\"" + all +
+                         "\"]\ntimeout = \"5s\"\n\n[[hooks]]\nexec = [\"" + downs +
+                         "\"]\nstates = [\"down\"]\n");
     Swarm swarm(port_, 20, "env", 100, 2);
     ASSERT_TRUE(wait_until([&] { return answered() == 20; }));
     swarm.set_answering(false);
@@ -373,7 +375,8 @@ TEST_F(EventsTest, HooksGetTheEventInTheirEnvironmentInOrderPerPeer) {
         return out;
     };
     ASSERT_TRUE(wait_until([&] { return lines(dir_.file("all.out")).size() >= 80; }))
-        << lines(dir_.file("all.out")).size() << "\n" << log();
+        << lines(dir_.file("all.out")).size() << "\n"
+        << log();
 
     std::map<std::string, std::vector<Strings>> by_peer;
     for (const auto& l : lines(dir_.file("all.out"))) {

@@ -68,7 +68,8 @@ void expect_promtool_accepts(const std::string& text, const TempDir& dir) {
     }
     write_file(dir.file("check.prom"), text);
     // promtool reads the exposition on stdin; a shell redirects the file there.
-    const RunResult r = run({"/bin/sh", "-c", *tool + " check metrics < " + dir.file("check.prom")});
+    const RunResult r =
+        run({"/bin/sh", "-c", *tool + " check metrics < " + dir.file("check.prom")});
     EXPECT_TRUE(r.status.exited_with(0)) << r.status.to_string() << "\n" << r.out << r.err;
 }
 
@@ -94,9 +95,8 @@ protected:
                                 "--log-target", "stderr"},
                         options);
         if (!wait_until([&] {
-                return !daemon_->running() || try_ctl_json({"--socket", config_.control_socket,
-                                                            "status"})
-                                                  .has_value();
+                return !daemon_->running() ||
+                       try_ctl_json({"--socket", config_.control_socket, "status"}).has_value();
             }) ||
             !daemon_->running())
             fail("keepalived did not come up:\n" + daemon_->stderr_text());
@@ -303,7 +303,8 @@ public:
     RunResult nft(const std::string& script) const {
         const std::string ip = *ip_path();
         return run({"/bin/sh", "-c",
-                    ip + " netns exec " + name_ + " " + *nft_path() + " -f - <<'EOF'\n" + script + "\nEOF\n"});
+                    ip + " netns exec " + name_ + " " + *nft_path() + " -f - <<'EOF'\n" + script +
+                        "\nEOF\n"});
     }
 
 private:
@@ -329,9 +330,9 @@ TEST(Degraded, RandomLossInANamespaceMakesAPeerDegradedUntilItStops) {
                config.to_toml() + "degraded_loss = \"10%\"\ndegraded_window = 50\n");
     SpawnOptions daemon_options;
     daemon_options.stderr_path = dir.file("keepalived.log");
-    Process daemon({keepalived_path(), "--config", dir.file("keepalived.toml"), "--log-target",
-                    "stderr"},
-                   daemon_options);
+    Process daemon(
+        {keepalived_path(), "--config", dir.file("keepalived.toml"), "--log-target", "stderr"},
+        daemon_options);
     const auto field = [&](const char* key) -> json {
         const auto j = try_ctl_json({"--socket", config.control_socket, "peers"});
         if (!j) return nullptr;
@@ -355,8 +356,8 @@ TEST(Degraded, RandomLossInANamespaceMakesAPeerDegradedUntilItStops) {
     SpawnOptions peer_options;
     peer_options.stderr_path = dir.file("peer.log");
     Process peer({*ip_path(), "netns", "exec", ns.name(), peer_path(), "--server",
-                  ns.host_ip() + ":" + std::to_string(port), "--name", "gray", "--interval",
-                  "20ms", "--probes", "30", "--log-target", "stderr"},
+                  ns.host_ip() + ":" + std::to_string(port), "--name", "gray", "--interval", "20ms",
+                  "--probes", "30", "--log-target", "stderr"},
                  peer_options);
     ASSERT_TRUE(wait_until([&] { return state() == "up"; })) << log() << peer.stderr_text();
     ASSERT_EQ(count("degraded"), "0") << log();

@@ -710,11 +710,10 @@ TEST(ConfigPeersHealth, DegradedAndDamping) {
     EXPECT_EQ(defaults.peers.health, HealthPolicy{});
     EXPECT_FALSE(defaults.peers.health.loss || defaults.peers.health.rtt ||
                  defaults.peers.health.hold_down);
-    const auto r = parse_config(kServer + lines({"[peers]", R"(degraded_loss = "20%")",
-                                                 "degraded_window = 100",
-                                                 R"(degraded_rtt = "50ms")", R"(hold_down = "30s")",
-                                                 "flap_threshold = 5"}),
-                                kFile);
+    const auto r = parse_config(
+        kServer + lines({"[peers]", R"(degraded_loss = "20%")", "degraded_window = 100",
+                         R"(degraded_rtt = "50ms")", R"(hold_down = "30s")", "flap_threshold = 5"}),
+        kFile);
     ASSERT_TRUE(r.ok()) << r.error().to_string();
     EXPECT_EQ(r->peers.health.loss, 0.2);
     EXPECT_EQ(r->peers.health.loss_window, 100u);
@@ -731,9 +730,9 @@ TEST(ConfigPeersHealth, BadValuesNameTheKey) {
     const std::string percent =
         "must be a percentage from 1% to 100% as a string such as \"20%\", not ";
     for (const char* bad : {"0%", "101%", "20", "%", "twenty%", "-5%", "2.5%"})
-        EXPECT_TRUE(fails_at(kServer + lines({"[peers]", "degraded_loss = \"" + std::string(bad) +
-                                                             "\""}),
-                             4, 17, "peers.degraded_loss: " + percent + "\"" + bad + "\""));
+        EXPECT_TRUE(
+            fails_at(kServer + lines({"[peers]", "degraded_loss = \"" + std::string(bad) + "\""}),
+                     4, 17, "peers.degraded_loss: " + percent + "\"" + bad + "\""));
     EXPECT_TRUE(fails_at(kServer + lines({"[peers]", "degraded_window = 5"}), 4, 19,
                          "peers.degraded_window: must be an integer from 10 to 1000, not 5"));
     EXPECT_TRUE(fails_at(kServer + lines({"[peers]", "flap_threshold = 0"}), 4, 18,
@@ -743,11 +742,11 @@ TEST(ConfigPeersHealth, BadValuesNameTheKey) {
 }
 
 TEST(ConfigHooks, ArrayOfTables) {
-    const auto r = parse_config(
-        kServer + lines({"[[hooks]]", R"(exec = ["/usr/local/bin/on-peer", "--page"])",
-                         R"(states = ["down", "up"])", R"(timeout = "2s")", "", "[[hooks]]",
-                         R"(exec = ["/bin/true"])"}),
-        kFile);
+    const auto r =
+        parse_config(kServer + lines({"[[hooks]]", R"(exec = ["/usr/local/bin/on-peer", "--page"])",
+                                      R"(states = ["down", "up"])", R"(timeout = "2s")", "",
+                                      "[[hooks]]", R"(exec = ["/bin/true"])"}),
+                     kFile);
     ASSERT_TRUE(r.ok()) << r.error().to_string();
     ASSERT_EQ(r->hooks.size(), 2u);
     EXPECT_EQ(r->hooks[0].exec, (std::vector<std::string>{"/usr/local/bin/on-peer", "--page"}));
@@ -767,10 +766,11 @@ TEST(ConfigHooks, BadHooksNameTheSpot) {
                          5, 11,
                          "hooks[0].states: \"gone\" is not a state (up, degraded, suspect, down, "
                          "left or forgotten)"));
-    EXPECT_TRUE(fails_at(kServer + lines({"[[hooks]]", R"(exec = ["/x"])", R"(timeout = "1ms")"}), 5,
-                         11, "hooks[0].timeout: must be a duration from 100ms to 1h, not \"1ms\""));
-    EXPECT_TRUE(fails_at(kServer + lines({"[[hooks]]", R"(exec = ["/x"])", "user = \"root\""}), 5, 1,
-                         "unknown key \"user\" in hooks[0] (known: exec, states, timeout)"));
+    EXPECT_TRUE(fails_at(kServer + lines({"[[hooks]]", R"(exec = ["/x"])", R"(timeout = "1ms")"}),
+                         5, 11,
+                         "hooks[0].timeout: must be a duration from 100ms to 1h, not \"1ms\""));
+    EXPECT_TRUE(fails_at(kServer + lines({"[[hooks]]", R"(exec = ["/x"])", "user = \"root\""}), 5,
+                         1, "unknown key \"user\" in hooks[0] (known: exec, states, timeout)"));
     EXPECT_TRUE(fails_at(kServer + lines({"[hooks]", R"(exec = ["/x"])"}), 3, 1,
                          "hooks: must be an array of tables ([[hooks]]), not a table"));
     const ConfigError missing = error_of(kServer + lines({"[[hooks]]", "timeout = \"1s\""}));

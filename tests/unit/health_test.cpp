@@ -173,10 +173,9 @@ TEST_F(HealthTest, AFlappingPeerIsDampedWithOneEntryUntilItHasAnsweredForHoldDow
     d.run_for(1s);
     for (int i = 0; i < 6; ++i) flap(d, 500ms, 500ms);
     // Two recoveries are allowed; the third within 10 s is damped: no more up/down.
-    const std::vector<EventKind> expected{
-        EventKind::suspect, EventKind::down, EventKind::up,     EventKind::suspect,
-        EventKind::down,    EventKind::up,   EventKind::suspect, EventKind::down,
-        EventKind::damped};
+    const std::vector<EventKind> expected{EventKind::suspect, EventKind::down, EventKind::up,
+                                          EventKind::suspect, EventKind::down, EventKind::up,
+                                          EventKind::suspect, EventKind::down, EventKind::damped};
     ASSERT_EQ(kinds(d), expected);
     EXPECT_EQ(d.peer("flappy").state, PeerState::down);
     const auto damped = d.events.back();

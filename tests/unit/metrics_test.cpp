@@ -96,7 +96,8 @@ TEST(Metrics, DaemonAndPeerValues) {
 TEST(Metrics, PiecesMakeTheSameTextAndHoldAtMostNPeers) {
     ServerDriver d;
     for (int i = 0; i < 25; ++i)
-        d.add_peer("p" + std::to_string(i), addr(("198.51.100.9:" + std::to_string(5000 + i)).c_str()));
+        d.add_peer("p" + std::to_string(i),
+                   addr(("198.51.100.9:" + std::to_string(5000 + i)).c_str()));
     d.run_for(300ms);
     const std::string whole = metrics_text(*d.server, some_stats());
     EXPECT_EQ(parse(whole).count(R"(keepalived_peer_up{name="p24"})"), 1u);

@@ -4,9 +4,9 @@
 #pragma once
 
 #include <map>
-#include <unordered_map>
 #include <memory>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "test_support.hpp"
@@ -48,10 +48,10 @@ public:
         if (it == peers.end() || !it->second.answering) return;
         const auto& p = std::get<kap::Probe>(m->body);
         if (it->second.drop_every != 0 && p.seq % it->second.drop_every == 0) return;
-        in_flight.emplace(clock.now() + it->second.delay,
-                          std::pair{to, encode({.session = m->session,
-                                                .body = kap::Ack{p.seq, p.tx_time,
-                                                                 it->second.incarnation}})});
+        in_flight.emplace(
+            clock.now() + it->second.delay,
+            std::pair{to, encode({.session = m->session,
+                                  .body = kap::Ack{p.seq, p.tx_time, it->second.incarnation}})});
     }
     void peer_event(const PeerEvent& e) override {
         events.push_back({clock.now(), e.kind, e.previous, e.peer.name, e.peer.state, e.reason});
