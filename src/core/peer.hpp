@@ -22,7 +22,8 @@ inline bool answering(PeerState s) {
     return s == PeerState::up || s == PeerState::degraded || s == PeerState::suspect;
 }
 
-enum class Protocol : std::uint8_t { kap1, legacy };
+// tcp: an agentless target watched through the kernel's TCP keepalive (daemon/targets.hpp).
+enum class Protocol : std::uint8_t { kap1, legacy, tcp };
 std::string_view to_string(Protocol);
 
 // 1 to 64 bytes of A-Z a-z 0-9 . _ - : @ (the KAP/1 name rule, used for legacy names too).
@@ -59,6 +60,10 @@ struct Peer {
     std::uint64_t state_changes = 0;  // since the name entered the table
     PeerHealth health;
     FlapDamper damper;
+    // The latest network error seen for this peer (an ICMP error quoting a probe, or a
+    // target's socket error), e.g. "port unreachable: host up, no agent"; empty if none.
+    std::string last_error;
+    TimePoint last_error_at{};
 
     TimerWheel::Handle timer;  // the one wheel entry: next probe, or forgetting
 };

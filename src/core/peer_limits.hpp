@@ -19,6 +19,9 @@ struct PeerLimits {
     Duration down_probe_interval = std::chrono::seconds(5);  // 100ms .. 1h: how often down
                                                              // peers are still probed
     HealthPolicy health;                                     // degraded and damping
+    // An ICMP port unreachable quoting a probe (the host is up, no agent answers) declares
+    // the peer down at once. Off by default: ICMP is easily forged.
+    bool fast_down_on_icmp = false;
 
     friend bool operator==(const PeerLimits&, const PeerLimits&) = default;
 };

@@ -23,7 +23,15 @@ std::string_view to_string(PeerState s) {
 }
 
 std::string_view to_string(Protocol p) {
-    return p == Protocol::kap1 ? "kap1" : "legacy";
+    switch (p) {
+        case Protocol::kap1:
+            return "kap1";
+        case Protocol::legacy:
+            return "legacy";
+        case Protocol::tcp:
+            return "tcp";
+    }
+    return "?";
 }
 
 std::string_view to_string(EventKind k) {

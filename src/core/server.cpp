@@ -166,6 +166,10 @@ void ServerCore::on_register(const kap::Message& m, const Address& from, const R
         reject(kap::Diag::invalid_parameters);
         return;
     }
+    if (reserved(reg.name)) {
+        reject(kap::Diag::not_permitted);
+        return;
+    }
     const Duration interval = std::clamp<Duration>(milliseconds(reg.interval_ms),
                                                    limits_.min_interval, limits_.max_interval);
     const std::uint8_t probes = std::min(reg.probes, limits_.max_probes);
@@ -478,7 +482,12 @@ void ServerCore::on_due(Slot slot, TimePoint deadline, TimePoint now) {
             }
             if (p.missed >= probe_budget(p)) {
                 // probes × interval after the first unanswered probe went out.
-                change_state(slot, PeerState::down, EventKind::down, "detection time expired",
+                // An ICMP error within the detection window tells why.
+                const bool icmp =
+                    !p.last_error.empty() && p.last_error_at + p.interval * p.probes >= deadline;
+                change_state(slot, PeerState::down, EventKind::down,
+                             icmp ? "detection time expired: " + p.last_error
+                                  : std::string("detection time expired"),
                              deadline);
                 probe_down(slot, deadline, now);
                 return;

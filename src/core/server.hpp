@@ -5,6 +5,7 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <span>
 #include <string_view>
@@ -84,6 +85,16 @@ public:
                             const Route& probe_route, std::uint16_t probe_port, TimePoint now);
     void on_legacy_reply(std::span<const std::uint8_t> data, const Address& from, TimePoint now);
 
+    // An ICMP error the kernel reported for a datagram sent to `to` (IP_RECVERR):
+    // `error` is its errno (ECONNREFUSED for port unreachable, EHOSTUNREACH,
+    // ENETUNREACH, ...), `reporter` the host that sent it, `quoted` the start of
+    // the datagram it quotes. Only a KAP/1 PROBE to the session's own address
+    // counts: it is recorded on the peer (last_error), given as the reason if
+    // the peer goes down, and with limits().fast_down_on_icmp a port
+    // unreachable declares it down at once. Anything else is ignored.
+    void on_icmp_error(const Address& to, int error, const std::optional<Address>& reporter,
+                       std::span<const std::uint8_t> quoted, TimePoint now);
+
     // Runs every due probe, detection and forgetting. Call when now >= next_deadline().
     void on_timer(TimePoint now);
     std::optional<TimePoint> next_deadline() const { return wheel_.next_wakeup(); }
@@ -92,6 +103,12 @@ public:
     // the peers rely on, so existing sessions keep theirs.
     void set_limits(const PeerLimits& limits) { limits_ = limits; }
     const PeerLimits& limits() const { return limits_; }
+
+    // Names taken by something else (the daemon's TCP targets): a REGISTER for one is
+    // REJECTed with diag 3 (not permitted), a legacy registration dropped as legacy_refused.
+    void set_reserved_names(std::function<bool(std::string_view)> reserved) {
+        reserved_ = std::move(reserved);
+    }
 
     // Says goodbye (BYE diag 5) to every peer that is not gone already.
     void shutdown();
@@ -160,7 +177,10 @@ private:
     TimePoint first_probe_time(Duration interval, TimePoint now);
     void count(Drop d) { ++drops_[static_cast<std::size_t>(d)]; }
 
+    bool reserved(std::string_view name) const { return reserved_ && reserved_(name); }
+
     PeerLimits limits_;
+    std::function<bool(std::string_view)> reserved_;
     RandomSource& random_;
     ServerSink& sink_;
     CookieJar cookies_;

@@ -20,6 +20,10 @@ void ServerCore::on_legacy_register(std::span<const std::uint8_t> data, const Ad
         count(Drop::legacy_malformed);
         return;
     }
+    if (reserved(reg->name)) {
+        count(Drop::legacy_refused);
+        return;
+    }
     Address target = from;
     target.set_port(probe_port);
     const auto probes = static_cast<std::uint8_t>(reg->probes);

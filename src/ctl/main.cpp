@@ -20,12 +20,13 @@ constexpr const char* kDefaultSocket = "/run/keepalived/control.sock";
 constexpr int kTimeoutMs = 5000;
 
 constexpr const char* kUsage =
-    "Usage: keepalivectl [--socket PATH] status|peers [--json]\n"
+    "Usage: keepalivectl [--socket PATH] status|peers|targets [--json]\n"
     "       keepalivectl [--socket PATH] metrics\n"
     "       keepalivectl [--socket PATH] watch [--json] [--since SEQ]\n"
     "\n"
     "  status   peer counts and the daemon's drop counters\n"
-    "  peers    every peer with its state, address and round-trip time\n"
+    "  peers    every peer and TCP target with its state, address and round-trip time\n"
+    "  targets  every TCP target with its connection state and last error\n"
     "  metrics  the Prometheus text exposition of the daemon and every peer\n"
     "  watch    peer events as they happen, in order, until interrupted\n"
     "  -s, --socket PATH  control socket (default /run/keepalived/control.sock)\n"
@@ -134,6 +135,32 @@ void print_peers(const nlohmann::json& j) {
                    p.at("session").get<std::string>(), p.at("protocol").get<std::string>());
     }
     if (peers.empty()) fmt::print("(no peers)\n");
+}
+
+std::string or_dash(const nlohmann::json& v) {
+    return v.is_string() ? printable(v.get<std::string>()) : "-";
+}
+
+void print_targets(const nlohmann::json& j) {
+    const auto& targets = j.at("targets");
+    std::size_t name_w = 4;
+    std::size_t addr_w = 7;
+    for (const auto& t : targets) {
+        name_w = std::max(name_w, printable(t.at("name").get<std::string>()).size());
+        addr_w = std::max(addr_w, t.at("address").get<std::string>().size());
+    }
+    fmt::print("{:<{}}  {:<{}}  {:<7}  {:>8}  {:<11}  {:>14}  {:>9}  {}\n", "NAME", name_w,
+               "ADDRESS", addr_w, "STATE", "SINCE", "CONNECTION", "KEEPALIVE", "RTT", "LAST ERROR");
+    for (const auto& t : targets) {
+        fmt::print("{:<{}}  {:<{}}  {:<7}  {:>8}  {:<11}  {:>14}  {:>9}  {}\n",
+                   printable(t.at("name").get<std::string>()), name_w,
+                   t.at("address").get<std::string>(), addr_w, t.at("state").get<std::string>(),
+                   format_since(t.at("since").get<double>()), t.at("connection").get<std::string>(),
+                   fmt::format("{}s+{}x{}s", t.at("idle_s").get<std::int64_t>(),
+                               t.at("probes").get<int>(), t.at("interval_s").get<std::int64_t>()),
+                   format_rtt(t.at("rtt_us")), or_dash(t.at("last_error")));
+    }
+    if (targets.empty()) fmt::print("(no targets)\n");
 }
 
 void print_status(const nlohmann::json& j) {
@@ -258,9 +285,11 @@ int main(int argc, char** argv) {
                                           : std::string("bad option ") + argv[optind - 1]);
         }
     }
-    if (optind + 1 != argc) return usage_error("expected one command: status, peers or metrics");
+    if (optind + 1 != argc)
+        return usage_error("expected one command: status, peers, targets, metrics or watch");
     const std::string command = argv[optind];
-    if (command != "status" && command != "peers" && command != "metrics" && command != "watch")
+    if (command != "status" && command != "peers" && command != "targets" &&
+        command != "metrics" && command != "watch")
         return usage_error("unknown command: " + command);
     if (!since.empty() && command != "watch") return usage_error("--since is for watch only");
     if (!since.empty() && since.find_first_not_of("0123456789") != std::string::npos)
@@ -295,6 +324,8 @@ int main(int argc, char** argv) {
             fmt::print("{}\n", reply.dump(2, ' ', false, nlohmann::json::error_handler_t::replace));
         else if (command == "peers")
             print_peers(reply);
+        else if (command == "targets")
+            print_targets(reply);
         else
             print_status(reply);
         return 0;

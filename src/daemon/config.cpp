@@ -33,8 +33,8 @@ constexpr std::size_t kMaxQuoted = 64;
 constexpr std::string_view kServerKeys[] = {"listen", "control_socket"};
 constexpr std::string_view kPeersKeys[] = {
     "min_interval",  "max_interval",    "max_probes",   "max_peers",     "max_per_host",
-    "forget_after",  "down_probe_interval",             "degraded_loss", "degraded_window",
-    "degraded_rtt",  "hold_down",       "flap_threshold"};
+    "forget_after",  "down_probe_interval",             "fast_down_on_icmp",
+    "degraded_loss", "degraded_window", "degraded_rtt", "hold_down",     "flap_threshold"};
 constexpr std::string_view kLegacyKeys[] = {"enable", "address", "register_port", "probe_port"};
 constexpr std::string_view kMetricsKeys[] = {"textfile", "interval"};
 
@@ -66,6 +66,10 @@ public:
     // where: the table the key is missing from, or the key that requires it.
     void fail_missing(const toml::source_region& where, std::string message) {
         add(true, where, std::move(message));
+    }
+
+    void fail_at(const toml::source_region& where, std::string message) {
+        add(false, where, std::move(message));
     }
 
     const std::optional<ConfigError>& first() const { return first_; }
@@ -434,6 +438,9 @@ void read_peers(Checker& c, const toml::table& table, PeerLimits& peers) {
     if (const auto* node = table.get("max_per_host"))
         if (const auto value = read_integer(c, *node, "peers.max_per_host", 1, 10'000'000))
             peers.max_per_host = static_cast<std::uint32_t>(*value);
+    if (const auto* node = table.get("fast_down_on_icmp"))
+        if (const auto value = read_bool(c, *node, "peers.fast_down_on_icmp"))
+            peers.fast_down_on_icmp = *value;
 
     if (intervals_valid && peers.min_interval > peers.max_interval) {
         const auto min_text = format_duration(peers.min_interval);
@@ -624,6 +631,13 @@ Result<Config, ConfigError> parse_config(std::string_view text, std::string_view
         const std::string_view name = key.str();  // clang 14 cannot capture a binding
         if (name == "hooks") {
             read_hooks(c, value, config.hooks);
+            continue;
+        }
+        if (name == "targets") {
+            read_targets(value, config.targets, [&](const toml::source_region& where,
+                                                    std::string message) {
+                c.fail_at(where, std::move(message));
+            });
             continue;
         }
         const auto it = std::find_if(kSections.begin(), kSections.end(),

@@ -15,6 +15,7 @@
 #include "core/clock.hpp"
 #include "core/peer_limits.hpp"
 #include "core/result.hpp"
+#include "daemon/target_config.hpp"
 
 namespace keepalive {
 
@@ -54,6 +55,7 @@ struct Config {
     LegacyConfig legacy;
     MetricsConfig metrics;
     std::vector<HookConfigEntry> hooks;  // in file order
+    std::vector<TargetConfig> targets;  // [[targets]], in file order, names unique
     std::string source;  // the file name or path the configuration was read from
 };
 

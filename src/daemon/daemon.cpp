@@ -82,6 +82,15 @@ Daemon::Daemon(Config config, Logger& log, const ClockSource& clock, RandomSourc
         watchdog_period_ = std::chrono::microseconds(watchdog_usec / 2);
         loop_.arm_timer(watchdog_timer_, clock_.now() + watchdog_period_);
     }
+    // Last: their events go through the throttle and its timer.
+    targets_ = std::make_unique<TargetSet>(
+        loop_, random,
+        TargetSet::Hooks{.event = [this](const PeerEvent& e) { peer_event(e); },
+                         .done = [this] {
+                             if (status_dirty_) notify_status();
+                         }});
+    core_.set_reserved_names([this](std::string_view name) { return targets_->contains(name); });
+    targets_->apply(config_.targets);
     loop_.on_signal(SIGTERM, [this] { stop(); });
     loop_.on_signal(SIGINT, [this] { stop(); });
     loop_.on_signal(SIGHUP, [this] { reload(); });
@@ -153,8 +162,9 @@ void Daemon::add_listener(std::optional<Endpoint> configured, UdpSocket socket) 
     const std::uint32_t id = next_listener_id_++;
     const int fd = socket.fd();
     listeners_.emplace(id, Listener{std::move(configured), std::move(socket)});
-    loop_.add_fd(fd, EPOLLIN, [this, id](std::uint32_t) {
-        read_socket(id, kBatchesPerWakeup);
+    loop_.add_fd(fd, EPOLLIN, [this, id](std::uint32_t events) {
+        if (events & EPOLLERR) on_send_errors(id);
+        if (events & EPOLLIN) read_socket(id, kBatchesPerWakeup);
         after_work();
     });
 }
@@ -198,6 +208,16 @@ void Daemon::read_socket(std::uint32_t id, int max_batches) {
     // fault of its peer.
     if (socket.overflow_drops() != overflows_before) core_.doubt_receive(now);
     if (backlog) backlogged_.push_back(id);
+}
+
+// ICMP errors for probes we sent: what they say about the peer is the core's business.
+void Daemon::on_send_errors(std::uint32_t id) {
+    auto it = listeners_.find(id);
+    if (it == listeners_.end()) return;
+    const TimePoint now = loop_.now();
+    it->second.socket.drain_errors([&](const UdpSocket::SendError& e) {
+        core_.on_icmp_error(e.to, e.error, e.reporter, e.quoted, now);
+    });
 }
 
 // Everything a handler produced leaves here, once per handler: batched
@@ -265,8 +285,12 @@ std::unique_ptr<ControlServer> Daemon::make_control_server(const std::string& pa
 }
 
 void Daemon::notify_status() {
-    notify("STATUS=" + summary_line(core_.peers().counts()));
+    notify("STATUS=" + summary_line(counts()));
     status_dirty_ = false;
+}
+
+PeerCounts Daemon::counts() const {
+    return core_.peers().counts() + targets_->counts();
 }
 
 void Daemon::reload() {
@@ -299,6 +323,13 @@ void Daemon::reload() {
             loop_.arm_timer(metrics_timer_, config_.metrics.textfile.empty()
                                                 ? std::nullopt
                                                 : std::optional<TimePoint>(now));
+        targets_->apply(config_.targets);
+        for (const TargetConfig& t : config_.targets)
+            if (core_.peers().find_name(t.name) != PeerTable::kNone)
+                log_.logf(LOG_WARNING,
+                          "target {}: a peer holds this name; it keeps its session until it is "
+                          "forgotten, and its registrations are refused from now on",
+                          t.name);
         log_.logf(LOG_INFO, "configuration reloaded: listening on {}",
                   fmt::join(listen_addresses(), ", "));
     }
@@ -394,7 +425,10 @@ ControlServer::Producer Daemon::control_request(std::string_view request) {
         return ControlServer::whole(to_line(
             {{"error", fmt::format("too many watchers (at most {})", Watchers::kMaxWatchers)}}));
     }
-    if (request == "peers") return peers_stream(core_, [this] { return loop_.now(); });
+    if (request == "peers")
+        return peers_stream(core_, [this] { return loop_.now(); },
+                            targets_->peer_rows(loop_.now()));
+    if (request == "targets") return ControlServer::whole(to_line(targets_->targets_json(loop_.now())));
     if (request == "status") return ControlServer::whole(to_line(status()));
     return ControlServer::whole(to_line({{"error", "unknown request"}}));
 }
@@ -404,7 +438,7 @@ nlohmann::json Daemon::status() const {
     using std::chrono::microseconds;
     const DaemonInfo info{KEEPALIVE_VERSION, config_.source, listen_addresses(),
                           std::chrono::duration<double>(loop_.now() - started_).count()};
-    auto j = status_json(core_, info);
+    auto j = status_json(core_, counts(), info);
     std::uint64_t send_errors = 0;
     std::uint64_t overflow_drops = 0;
     for (const auto& [id, l] : listeners_) {

@@ -18,6 +18,7 @@
 #include "daemon/log.hpp"
 #include "daemon/metrics.hpp"
 #include "daemon/watch.hpp"
+#include "daemon/targets.hpp"
 #include "net/event_loop.hpp"
 #include "net/udp_socket.hpp"
 
@@ -59,11 +60,13 @@ private:
     // Reads and handles up to max_batches batches; a socket with more left
     // goes on backlogged_.
     void read_socket(std::uint32_t id, int max_batches);
+    void on_send_errors(std::uint32_t id);
     void after_work();
     void flush(std::uint32_t id);
     void reload();
     void stop();
     void notify_status();
+    PeerCounts counts() const;
     ControlServer::Producer control_request(std::string_view request);
     nlohmann::json status() const;
     std::unique_ptr<ControlServer> make_control_server(const std::string& path);
@@ -96,6 +99,7 @@ private:
     Watchers watchers_{ring_};
     std::unique_ptr<HookRunner> hooks_;
     bool wake_watchers_ = false;
+    std::unique_ptr<TargetSet> targets_;  // after core_: it checks names against them
     std::unique_ptr<ControlServer> control_;
     EventLoop::TimerId wheel_timer_;
     TimePoint wheel_deadline_{};  // what wheel_timer_ was last armed to

@@ -77,13 +77,21 @@ std::string_view state_after(const PeerEvent& e) {
 
 std::string describe(const PeerEvent& e) {
     const Peer& p = e.peer;
-    const std::string who = fmt::format("peer {} ({})", p.name, p.address.to_string());
+    const bool target = p.protocol == Protocol::tcp;
+    const std::string who =
+        fmt::format("{} {} ({})", target ? "target" : "peer", p.name, p.address.to_string());
     switch (e.kind) {
         case EventKind::registered:
+            if (target)
+                return fmt::format("{} {}: keepalive interval {} s, {} probes", who, e.reason,
+                                   std::chrono::duration_cast<std::chrono::seconds>(p.interval)
+                                       .count(),
+                                   p.probes);
             return fmt::format("{} registered: interval {} ms, {} probes{}", who,
                                std::chrono::duration_cast<milliseconds>(p.interval).count(),
                                p.probes, e.previous ? " (" + e.reason + ")" : std::string());
         case EventKind::restarted:
+            if (target) return fmt::format("{} restarted: {}", who, e.reason);
             return fmt::format("{} restarted and registered again", who);
         case EventKind::moved:
             return fmt::format("{} {}", who, e.reason);

@@ -26,16 +26,20 @@ nlohmann::json peer_json(const Peer& p, TimePoint now) {
         {"probes_sent", p.probes_sent},
         {"acks_received", p.acks_received},
         {"state_changes", p.state_changes},
+        {"last_error",
+         p.last_error.empty() ? nlohmann::json(nullptr) : nlohmann::json(p.last_error)},
     };
 }
 
-ControlServer::Producer peers_stream(const ServerCore& core, std::function<TimePoint()> now) {
+ControlServer::Producer peers_stream(const ServerCore& core, std::function<TimePoint()> now,
+                                     nlohmann::json extra) {
     struct Cursor {
         PeerTable::Slot next = 0;
         bool started = false;
         bool first = true;
     };
-    return [&core, now = std::move(now), cursor = Cursor{}](std::string& out) mutable {
+    return [&core, now = std::move(now), extra = std::move(extra),
+            cursor = Cursor{}](std::string& out) mutable {
         if (!cursor.started) out += "{\"peers\":[";
         cursor.started = true;
         const TimePoint t = now();
@@ -46,6 +50,11 @@ ControlServer::Producer peers_stream(const ServerCore& core, std::function<TimeP
                                                      out += peer_json(p, t).dump();
                                                  });
         if (cursor.next != PeerTable::kNone) return true;
+        for (const auto& row : extra) {
+            if (!cursor.first) out += ',';
+            cursor.first = false;
+            out += row.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+        }
         out += "]}\n";
         return false;
     };
@@ -55,8 +64,14 @@ std::string to_line(const nlohmann::json& j) {
     return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
 }
 
-nlohmann::json status_json(const ServerCore& core, const DaemonInfo& info) {
-    const PeerCounts& c = core.peers().counts();
+PeerCounts operator+(const PeerCounts& a, const PeerCounts& b) {
+    PeerCounts sum;
+    sum.total = a.total + b.total;
+    for (std::size_t i = 0; i < kPeerStateCount; ++i) sum.by_state[i] = a.by_state[i] + b.by_state[i];
+    return sum;
+}
+
+nlohmann::json status_json(const ServerCore& core, const PeerCounts& c, const DaemonInfo& info) {
     nlohmann::json drops = nlohmann::json::object();
     std::uint64_t dropped = 0;
     for (std::size_t i = 0; i < kDropCount; ++i) {

@@ -1,6 +1,7 @@
 #include "net/udp_socket.hpp"
 
 #include <fcntl.h>
+#include <linux/errqueue.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 
@@ -38,6 +39,21 @@ bool enable_pktinfo(int fd, int family) {
     // On a dual-stack IPv6 socket IPV6_RECVPKTINFO also reports IPv4 datagrams (v4-mapped).
     return family == AF_INET ? set_int_option(fd, IPPROTO_IP, IP_PKTINFO, 1)
                              : set_int_option(fd, IPPROTO_IPV6, IPV6_RECVPKTINFO, 1);
+}
+
+// ICMP errors for sent datagrams come back through the error queue, so that the
+// daemon can tell "host up, no agent" from "unreachable". Best effort: without
+// it only the distinction is lost. A dual-stack socket takes both options.
+void enable_recverr(int fd, int family) {
+    set_int_option(fd, IPPROTO_IP, IP_RECVERR, 1);
+    if (family == AF_INET6) set_int_option(fd, IPPROTO_IPV6, IPV6_RECVERR, 1);
+}
+
+// Errors the kernel reports on a send or receive call once IP_RECVERR is on:
+// they belong to an earlier datagram (read from the error queue), not this call.
+bool is_reported_icmp_error(int error) {
+    return error == ECONNREFUSED || error == EHOSTUNREACH || error == ENETUNREACH ||
+           error == EHOSTDOWN || error == EPROTO || error == ENOPROTOOPT || error == EMSGSIZE;
 }
 
 void set_v4_mapped(in6_addr& out, const Address& v4) {
@@ -127,6 +143,7 @@ Result<UdpSocket, std::string> UdpSocket::finish_setup(UniqueFd fd, std::string_
     }
     if (!enable_pktinfo(fd.get(), family))
         return Err{error_text("cannot enable pktinfo on", what, errno)};
+    enable_recverr(fd.get(), family);
     // The kernel then tells, with the datagrams that follow, how many it
     // dropped for want of buffer space: the daemon's evidence that an ACK it
     // never saw may have been sent after all.
@@ -211,7 +228,8 @@ std::size_t UdpSocket::receive_batch(const std::function<void(const Received&)>&
             if (errno == EINTR) continue;
             // A pending ICMP error or similar: count it; epoll reports the socket again if
             // datagrams remain.
-            if (errno != EAGAIN && errno != EWOULDBLOCK) ++receive_errors_;
+            if (errno != EAGAIN && errno != EWOULDBLOCK && !is_reported_icmp_error(errno))
+                ++receive_errors_;
             break;
         }
         const auto got = static_cast<std::size_t>(r);
@@ -250,6 +268,7 @@ std::size_t UdpSocket::send_batch(std::span<const OutDatagram> batch) {
 
     const auto flush = [&] {
         std::size_t i = 0;
+        bool retried = false;
         while (i < pending) {
             const int r =
                 sendmmsg(fd_.get(), &tx.msgs[i], static_cast<unsigned>(pending - i), MSG_DONTWAIT);
@@ -259,6 +278,12 @@ std::size_t UdpSocket::send_batch(std::span<const OutDatagram> batch) {
                 continue;
             }
             if (r < 0 && errno == EINTR) continue;
+            // An ICMP error for an earlier datagram surfaces on the next send and
+            // is cleared by it; this datagram was not sent, so send it again (once).
+            if (r < 0 && is_reported_icmp_error(errno) && !retried) {
+                retried = true;
+                continue;
+            }
             if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
                 // The socket buffer is full: nothing more fits now, so drop the rest rather
                 // than fail one syscall per datagram.
@@ -331,6 +356,59 @@ std::size_t UdpSocket::send_batch(std::span<const OutDatagram> batch) {
     }
     flush();
     return sent;
+}
+
+std::size_t UdpSocket::drain_errors(const std::function<void(const SendError&)>& fn,
+                                    std::size_t max) {
+    std::size_t read = 0;
+    std::array<std::uint8_t, kReceiveBufferSize> data;
+    ControlBuffer control;
+    for (; read < max; ++read) {
+        sockaddr_storage name{};
+        iovec iov{data.data(), data.size()};
+        msghdr h{};
+        h.msg_name = &name;
+        h.msg_namelen = sizeof name;
+        h.msg_iov = &iov;
+        h.msg_iovlen = 1;
+        h.msg_control = control.bytes;
+        h.msg_controllen = kControlSize;
+        const ssize_t n = recvmsg(fd_.get(), &h, MSG_ERRQUEUE | MSG_DONTWAIT);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            break;  // EAGAIN: drained
+        }
+        const auto to =
+            Address::from_sockaddr(reinterpret_cast<const sockaddr*>(&name), h.msg_namelen);
+        for (cmsghdr* c = CMSG_FIRSTHDR(&h); c != nullptr; c = CMSG_NXTHDR(&h, c)) {
+            const bool v4 = c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_RECVERR;
+            const bool v6 = c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_RECVERR;
+            if ((!v4 && !v6) || c->cmsg_len < CMSG_LEN(sizeof(sock_extended_err))) continue;
+            sock_extended_err ee;
+            std::memcpy(&ee, CMSG_DATA(c), sizeof ee);
+            if (ee.ee_origin != SO_EE_ORIGIN_ICMP && ee.ee_origin != SO_EE_ORIGIN_ICMP6) continue;
+            if (!to) continue;
+            // The reporter's address follows the extended error (SO_EE_OFFENDER).
+            std::optional<Address> reporter;
+            const std::size_t offender_at = sizeof ee;
+            const std::size_t room = c->cmsg_len - CMSG_LEN(0);
+            if (room > offender_at) {
+                sockaddr_storage off{};
+                std::memcpy(&off, CMSG_DATA(c) + offender_at,
+                            std::min(room - offender_at, sizeof off));
+                if (off.ss_family == AF_INET || off.ss_family == AF_INET6)
+                    reporter = Address::from_sockaddr(reinterpret_cast<const sockaddr*>(&off),
+                                                      off.ss_family == AF_INET
+                                                          ? sizeof(sockaddr_in)
+                                                          : sizeof(sockaddr_in6));
+            }
+            fn(SendError{*to, static_cast<int>(ee.ee_errno), reporter,
+                         std::span<const std::uint8_t>(
+                             data.data(), std::min<std::size_t>(static_cast<std::size_t>(n),
+                                                                data.size()))});
+        }
+    }
+    return read;
 }
 
 bool UdpSocket::send_to(const Address& to, std::span<const std::uint8_t> data) {

@@ -72,6 +72,20 @@ public:
     std::size_t receive_batch(const std::function<void(const Received&)>& fn,
                               std::size_t max = kBatchSize);
 
+    // An ICMP error the kernel queued for a datagram this socket sent (IP_RECVERR and
+    // IPV6_RECVERR are enabled on every socket).
+    struct SendError {
+        Address to;                       // where the datagram was going
+        int error;                        // errno: ECONNREFUSED (port unreachable), EHOSTUNREACH, ...
+        std::optional<Address> reporter;  // the host that sent the ICMP error, if given
+        std::span<const std::uint8_t> quoted;  // the start of the datagram; valid during the call
+    };
+    // Reads up to `max` queued errors (MSG_ERRQUEUE) without blocking and calls `fn` for each
+    // ICMP one. Call when epoll reports EPOLLERR: until the queue is drained it keeps doing so.
+    // Returns how many errors were read.
+    std::size_t drain_errors(const std::function<void(const SendError&)>& fn,
+                             std::size_t max = kBatchSize);
+
     // Sends the datagrams in order, setting the source address from `from` when given. Returns how
     // many were handed to the kernel. A datagram that cannot be sent (kernel error, size over
     // kMaxPayload, address family the socket cannot reach) is counted in send_errors() and

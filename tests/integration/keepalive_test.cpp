@@ -870,7 +870,10 @@ TEST_F(KeepaliveTest, PeerEventsAreStructuredJournalEntries) {
     const std::string rtt = down.value("PEER_RTT_USEC", "");
     EXPECT_TRUE(all_digits(rtt)) << down.dump();
     EXPECT_LT(std::stoull(rtt.empty() ? "0" : rtt), 1'000'000u);
-    EXPECT_EQ(down.value("PEER_REASON", ""), "detection time expired");
+    // The agent was killed on a host that is still up: the reason also says
+    // what the ICMP errors for the probes told.
+    EXPECT_EQ(down.value("PEER_REASON", "").rfind("detection time expired", 0), 0u)
+        << down.dump();
     EXPECT_EQ(down.value("PEER_PROTOCOL", ""), "kap1");
     EXPECT_EQ(down.value("PEER_EVENT", ""), "down");
 
