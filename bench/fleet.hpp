@@ -62,6 +62,11 @@ public:
         std::uint64_t first_unanswered_tx = 0;  // the daemon's tx_time in it
         std::uint64_t first_unanswered_seq = 0;
         std::uint8_t reject_diag = 0;  // when rejected
+        bool silenced = false;         // reads probes but never answers them
+        // Storm registration: the agent's backoff (1 s doubling to 30 s) and
+        // when this peer tries again.
+        Duration backoff{};
+        TimePoint retry_at{};
         // min over probes of tx_time - (seq - 1) x interval: probe deadlines are whole
         // milliseconds spaced exactly one interval apart, so floor_ms of this is the
         // deadline of seq 1 (provided one probe went out less than 1 ms late).
@@ -141,7 +146,34 @@ public:
         return rejected_ == 0;
     }
 
+    // Registers every added peer at once, each retrying as the agent does
+    // (PeerSession): a new attempt after a jittered backoff between half and
+    // all of 1 s, doubling up to 30 s; REJECT diag 9 (busy) means try again
+    // later, not give up. False if some are still not accepted at `timeout`.
+    bool register_storm(Duration timeout) {
+        storm_ = true;
+        window_ = peers_.size();
+        const bool ok = register_all(timeout, peers_.size());
+        storm_ = false;
+        return ok;
+    }
+
     void pump_for(Duration d) { pump_until(Clock::now() + d, false); }
+
+    // For a caller that polls many fleets itself: the socket, and one round of
+    // work without waiting (sending due registrations while `registering`,
+    // then answering what is queued).
+    int fd() const { return fd_; }
+    void set_registration(std::size_t window, bool storm) {
+        window_ = window;
+        storm_ = storm;
+    }
+    bool registration_done() const { return accepted_ + rejected_ == peers_.size(); }
+    void service(bool registering) {
+        if (registering) feed_registrations(Clock::now());
+        flush();
+        drain();
+    }
     // Answers probes until `stop` is set (checked every 50 ms), e.g. on a thread of its own.
     void pump_while(const std::atomic<bool>& keep_going) {
         while (keep_going.load()) pump_for(50ms);
@@ -149,6 +181,12 @@ public:
 
     // While off, probes are still read and recorded but not answered.
     void set_answering(bool on) { answering_ = on; }
+    // Peers [first, first + count) stop answering for good.
+    void silence(std::size_t first, std::size_t count) {
+        for (std::size_t i = first; i < std::min(first + count, peers_.size()); ++i)
+            peers_[i].silenced = true;
+    }
+    std::uint64_t busy_rejects() const { return busy_rejects_; }
 
     const std::vector<SimPeer>& peers() const { return peers_; }
     const Stats& stats() const { return stats_; }
@@ -164,6 +202,7 @@ public:
 private:
     static constexpr std::size_t kBatch = 64;
     static constexpr std::size_t kRxSize = 512;
+    static constexpr std::uint8_t kDiagBusy = 9;  // REJECT: over capacity, come back later
 
     void pump_until(TimePoint deadline, bool registering) {
         for (;;) {
@@ -181,25 +220,41 @@ private:
             const int r = ::ppoll(&pfd, 1, &ts, nullptr);
             if (r < 0 && errno != EINTR) fleet_fail("ppoll");
             if (r <= 0) continue;
-            // Drain what is queued, answering batch by batch.
-            for (int round = 0; round < 64; ++round) {
-                const int n = ::recvmmsg(fd_, rx_msg_.data(), kBatch, MSG_DONTWAIT, nullptr);
-                if (n <= 0) break;
-                now = Clock::now();
-                for (int i = 0; i < n; ++i)
-                    on_datagram(
-                        std::span<const std::uint8_t>(rx_buf_[i].data(), rx_msg_[i].msg_len), now);
-                flush();
-                if (static_cast<std::size_t>(n) < kBatch) break;
-            }
+            drain();
+        }
+    }
+
+    // Reads what is queued, answering batch by batch.
+    void drain() {
+        for (int round = 0; round < 64; ++round) {
+            const int n = ::recvmmsg(fd_, rx_msg_.data(), kBatch, MSG_DONTWAIT, nullptr);
+            if (n <= 0) break;
+            const TimePoint now = Clock::now();
+            for (int i = 0; i < n; ++i)
+                on_datagram(std::span<const std::uint8_t>(rx_buf_[i].data(), rx_msg_[i].msg_len),
+                            now);
+            flush();
+            if (static_cast<std::size_t>(n) < kBatch) break;
         }
     }
 
     void feed_registrations(TimePoint now) {
         while (in_flight_ < window_ && next_ < peers_.size()) {
             send_register(next_, kap::Cookie{}, now);
+            if (storm_) schedule_retry(peers_[next_], now);
             ++in_flight_;
             ++next_;
+        }
+        if (storm_) {
+            if (now - last_retry_scan_ < 20ms) return;
+            last_retry_scan_ = now;
+            for (std::size_t i = 0; i < next_; ++i) {
+                SimPeer& p = peers_[i];
+                if (p.phase != Phase::registering || now < p.retry_at) continue;
+                send_register(i, kap::Cookie{}, now);
+                schedule_retry(p, now);
+            }
+            return;
         }
         // A lost datagram anywhere in the handshake: start it again.
         if (now - last_retry_scan_ < 250ms) return;
@@ -216,6 +271,15 @@ private:
         queue({.session = 0,
                .body =
                    kap::Register{p.nonce, p.incarnation, p.interval_ms, p.probes, cookie, p.name}});
+    }
+
+    void schedule_retry(SimPeer& p, TimePoint now) {
+        if (p.backoff == Duration{}) p.backoff = 1s;
+        const auto half = p.backoff / 2;
+        p.retry_at = now + half +
+                     Duration(static_cast<Duration::rep>(
+                         random_() % (static_cast<std::uint64_t>(half.count()) + 1)));
+        p.backoff = std::min<Duration>(p.backoff * 2, 30s);
     }
 
     SimPeer* by_nonce(std::uint64_t nonce) {
@@ -251,6 +315,11 @@ private:
             SimPeer* p = by_nonce(reject->nonce);
             ++stats_.rejects;
             if (p == nullptr || p->phase != Phase::registering) return;
+            // Busy: the agent backs off and registers again later.
+            if (storm_ && static_cast<std::uint8_t>(m.diag) == kDiagBusy) {
+                ++busy_rejects_;
+                return;
+            }
             p->phase = Phase::rejected;
             ++rejected_;
             --in_flight_;
@@ -271,14 +340,15 @@ private:
         ++p.probes_received;
         if (probe.seq > p.last_seq + 1) stats_.seq_gaps += probe.seq - p.last_seq - 1;
         p.last_seq = std::max(p.last_seq, probe.seq);
-        const bool in_chain = answering_ || !p.first_unanswered;
+        const bool answering = answering_ && !p.silenced;
+        const bool in_chain = answering || !p.first_unanswered;
         if (in_chain) {
             const auto since_first = static_cast<std::int64_t>(probe.seq - 1) *
                                      static_cast<std::int64_t>(p.interval_ms) * 1'000'000;
             p.anchor_ns =
                 std::min(p.anchor_ns, static_cast<std::int64_t>(probe.tx_time) - since_first);
         }
-        if (!answering_) {
+        if (!answering) {
             if (!p.first_unanswered) {
                 p.first_unanswered = now;
                 p.first_unanswered_tx = probe.tx_time;
@@ -332,6 +402,8 @@ private:
     std::size_t accepted_ = 0;
     std::size_t rejected_ = 0;
     TimePoint last_retry_scan_{};
+    bool storm_ = false;
+    std::uint64_t busy_rejects_ = 0;
 
     std::array<std::array<std::uint8_t, kRxSize>, kBatch> rx_buf_{};
     std::array<iovec, kBatch> rx_iov_{};

@@ -103,8 +103,8 @@ PeerTable::Slot PeerTable::insert(Peer peer) {
     Entry& e = slots_[slot];
     e.peer = std::move(peer);
     e.used = true;
-    by_session_.emplace(e.peer.session, slot);
-    by_name_.emplace(e.peer.name, slot);
+    index_session(slot);
+    index_name(slot);
     ++per_host_[host_of(e.peer.address)];
     ++counts_.total;
     ++counts_.by_state[static_cast<std::size_t>(e.peer.state)];
@@ -113,8 +113,8 @@ PeerTable::Slot PeerTable::insert(Peer peer) {
 
 void PeerTable::erase(Slot slot) {
     Entry& e = slots_[slot];
-    by_session_.erase(e.peer.session);
-    by_name_.erase(e.peer.name);
+    unindex_session(e.peer.session);
+    unindex_name(e.peer.name);
     if (const auto it = per_host_.find(host_of(e.peer.address));
         it != per_host_.end() && --it->second == 0)
         per_host_.erase(it);
@@ -126,15 +126,34 @@ void PeerTable::erase(Slot slot) {
 }
 
 PeerTable::Slot PeerTable::find_session(std::uint32_t session) const {
-    const auto it = by_session_.find(session);
-    return it == by_session_.end() ? kNone : it->second;
+    return by_session_.find(SlotIndex::hash_u32(session),
+                            [&](Slot s) { return slots_[s].peer.session == session; });
 }
 
 PeerTable::Slot PeerTable::find_name(std::string_view name) const {
-    // C++20 heterogeneous lookup for unordered containers needs GCC 12's
-    // transparent-hash support; a temporary string is cheap at registration rates.
-    const auto it = by_name_.find(std::string(name));
-    return it == by_name_.end() ? kNone : it->second;
+    return by_name_.find(SlotIndex::hash_bytes(name),
+                         [&](Slot s) { return slots_[s].peer.name == name; });
+}
+
+// As a map's emplace: a key already indexed keeps its slot.
+void PeerTable::index_session(Slot slot) {
+    const std::uint32_t session = slots_[slot].peer.session;
+    if (find_session(session) == kNone) by_session_.insert(SlotIndex::hash_u32(session), slot);
+}
+
+void PeerTable::unindex_session(std::uint32_t session) {
+    by_session_.erase(SlotIndex::hash_u32(session),
+                      [&](Slot s) { return slots_[s].peer.session == session; });
+}
+
+void PeerTable::index_name(Slot slot) {
+    const std::string& name = slots_[slot].peer.name;
+    if (find_name(name) == kNone) by_name_.insert(SlotIndex::hash_bytes(name), slot);
+}
+
+void PeerTable::unindex_name(std::string_view name) {
+    by_name_.erase(SlotIndex::hash_bytes(name),
+                   [&](Slot s) { return slots_[s].peer.name == name; });
 }
 
 void PeerTable::set_state(Slot slot, PeerState state, TimePoint now) {
@@ -149,9 +168,9 @@ void PeerTable::set_state(Slot slot, PeerState state, TimePoint now) {
 
 void PeerTable::set_session(Slot slot, std::uint32_t session) {
     Peer& p = slots_[slot].peer;
-    by_session_.erase(p.session);
+    unindex_session(p.session);
     p.session = session;
-    by_session_.emplace(session, slot);
+    index_session(slot);
 }
 
 void PeerTable::set_address(Slot slot, const Address& address) {

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/peer.hpp"
+#include "core/slot_index.hpp"
 
 namespace keepalive {
 
@@ -78,14 +79,20 @@ public:
     }
 
 private:
+    void index_session(Slot slot);
+    void unindex_session(std::uint32_t session);
+    void index_name(Slot slot);
+    void unindex_name(std::string_view name);
+
     struct Entry {
         Peer peer;
         bool used = false;
     };
     std::vector<Entry> slots_;
     std::vector<Slot> free_;
-    std::unordered_map<std::uint32_t, Slot> by_session_;
-    std::unordered_map<std::string, Slot> by_name_;
+    // Flat indexes that keep no copy of the keys (see slot_index.hpp).
+    SlotIndex by_session_;
+    SlotIndex by_name_;
     std::unordered_map<Address, std::uint32_t, AddressHash> per_host_;  // keyed by host, port 0
     PeerCounts counts_;
 };

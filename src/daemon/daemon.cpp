@@ -1,6 +1,7 @@
 #include "daemon/daemon.hpp"
 
 #include <fmt/ranges.h>
+#include <malloc.h>
 #include <systemd/sd-daemon.h>
 #include <time.h>
 
@@ -26,6 +27,29 @@ constexpr int kDrainBatches = 64;
 
 // How soon log records the journal (or stderr) could not take are tried again.
 constexpr Duration kLogRetry = std::chrono::milliseconds(20);
+
+// The wheel timer fires on a grid of this step, at most once a step: the
+// deadlines that fall close together (many peers) are served by one wake-up,
+// up to one step late. A probe and the verdict it leads to are late by the
+// same amount when the interval is a whole number of steps, so detection is
+// not. Wake-ups per second then stop growing with the number of peers.
+constexpr Duration kWheelStep = std::chrono::milliseconds(5);
+
+// With this many peers or more, the sockets are read on the wheel's grid too
+// (at most a step after a datagram came) instead of on each datagram's
+// arrival. ACKs count the same, but RTTs read up to a step long, which is why
+// small installations keep reading at once.
+constexpr std::size_t kDeferReadsAbove = 1000;
+
+// The first step of the grid strictly after `t`.
+TimePoint step_after(TimePoint t) {
+    return TimePoint{(t.time_since_epoch() / kWheelStep + 1) * kWheelStep};
+}
+
+// `t` if it is on the grid, else the next step.
+TimePoint step_at_or_after(TimePoint t) {
+    return t.time_since_epoch() % kWheelStep == Duration::zero() ? t : step_after(t);
+}
 
 Duration thread_cpu_time() {
     timespec ts{};
@@ -60,13 +84,22 @@ Daemon::Daemon(Config config, Logger& log, const ClockSource& clock, RandomSourc
     control_ = make_control_server(config_.control_socket);
 
     wheel_timer_ = loop_.add_timer([this] {
+        last_wheel_fire_ = loop_.now();
         stats_.max_lag = std::max(stats_.max_lag, loop_.now() - wheel_deadline_);
         last_lag_ = std::max(Duration::zero(), loop_.now() - wheel_deadline_);
         // ACKs that came before the probes fell due are read before any
-        // verdict, even when a wake-up's budget left them in the queue.
+        // verdict, even when a wake-up's budget left them in the queue or
+        // reads were deferred to this step.
+        resume_reads();
         for (const std::uint32_t id : std::exchange(backlogged_, {}))
             read_socket(id, kDrainBatches);
         core_.on_timer(loop_.now());
+        after_work();
+        // The ACKs to the probes just sent are read on the next step.
+        defer_reads();
+    });
+    read_timer_ = loop_.add_timer([this] {
+        if (resume_reads()) defer_reads();
         after_work();
     });
     summary_timer_ = loop_.add_timer([this] { log_throttle_summary(); });
@@ -164,20 +197,41 @@ void Daemon::add_listener(std::optional<Endpoint> configured, UdpSocket socket) 
     listeners_.emplace(id, Listener{std::move(configured), std::move(socket)});
     loop_.add_fd(fd, EPOLLIN, [this, id](std::uint32_t events) {
         if (events & EPOLLERR) on_send_errors(id);
-        if (events & EPOLLIN) read_socket(id, kBatchesPerWakeup);
+        if ((events & EPOLLIN) && read_socket(id, kBatchesPerWakeup)) defer_reads();
         after_work();
     });
 }
 
-void Daemon::read_socket(std::uint32_t id, int max_batches) {
+// Stops waking for datagrams until the next step of the grid (see
+// kDeferReadsAbove); the wheel timer or read_timer_ reads them then.
+void Daemon::defer_reads() {
+    if (reads_deferred_ || core_.peers().size() < kDeferReadsAbove) return;
+    for (auto& [id, l] : listeners_) loop_.modify_fd(l.socket.fd(), 0);
+    reads_deferred_ = true;
+    loop_.arm_timer(read_timer_, step_after(loop_.now()));
+}
+
+// Watches the sockets again and reads what waits. True if anything was read.
+bool Daemon::resume_reads() {
+    if (!reads_deferred_) return false;
+    reads_deferred_ = false;
+    loop_.arm_timer(read_timer_, std::nullopt);
+    for (auto& [id, l] : listeners_) loop_.modify_fd(l.socket.fd(), EPOLLIN);
+    bool read = false;
+    for (auto& [id, l] : listeners_) read = read_socket(id, kBatchesPerWakeup) || read;
+    return read;
+}
+
+bool Daemon::read_socket(std::uint32_t id, int max_batches) {
     auto it = listeners_.find(id);
-    if (it == listeners_.end()) return;
+    if (it == listeners_.end()) return false;
     UdpSocket& socket = it->second.socket;
     const Kind kind = it->second.configured ? it->second.configured->kind : Kind::kap1;
     const auto probe_listener = legacy_probe_listener();
     const TimePoint now = loop_.now();
     const std::uint64_t overflows_before = socket.overflow_drops();
     bool backlog = true;
+    bool read_any = false;
     for (int i = 0; i < max_batches && backlog; ++i) {
         const std::size_t n = socket.receive_batch([&](const UdpSocket::Received& r) {
             if (r.truncated) {
@@ -203,11 +257,13 @@ void Daemon::read_socket(std::uint32_t id, int max_batches) {
             }
         });
         backlog = n == UdpSocket::kBatchSize;
+        read_any = read_any || n > 0;
     }
     // The kernel dropped datagrams for us: an ACK may be missing through no
     // fault of its peer.
     if (socket.overflow_drops() != overflows_before) core_.doubt_receive(now);
     if (backlog) backlogged_.push_back(id);
+    return read_any;
 }
 
 // ICMP errors for probes we sent: what they say about the peer is the core's business.
@@ -225,8 +281,11 @@ void Daemon::on_send_errors(std::uint32_t id) {
 void Daemon::after_work() {
     for (auto& [id, queue] : outbox_)
         if (!queue.empty()) flush(id);
-    const auto next = core_.next_deadline();
-    if (next) wheel_deadline_ = *next;
+    auto next = core_.next_deadline();
+    if (next) {
+        next = step_at_or_after(std::max(*next, step_after(last_wheel_fire_)));
+        wheel_deadline_ = *next;
+    }
     loop_.arm_timer(wheel_timer_, next);
     if (status_dirty_) notify_status();
     // The log never holds the loop up: what it could not take is retried soon.
@@ -277,6 +336,10 @@ void Daemon::peer_event(const PeerEvent& event) {
 
 void Daemon::log_throttle_summary() {
     if (auto line = throttle_.summary(loop_.now())) log_.log(LOG_WARNING, *line);
+    // The summary forgets the buckets of quiet peers: after a mass
+    // registration, one small allocation per peer. Give their pages back, or
+    // they stay in the RSS for good (about 100 bytes a peer).
+    malloc_trim(0);
 }
 
 std::unique_ptr<ControlServer> Daemon::make_control_server(const std::string& path) {

@@ -58,8 +58,10 @@ private:
     void add_listener(std::optional<Endpoint> configured, UdpSocket socket);
     std::optional<std::uint32_t> legacy_probe_listener() const;
     // Reads and handles up to max_batches batches; a socket with more left
-    // goes on backlogged_.
-    void read_socket(std::uint32_t id, int max_batches);
+    // goes on backlogged_. True if anything was read.
+    bool read_socket(std::uint32_t id, int max_batches);
+    void defer_reads();
+    bool resume_reads();
     void on_send_errors(std::uint32_t id);
     void after_work();
     void flush(std::uint32_t id);
@@ -103,6 +105,9 @@ private:
     std::unique_ptr<ControlServer> control_;
     EventLoop::TimerId wheel_timer_;
     TimePoint wheel_deadline_{};  // what wheel_timer_ was last armed to
+    TimePoint last_wheel_fire_{};
+    EventLoop::TimerId read_timer_;
+    bool reads_deferred_ = false;  // the sockets' EPOLLIN is off until the next step
     EventLoop::TimerId summary_timer_;
     EventLoop::TimerId log_timer_;
     EventThrottle throttle_;

@@ -1,0 +1,427 @@
+// Shared by the benchmark programs: the daemon (or the floor) as a child
+// process, and what /proc says about it.
+#pragma once
+
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "core/address.hpp"
+#include "core/clock.hpp"
+
+extern char** environ;
+
+namespace keepalive::bench {
+
+using namespace std::chrono_literals;
+using std::chrono::duration_cast;
+using Ms = std::chrono::duration<double, std::milli>;
+
+[[noreturn]] inline void fail_errno(const std::string& what) {
+    throw std::system_error(errno, std::generic_category(), what);
+}
+
+inline double ms_between(TimePoint from, TimePoint to) {
+    return Ms(to - from).count();
+}
+
+inline std::vector<std::size_t> parse_list(std::string_view text) {
+    std::vector<std::size_t> out;
+    std::size_t pos = 0;
+    while (pos <= text.size()) {
+        const std::size_t comma = std::min(text.find(',', pos), text.size());
+        const std::string item(text.substr(pos, comma - pos));
+        if (!item.empty()) out.push_back(std::stoul(item));
+        pos = comma + 1;
+    }
+    return out;
+}
+
+// Nearest-rank percentiles of a sample.
+struct Summary {
+    std::size_t n = 0;
+    double min = 0, median = 0, p99 = 0, max = 0, mean = 0;
+};
+
+inline Summary summarize(std::vector<double> v) {
+    Summary s;
+    s.n = v.size();
+    if (v.empty()) return s;
+    std::sort(v.begin(), v.end());
+    const auto rank = [&](double q) {
+        const auto r = static_cast<std::size_t>(std::ceil(q * static_cast<double>(v.size())));
+        return v[std::clamp<std::size_t>(r, 1, v.size()) - 1];
+    };
+    s.min = v.front();
+    s.median = rank(0.5);
+    s.p99 = rank(0.99);
+    s.max = v.back();
+    double sum = 0;
+    for (double x : v) sum += x;
+    s.mean = sum / static_cast<double>(v.size());
+    return s;
+}
+
+inline std::string summary_row(std::string_view label, const Summary& s) {
+    return fmt::format("| {} | {} | {:.3f} | {:.3f} | {:.3f} | {:.3f} | {:.3f} |", label, s.n,
+                       s.min, s.median, s.p99, s.max, s.mean);
+}
+
+// ---- the daemon under test ----------------------------------------------------
+
+struct MemoryStatus {
+    long rss_kib = 0;
+    long hwm_kib = 0;
+    long rss_anon_kib = 0;
+    long ctxt_switches = 0;  // voluntary + involuntary: each wake-up is at least one
+};
+
+inline MemoryStatus read_memory(pid_t pid) {
+    std::ifstream in(fmt::format("/proc/{}/status", pid));
+    MemoryStatus m;
+    std::string line;
+    const auto field = [&](std::string_view key, long& out) {
+        if (line.rfind(key, 0) == 0) out = std::strtol(line.c_str() + key.size(), nullptr, 10);
+    };
+    while (std::getline(in, line)) {
+        field("VmRSS:", m.rss_kib);
+        field("VmHWM:", m.hwm_kib);
+        field("RssAnon:", m.rss_anon_kib);
+        long switches = 0;
+        field("voluntary_ctxt_switches:", switches);
+        field("nonvoluntary_ctxt_switches:", switches);
+        m.ctxt_switches += switches;
+    }
+    return m;
+}
+
+// utime + stime of a process, in seconds.
+inline double read_cpu_seconds(pid_t pid) {
+    std::ifstream in(fmt::format("/proc/{}/stat", pid));
+    std::string text;
+    std::getline(in, text);
+    // The command name may hold spaces; fields are counted after its closing ')'.
+    const auto close = text.rfind(')');
+    if (close == std::string::npos) return 0;
+    std::istringstream fields(text.substr(close + 2));
+    std::string f;
+    unsigned long long utime = 0, stime = 0;
+    for (int i = 3; i <= 15 && fields >> f; ++i) {
+        if (i == 14) utime = std::stoull(f);
+        if (i == 15) stime = std::stoull(f);
+    }
+    return static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+// Seconds a process's threads spent running and waiting on a run queue
+// (/proc/<pid>/task/*/schedstat), for telling a slow daemon from a starved one.
+struct SchedTimes {
+    double running = 0;
+    double waiting = 0;
+};
+
+inline SchedTimes read_sched_times(pid_t pid) {
+    SchedTimes t;
+    std::error_code ec;
+    for (const auto& task :
+         std::filesystem::directory_iterator(fmt::format("/proc/{}/task", pid), ec)) {
+        std::ifstream in(task.path() / "schedstat");
+        unsigned long long run_ns = 0, wait_ns = 0;
+        if (in >> run_ns >> wait_ns) {
+            t.running += static_cast<double>(run_ns) / 1e9;
+            t.waiting += static_cast<double>(wait_ns) / 1e9;
+        }
+    }
+    return t;
+}
+
+inline double own_cpu_seconds() {
+    rusage ru{};
+    getrusage(RUSAGE_SELF, &ru);
+    const auto tv = [](const timeval& t) {
+        return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_usec) / 1e6;
+    };
+    return tv(ru.ru_utime) + tv(ru.ru_stime);
+}
+
+// Datagrams the kernel dropped at the UDP socket bound to 127.0.0.1:port
+// (receive buffer full), from the last column of /proc/net/udp.
+inline std::uint64_t udp_socket_drops(std::uint16_t port) {
+    std::ifstream in("/proc/net/udp");
+    const std::string local = fmt::format("0100007F:{:04X}", port);
+    std::string line;
+    std::uint64_t drops = 0;
+    while (std::getline(in, line)) {
+        std::istringstream fields(line);
+        std::string slot, address;
+        fields >> slot >> address;
+        if (address != local) continue;
+        const auto end = line.find_last_not_of(' ');
+        const auto start = line.find_last_of(' ', end) + 1;
+        drops += std::stoull(line.substr(start, end - start + 1));
+    }
+    return drops;
+}
+
+inline std::uint16_t free_udp_port() {
+    const int fd = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) fail_errno("socket");
+    sockaddr_storage ss{};
+    const socklen_t len = Address::v4(0x7f000001, 0).to_sockaddr(ss);
+    if (::bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) fail_errno("bind");
+    socklen_t got = sizeof ss;
+    ::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &got);
+    ::close(fd);
+    return Address::from_sockaddr(reinterpret_cast<sockaddr*>(&ss), got)->port();
+}
+
+struct LogCounts {
+    std::uint64_t lines = 0, registered = 0, up = 0, suspect = 0, down = 0;
+};
+
+class DaemonProcess {
+public:
+    struct Options {
+        std::string binary;
+        std::string min_interval = "10ms";
+        std::size_t max_peers = 100'000;
+        std::size_t max_per_host = 256;
+        // A stand-in program instead of the daemon (the floor): started as
+        // `binary --listen 127.0.0.1:PORT extra_args...`, with no config and no
+        // control socket.
+        bool stand_in = false;
+        std::vector<std::string> extra_args;
+        std::string log_copy;  // if set, every stderr line is also written here
+    };
+
+    explicit DaemonProcess(const Options& options) : options_(options) {
+        char dir_template[] = "/tmp/kabench.XXXXXX";
+        if (::mkdtemp(dir_template) == nullptr) fail_errno("mkdtemp");
+        dir_ = dir_template;
+        port_ = free_udp_port();
+        control_ = dir_ + "/ctl.sock";
+        const std::string config = dir_ + "/keepalived.toml";
+        {
+            std::ofstream out(config);
+            out << fmt::format(
+                "[server]\nlisten = [\"127.0.0.1:{}\"]\ncontrol_socket = \"{}\"\n"
+                "[peers]\nmin_interval = \"{}\"\nmax_peers = {}\nmax_per_host = {}\n",
+                port_, control_, options.min_interval, options.max_peers, options.max_per_host);
+        }
+        if (!options.log_copy.empty()) log_copy_.open(options.log_copy);
+
+        int pipe_fds[2];
+        if (::pipe2(pipe_fds, O_CLOEXEC) != 0) fail_errno("pipe2");
+        // The daemon gets a clean systemd environment: no notify socket, no
+        // inherited listeners, no journal stream.
+        std::vector<std::string> env_store;
+        for (char** e = environ; *e != nullptr; ++e) {
+            const std::string_view kv(*e);
+            bool drop = false;
+            for (std::string_view k : {"NOTIFY_SOCKET=", "LISTEN_", "JOURNAL_STREAM=", "WATCHDOG_"})
+                drop = drop || kv.rfind(k, 0) == 0;
+            if (!drop) env_store.emplace_back(kv);
+        }
+        std::vector<char*> envp;
+        for (auto& s : env_store) envp.push_back(s.data());
+        envp.push_back(nullptr);
+        std::vector<std::string> args = {options.binary, "--config", config, "--log-target",
+                                         "stderr"};
+        if (options.stand_in)
+            args = {options.binary, "--listen", fmt::format("127.0.0.1:{}", port_)};
+        args.insert(args.end(), options.extra_args.begin(), options.extra_args.end());
+        std::vector<char*> argv;
+        for (auto& s : args) argv.push_back(s.data());
+        argv.push_back(nullptr);
+
+        const pid_t parent = ::getpid();
+        pid_ = ::fork();
+        if (pid_ < 0) fail_errno("fork");
+        if (pid_ == 0) {
+            // Do not outlive a bench that crashed.
+            ::prctl(PR_SET_PDEATHSIG, SIGTERM);
+            if (::getppid() != parent) ::_exit(127);
+            const int null = ::open("/dev/null", O_RDWR);
+            ::dup2(null, 0);
+            ::dup2(null, 1);
+            ::dup2(pipe_fds[1], 2);
+            ::execve(argv[0], argv.data(), envp.data());
+            ::_exit(127);
+        }
+        ::close(pipe_fds[1]);
+        stderr_fd_ = pipe_fds[0];
+        reader_ = std::thread([this] { read_stderr(); });
+        try {
+            wait_ready();
+        } catch (...) {
+            clean_up();
+            throw;
+        }
+    }
+
+    DaemonProcess(const DaemonProcess&) = delete;
+    DaemonProcess& operator=(const DaemonProcess&) = delete;
+
+    ~DaemonProcess() { clean_up(); }
+
+    void stop() {
+        if (pid_ <= 0) return;
+        ::kill(pid_, SIGTERM);
+        int status = 0;
+        ::waitpid(pid_, &status, 0);
+        pid_ = -1;
+    }
+
+    pid_t pid() const { return pid_; }
+    std::uint16_t port() const { return port_; }
+    Address address() const { return Address::v4(0x7f000001, port_); }
+
+    // The request's JSON answer on the control socket ("status" or "peers").
+    nlohmann::json control(std::string_view request) const {
+        const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0) fail_errno("socket");
+        sockaddr_un sa{};
+        sa.sun_family = AF_UNIX;
+        std::memcpy(sa.sun_path, control_.c_str(), control_.size() + 1);
+        timeval tv{5, 0};
+        ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        if (::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0) {
+            ::close(fd);
+            fail_errno("connect " + control_);
+        }
+        const std::string line = std::string(request) + "\n";
+        if (::send(fd, line.data(), line.size(), MSG_NOSIGNAL) < 0) {
+            ::close(fd);
+            fail_errno("send control request");
+        }
+        std::string reply;
+        char buf[65536];
+        for (;;) {
+            const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+            if (n <= 0) break;
+            reply.append(buf, static_cast<std::size_t>(n));
+        }
+        ::close(fd);
+        return nlohmann::json::parse(reply);
+    }
+
+    // Arrival time of the first "is down" line for each peer name.
+    std::unordered_map<std::string, TimePoint> down_times() const {
+        std::lock_guard lock(mutex_);
+        return down_times_;
+    }
+    LogCounts log_counts() const {
+        std::lock_guard lock(mutex_);
+        return counts_;
+    }
+
+private:
+    void clean_up() {
+        stop();
+        if (reader_.joinable()) reader_.join();  // EOF once the daemon has exited
+        ::close(stderr_fd_);
+        std::error_code ec;
+        std::filesystem::remove_all(dir_, ec);
+    }
+
+    void read_stderr() {
+        std::string pending;
+        char buf[65536];
+        for (;;) {
+            const ssize_t n = ::read(stderr_fd_, buf, sizeof buf);
+            if (n < 0 && errno == EINTR) continue;
+            if (n <= 0) break;
+            const TimePoint arrived = Clock::now();
+            pending.append(buf, static_cast<std::size_t>(n));
+            std::size_t start = 0;
+            for (std::size_t nl; (nl = pending.find('\n', start)) != std::string::npos;
+                 start = nl + 1)
+                on_line(std::string_view(pending).substr(start, nl - start), arrived);
+            pending.erase(0, start);
+        }
+    }
+
+    void on_line(std::string_view line, TimePoint arrived) {
+        if (log_copy_.is_open()) log_copy_ << line << '\n';
+        std::lock_guard lock(mutex_);
+        ++counts_.lines;
+        if (line.find(" ready: listening on") != std::string_view::npos) ready_ = true;
+        if (line.find(" registered: interval") != std::string_view::npos) ++counts_.registered;
+        if (line.find(" is up: ") != std::string_view::npos) ++counts_.up;
+        if (line.find(" is suspect: ") != std::string_view::npos) ++counts_.suspect;
+        if (line.find(" is down: ") != std::string_view::npos) {
+            ++counts_.down;
+            // "<4>peer NAME (ADDRESS) is down: detection time expired"
+            const auto start = line.find("peer ");
+            const auto end = line.find(" (", start);
+            if (start != std::string_view::npos && end != std::string_view::npos) {
+                const std::string name(line.substr(start + 5, end - start - 5));
+                down_times_.emplace(name, arrived);
+            }
+        }
+        if (!ready_ && line.find("cannot start") != std::string_view::npos)
+            start_error_ = std::string(line);
+    }
+
+    void wait_ready() {
+        const TimePoint give_up = Clock::now() + 10s;
+        for (;;) {
+            {
+                std::lock_guard lock(mutex_);
+                if (ready_) return;
+                if (!start_error_.empty()) throw std::runtime_error("daemon: " + start_error_);
+            }
+            int status = 0;
+            if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+                pid_ = -1;
+                throw std::runtime_error(options_.binary + " exited before it was ready");
+            }
+            if (Clock::now() > give_up) throw std::runtime_error("daemon not ready after 10 s");
+            std::this_thread::sleep_for(5ms);
+        }
+    }
+
+    Options options_;
+    std::string dir_;
+    std::string control_;
+    std::uint16_t port_ = 0;
+    pid_t pid_ = -1;
+    int stderr_fd_ = -1;
+    std::thread reader_;
+    std::ofstream log_copy_;
+
+    mutable std::mutex mutex_;
+    bool ready_ = false;
+    std::string start_error_;
+    LogCounts counts_;
+    std::unordered_map<std::string, TimePoint> down_times_;
+};
+
+}  // namespace keepalive::bench

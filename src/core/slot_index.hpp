@@ -1,0 +1,113 @@
+// SlotIndex: an open-addressing hash index from a key to a 32-bit slot, for
+// the peer table's session and name lookups. It stores only (hash, slot),
+// 8 bytes a cell, and at most half the cells are used: about 16 bytes per
+// entry against some 40 to 70 for a node of std::unordered_map, and one cache
+// line per lookup. The keys stay where they are (in the table's slots): every
+// call takes the key's hash and a predicate that tells whether a slot holds
+// the key.
+//
+// Linear probing; erase shifts the following cells back, so there are no
+// tombstones and a lookup never scans more than the run its hash falls in.
+// Not thread-safe.
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+#include <vector>
+
+namespace keepalive {
+
+class SlotIndex {
+public:
+    using Slot = std::uint32_t;
+    static constexpr Slot kNone = UINT32_MAX;
+
+    // The slot holding the key, or kNone. `holds(slot)` says if `slot` has it.
+    template <typename Holds>
+    Slot find(std::uint32_t hash, Holds&& holds) const {
+        if (cells_.empty()) return kNone;
+        for (std::size_t i = hash & mask(); cells_[i].slot != kNone; i = (i + 1) & mask())
+            if (cells_[i].hash == hash && holds(cells_[i].slot)) return cells_[i].slot;
+        return kNone;
+    }
+
+    // Adds `slot` under `hash`; the caller makes sure the key is not there yet.
+    void insert(std::uint32_t hash, Slot slot) {
+        if ((size_ + 1) * 2 > cells_.size()) grow();
+        place(hash, slot);
+        ++size_;
+    }
+
+    // Removes the entry of the key. False if it was not there.
+    template <typename Holds>
+    bool erase(std::uint32_t hash, Holds&& holds) {
+        if (cells_.empty()) return false;
+        std::size_t i = hash & mask();
+        for (;; i = (i + 1) & mask()) {
+            if (cells_[i].slot == kNone) return false;
+            if (cells_[i].hash == hash && holds(cells_[i].slot)) break;
+        }
+        // Backward shift: pull each later cell of the run into the hole unless
+        // its home lies cyclically within (hole, its position].
+        std::size_t hole = i;
+        for (std::size_t j = (i + 1) & mask(); cells_[j].slot != kNone; j = (j + 1) & mask()) {
+            const std::size_t home = cells_[j].hash & mask();
+            const bool stays = hole <= j ? (hole < home && home <= j) : (hole < home || home <= j);
+            if (stays) continue;
+            cells_[hole] = cells_[j];
+            hole = j;
+        }
+        cells_[hole] = Cell{};
+        --size_;
+        return true;
+    }
+
+    std::size_t size() const { return size_; }
+    std::size_t capacity() const { return cells_.size(); }
+
+    // The hashes the peer table uses: well mixed, so that sequential session
+    // ids and names differing in a digit spread over the cells.
+    static std::uint32_t hash_u32(std::uint32_t key) {
+        std::uint64_t x = key;
+        x *= 0x9E3779B97F4A7C15ull;
+        return static_cast<std::uint32_t>(x >> 32);
+    }
+    static std::uint32_t hash_bytes(std::string_view key) {
+        std::uint64_t h = 0xcbf29ce484222325ull;  // FNV-1a, then a final mix
+        for (const char c : key) {
+            h ^= static_cast<std::uint8_t>(c);
+            h *= 0x100000001b3ull;
+        }
+        h ^= h >> 29;
+        h *= 0xbf58476d1ce4e5b9ull;
+        return static_cast<std::uint32_t>(h >> 32);
+    }
+
+private:
+    struct Cell {
+        std::uint32_t hash = 0;
+        Slot slot = kNone;
+    };
+
+    std::size_t mask() const { return cells_.size() - 1; }
+
+    void place(std::uint32_t hash, Slot slot) {
+        std::size_t i = hash & mask();
+        while (cells_[i].slot != kNone) i = (i + 1) & mask();
+        cells_[i] = Cell{hash, slot};
+    }
+
+    void grow() {
+        std::vector<Cell> old(std::max<std::size_t>(16, cells_.size() * 2));
+        old.swap(cells_);
+        for (const Cell& c : old)
+            if (c.slot != kNone) place(c.hash, c.slot);
+    }
+
+    std::vector<Cell> cells_;
+    std::size_t size_ = 0;
+};
+
+}  // namespace keepalive
