@@ -8,13 +8,19 @@
 
 #include "core/address.hpp"
 #include "core/clock.hpp"
+#include "core/health.hpp"
 #include "core/timer_wheel.hpp"
 
 namespace keepalive {
 
-enum class PeerState : std::uint8_t { up, suspect, down, left };
-inline constexpr std::size_t kPeerStateCount = 4;
+// degraded: up, but losing more probes or answering slower than [peers] allows.
+enum class PeerState : std::uint8_t { up, suspect, down, left, degraded };
+inline constexpr std::size_t kPeerStateCount = 5;
 std::string_view to_string(PeerState);
+// Up, degraded or suspect: the peer is there, as far as the server knows.
+inline bool answering(PeerState s) {
+    return s == PeerState::up || s == PeerState::degraded || s == PeerState::suspect;
+}
 
 // tcp: an agentless target watched through the kernel's TCP keepalive (daemon/targets.hpp).
 enum class Protocol : std::uint8_t { kap1, legacy, tcp };
@@ -51,6 +57,9 @@ struct Peer {
     TimePoint last_probe_at{};  // RTT of legacy peers, whose replies carry no time
     std::uint64_t probes_sent = 0;
     std::uint64_t acks_received = 0;
+    std::uint64_t state_changes = 0;  // since the name entered the table
+    PeerHealth health;
+    FlapDamper damper;
     // The latest network error seen for this peer (an ICMP error quoting a probe, or a
     // target's socket error), e.g. "port unreachable: host up, no agent"; empty if none.
     std::string last_error;
@@ -67,9 +76,11 @@ enum class EventKind : std::uint8_t {
     left,
     restarted,
     moved,
-    forgotten
+    forgotten,
+    degraded,  // up but sick: loss or RTT over [peers] degraded_loss / degraded_rtt
+    damped     // flapping: held down until it has answered for [peers] hold_down
 };
-inline constexpr std::size_t kEventKindCount = 8;
+inline constexpr std::size_t kEventKindCount = 10;
 std::string_view to_string(EventKind);
 
 // A state change, with a copy of the peer as it is after the change.

@@ -7,6 +7,7 @@
 
 #include "core/cidr.hpp"
 #include "core/clock.hpp"
+#include "core/health.hpp"
 
 namespace keepalive {
 
@@ -19,6 +20,7 @@ struct PeerLimits {
     Duration forget_after = std::chrono::minutes(10);        // 1s .. 30 days
     Duration down_probe_interval = std::chrono::seconds(5);  // 100ms .. 1h: how often down
                                                              // peers are still probed
+    HealthPolicy health;                                     // degraded and damping
     // An ICMP port unreachable quoting a probe (the host is up, no agent answers) declares
     // the peer down at once. Off by default: ICMP is easily forged.
     bool fast_down_on_icmp = false;

@@ -16,6 +16,8 @@ std::string_view to_string(PeerState s) {
             return "down";
         case PeerState::left:
             return "left";
+        case PeerState::degraded:
+            return "degraded";
     }
     return "?";
 }
@@ -50,6 +52,10 @@ std::string_view to_string(EventKind k) {
             return "moved";
         case EventKind::forgotten:
             return "forgotten";
+        case EventKind::degraded:
+            return "degraded";
+        case EventKind::damped:
+            return "damped";
     }
     return "?";
 }
@@ -66,9 +72,14 @@ bool valid_peer_name(std::string_view name) {
 }
 
 std::string summary_line(const PeerCounts& c) {
-    return fmt::format("{} peer{}: {} up, {} suspect, {} down, {} left", c.total,
-                       c.total == 1 ? "" : "s", c.in(PeerState::up), c.in(PeerState::suspect),
-                       c.in(PeerState::down), c.in(PeerState::left));
+    // Degraded only when there are some, so the line stays as it was where
+    // degraded detection is not configured.
+    const std::string degraded = c.in(PeerState::degraded) > 0
+                                     ? fmt::format(", {} degraded", c.in(PeerState::degraded))
+                                     : std::string();
+    return fmt::format("{} peer{}: {} up{}, {} suspect, {} down, {} left", c.total,
+                       c.total == 1 ? "" : "s", c.in(PeerState::up), degraded,
+                       c.in(PeerState::suspect), c.in(PeerState::down), c.in(PeerState::left));
 }
 
 namespace {
@@ -152,6 +163,7 @@ void PeerTable::set_state(Slot slot, PeerState state, TimePoint now) {
     ++counts_.by_state[static_cast<std::size_t>(state)];
     p.state = state;
     p.since = now;
+    ++p.state_changes;
 }
 
 void PeerTable::set_session(Slot slot, std::uint32_t session) {

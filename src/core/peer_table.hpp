@@ -49,6 +49,13 @@ public:
     const PeerCounts& counts() const { return counts_; }
     std::size_t size() const { return counts_.total; }
 
+    // Slots run from 0 to slot_limit(); find_slot() is null for an unused one. For walking the
+    // table a piece at a time, across changes: a slot is never moved, only freed and reused.
+    Slot slot_limit() const { return static_cast<Slot>(slots_.size()); }
+    const Peer* find_slot(Slot slot) const {
+        return slot < slots_.size() && slots_[slot].used ? &slots_[slot].peer : nullptr;
+    }
+
     template <typename Fn>
     void for_each(Fn&& fn) const {
         for (Slot s = 0; s < slots_.size(); ++s)

@@ -201,7 +201,7 @@ void ServerCore::on_register(const kap::Message& m, const Address& from, const R
 
     Slot slot = table_.find_name(reg.name);
     if (slot != PeerTable::kNone && table_.at(slot).protocol == Protocol::legacy &&
-        (table_.at(slot).state == PeerState::up || table_.at(slot).state == PeerState::suspect)) {
+        answering(table_.at(slot).state)) {
         // A live legacy peer holds this name; it can be taken over once it is down.
         reject(kap::Diag::not_permitted);
         return;
@@ -242,6 +242,8 @@ void ServerCore::on_register(const kap::Message& m, const Address& from, const R
         p.interval = interval;
         p.probes = probes;
         p.missed = 0;
+        p.health.reset();
+        p.damper.release();
         const PeerState previous = p.state;
         table_.set_state(slot, PeerState::up, now);
         p.since = now;  // a new session starts its time in "up" afresh
@@ -303,7 +305,9 @@ void ServerCore::renew(Slot slot, Duration interval, std::uint8_t probes, const 
         table_.set_address(slot, to);
         emit(EventKind::moved, p.state, slot, "moved from " + was.to_string(), was);
     }
-    if (p.state != PeerState::up)
+    // Degraded stays degraded (its health is judged by probes), and a damped
+    // peer stays held: registering again is no proof that it stopped flapping.
+    if (p.state != PeerState::up && p.state != PeerState::degraded && !p.damper.held())
         change_state(slot, PeerState::up, EventKind::up, "registered again", now);
 }
 
@@ -352,15 +356,66 @@ void ServerCore::acknowledge(Slot slot, std::uint64_t seq, std::optional<Duratio
     p.missed = 0;
     p.withheld = 0;
     ++p.acks_received;
-    if (rtt) p.rtt = rtt;
+    if (rtt) {
+        p.rtt = rtt;
+        p.health.rtt_sample(*rtt);
+    }
     // Off probation: from the probe just answered, the granted interval.
     if (first_answer && p.interval > kProbationStep && p.state != PeerState::down)
         schedule(slot, ceil_ms(p.last_probe_at) + p.interval);
-    if (p.state == PeerState::suspect) {
-        change_state(slot, PeerState::up, EventKind::up, "ack received", now);
-    } else if (p.state == PeerState::down) {
-        change_state(slot, PeerState::up, EventKind::up, "ack received", now);
-        schedule(slot, ceil_ms(now + p.interval));
+    if (p.state == PeerState::down) {
+        recover(slot, now);
+        return;
+    }
+    update_health(slot, now);
+}
+
+// A down peer answered. It comes back up, unless it keeps going down and
+// coming back: then it is damped, held down until it has answered for
+// hold_down, with one event for the whole episode.
+void ServerCore::recover(Slot slot, TimePoint now) {
+    Peer& p = table_.at(slot);
+    const HealthPolicy& policy = limits_.health;
+    if (!p.damper.held() && p.damper.recovered(now, policy)) {
+        p.damper.hold();
+        p.damper.answered(now);
+        emit(EventKind::damped, p.state, slot,
+             fmt::format("damped: back {} times within {}; held down until it has answered for {}",
+                         p.damper.recent_flaps(), format_duration(*policy.hold_down),
+                         format_duration(*policy.hold_down)));
+        schedule(slot, ceil_ms(now + p.interval));  // probed at its own rate while held
+        return;
+    }
+    if (p.damper.held()) {
+        p.damper.answered(now);
+        if (!p.damper.released(now, policy)) return;
+        p.damper.release();
+        p.health.reset();
+        change_state(
+            slot, PeerState::up, EventKind::up,
+            "ack received; damping ended after answering for " + format_duration(*policy.hold_down),
+            now);
+        return;
+    }
+    p.health.reset();  // its sickness before it went down says nothing now
+    change_state(slot, PeerState::up, EventKind::up, "ack received", now);
+    schedule(slot, ceil_ms(now + p.interval));
+}
+
+// Moves between up and degraded by the peer's loss window and RTT; suspect
+// (an ACK just came) leaves to whichever of the two applies.
+void ServerCore::update_health(Slot slot, TimePoint now) {
+    Peer& p = table_.at(slot);
+    const bool degraded_now = p.state == PeerState::degraded;
+    if (p.state == PeerState::suspect && p.missed > 0) return;
+    if (p.state != PeerState::up && p.state != PeerState::degraded && p.state != PeerState::suspect)
+        return;
+    const auto why = p.health.degraded_reason(limits_.health, degraded_now);
+    if (why && !degraded_now) {
+        change_state(slot, PeerState::degraded, EventKind::degraded, *why, now);
+    } else if (!why && p.state != PeerState::up) {
+        change_state(slot, PeerState::up, EventKind::up,
+                     degraded_now ? "recovered: " + p.health.describe() : "ack received", now);
     }
 }
 
@@ -439,11 +494,16 @@ void ServerCore::on_due(Slot slot, TimePoint deadline, TimePoint now) {
     p.timer = {};
     switch (p.state) {
         case PeerState::up:
+        case PeerState::degraded:
         case PeerState::suspect: {
-            if (p.seq_sent > p.seq_acked) {
-                // Its ACK may be one we lost. Not forever, though: a server
-                // that keeps losing datagrams must still find dead peers.
-                if (receive_doubt_ > p.last_probe_at && p.withheld < kMaxWithheld) {
+            const bool unanswered = p.seq_sent > p.seq_acked;
+            // Its ACK may be one we lost. Not forever, though: a server
+            // that keeps losing datagrams must still find dead peers.
+            const bool doubtful =
+                unanswered && receive_doubt_ > p.last_probe_at && p.withheld < kMaxWithheld;
+            if (p.seq_sent > 0 && !doubtful) p.health.probe_outcome(unanswered, limits_.health);
+            if (unanswered) {
+                if (doubtful) {
                     ++p.withheld;
                     ++verdicts_withheld_;
                 } else {
@@ -462,16 +522,30 @@ void ServerCore::on_due(Slot slot, TimePoint deadline, TimePoint now) {
                 probe_down(slot, deadline, now);
                 return;
             }
+            // A degraded peer loses probes by definition: it stays degraded
+            // rather than flapping to suspect and back with every loss.
             if (p.missed > 0 && p.state == PeerState::up)
                 change_state(
                     slot, PeerState::suspect, EventKind::suspect,
                     fmt::format("{} probe{} unanswered", p.missed, p.missed == 1 ? "" : "s"),
                     deadline);
+            else if (p.missed == 0)
+                update_health(slot, deadline);
             send_probe(slot, now);
             schedule(slot, next_on_grid(deadline, probe_step(p), now));
             return;
         }
         case PeerState::down:
+            if (p.damper.held()) {
+                if (p.seq_sent > p.seq_acked) p.damper.unanswered();
+                if (!p.damper.answering() && deadline - p.since >= forget_after(p)) {
+                    forget(slot);
+                    return;
+                }
+                send_probe(slot, now);
+                schedule(slot, next_on_grid(deadline, p.interval, now));
+                return;
+            }
             if (deadline - p.since >= forget_after(p)) {
                 forget(slot);
                 return;

@@ -196,6 +196,8 @@ private:
                const Route& route, TimePoint now);
     Slot kap1_session(std::uint32_t session) const;  // kNone for unknown and legacy sessions
     void acknowledge(Slot slot, std::uint64_t seq, std::optional<Duration> rtt, TimePoint now);
+    void recover(Slot slot, TimePoint now);        // an ACK from a down peer
+    void update_health(Slot slot, TimePoint now);  // up <-> degraded
     void on_due(Slot slot, TimePoint deadline, TimePoint now);
     void send_probe(Slot slot, TimePoint now);
     void answer_unknown_session(const Address& from, const Route& route, TimePoint now);

@@ -58,7 +58,7 @@ void ServerCore::on_legacy_register(std::span<const std::uint8_t> data, const Ad
         Peer& p = table_.at(slot);
         // Without authentication, a name belongs to the host that holds it
         // until that host is down or gone.
-        const bool held = p.state == PeerState::up || p.state == PeerState::suspect;
+        const bool held = answering(p.state);
         if (p.protocol != Protocol::legacy || (held && !p.address.same_host(from))) {
             count(Drop::legacy_refused);
             return;

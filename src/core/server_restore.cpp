@@ -81,6 +81,7 @@ Result<ServerCore::Restored, std::string> ServerCore::restore(
         const TimePoint first = first_probe_time(spread, now);
         switch (q.state) {
             case PeerState::up:
+            case PeerState::degraded:  // its loss window starts afresh
             case PeerState::suspect:
                 schedule(slot, first);
                 break;

@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -21,6 +22,8 @@ constexpr int kTimeoutMs = 5000;
 constexpr const char* kUsage =
     "Usage: keepalivectl [--socket PATH] status|peers|targets [--json]\n"
     "       keepalivectl [--socket PATH] shutdown --for-good\n"
+    "       keepalivectl [--socket PATH] metrics\n"
+    "       keepalivectl [--socket PATH] watch [--json] [--since SEQ]\n"
     "\n"
     "  status   peer counts and the daemon's drop counters\n"
     "  peers    every peer and TCP target with its state, address and round-trip time\n"
@@ -28,8 +31,11 @@ constexpr const char* kUsage =
     "  shutdown --for-good\n"
     "           stop keepalived for good (decommissioning): peers are told it is\n"
     "           shutting down (BYE 5) and the saved peer table is deleted\n"
+    "  metrics  the Prometheus text exposition of the daemon and every peer\n"
+    "  watch    peer events as they happen, in order, until interrupted\n"
     "  -s, --socket PATH  control socket (default /run/keepalived/control.sock)\n"
-    "  -j, --json         print JSON instead of a table\n"
+    "  -j, --json         print JSON instead of a table (watch: one object a line)\n"
+    "      --since SEQ    watch: start after event SEQ, from the daemon's recent events\n"
     "  -h, --help         this text\n";
 
 int usage_error(const std::string& message) {
@@ -43,19 +49,28 @@ struct Failure {
 
 // One request, one JSON document back, with a deadline so a stuck daemon
 // cannot hang the caller.
-std::string ask(const std::string& path, const std::string& request) {
+// A connected control socket (the caller closes it).
+int connect_to(const std::string& path) {
     sockaddr_un sa{};
     sa.sun_family = AF_UNIX;
     if (path.size() >= sizeof sa.sun_path) throw Failure{"socket path too long: " + path};
     std::memcpy(sa.sun_path, path.c_str(), path.size() + 1);
     const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) throw Failure{std::string("socket: ") + std::strerror(errno)};
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0) {
+        const int error = errno;
+        ::close(fd);
+        throw Failure{fmt::format("cannot reach keepalived at {}: {}", path, std::strerror(error))};
+    }
+    return fd;
+}
+
+std::string ask(const std::string& path, const std::string& request) {
+    const int fd = connect_to(path);
     struct Closer {
         int fd;
         ~Closer() { ::close(fd); }
     } closer{fd};
-    if (::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0)
-        throw Failure{fmt::format("cannot reach keepalived at {}: {}", path, std::strerror(errno))};
     const std::string line = request + "\n";
     if (::send(fd, line.data(), line.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(line.size()))
         throw Failure{fmt::format("cannot send to {}: {}", path, std::strerror(errno))};
@@ -110,11 +125,11 @@ void print_peers(const nlohmann::json& j) {
         name_w = std::max(name_w, printable(p.at("name").get<std::string>()).size());
         addr_w = std::max(addr_w, p.at("address").get<std::string>().size());
     }
-    fmt::print("{:<{}}  {:<{}}  {:<7}  {:>8}  {:>10}  {:>6}  {:>9}  {:>8}  {}\n", "NAME", name_w,
+    fmt::print("{:<{}}  {:<{}}  {:<8}  {:>8}  {:>10}  {:>6}  {:>9}  {:>8}  {}\n", "NAME", name_w,
                "ADDRESS", addr_w, "STATE", "SINCE", "INTERVAL", "MISSED", "RTT", "SESSION",
                "PROTOCOL");
     for (const auto& p : peers) {
-        fmt::print("{:<{}}  {:<{}}  {:<7}  {:>8}  {:>10}  {:>6}  {:>9}  {:>8}  {}\n",
+        fmt::print("{:<{}}  {:<{}}  {:<8}  {:>8}  {:>10}  {:>6}  {:>9}  {:>8}  {}\n",
                    printable(p.at("name").get<std::string>()), name_w,
                    p.at("address").get<std::string>(), addr_w, p.at("state").get<std::string>(),
                    format_since(p.at("since").get<double>()),
@@ -169,16 +184,89 @@ void print_status(const nlohmann::json& j) {
             fmt::print("  {:<18} {}\n", reason, count.get<std::uint64_t>());
 }
 
+// Seconds since the epoch as UTC "2026-01-02T03:04:05.678Z".
+std::string format_time(double t) {
+    const auto secs = static_cast<std::time_t>(t);
+    std::tm tm{};
+    ::gmtime_r(&secs, &tm);
+    char buf[32];
+    std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
+    return fmt::format("{}.{:03d}Z", buf, static_cast<int>((t - static_cast<double>(secs)) * 1000));
+}
+
+void print_event(const nlohmann::json& e) {
+    if (e.contains("missed")) {
+        fmt::print("-- missed {} events (seq {} to {}): this reader fell behind --\n",
+                   e.at("missed").get<std::uint64_t>(),
+                   e.at("first_missed_seq").get<std::uint64_t>(),
+                   e.at("last_missed_seq").get<std::uint64_t>());
+        return;
+    }
+    const std::string previous = e.at("previous_state").get<std::string>();
+    fmt::print("{} #{} {} ({}) {}{} [{}]: {}\n", format_time(e.at("time").get<double>()),
+               e.at("seq").get<std::uint64_t>(), printable(e.at("name").get<std::string>()),
+               e.at("address").get<std::string>(), previous.empty() ? "" : previous + " -> ",
+               e.at("state").get<std::string>(), e.at("event").get<std::string>(),
+               printable(e.at("reason").get<std::string>()));
+}
+
+// Streams events until the daemon closes the connection (or we are interrupted).
+int watch(const std::string& path, const std::string& since, bool json) {
+    try {
+        const int fd = connect_to(path);
+        struct Closer {
+            int fd;
+            ~Closer() { ::close(fd); }
+        } closer{fd};
+        const std::string line = since.empty() ? "watch\n" : "watch " + since + "\n";
+        if (::send(fd, line.data(), line.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(line.size()))
+            throw Failure{fmt::format("cannot send to {}: {}", path, std::strerror(errno))};
+        std::string buffer;
+        char buf[65536];
+        for (;;) {
+            const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+            if (n == 0) throw Failure{"keepalived closed the stream"};
+            if (n < 0) {
+                if (errno == EINTR) continue;
+                throw Failure{std::string("recv: ") + std::strerror(errno)};
+            }
+            buffer.append(buf, static_cast<std::size_t>(n));
+            std::size_t start = 0;
+            for (auto nl = buffer.find('\n'); nl != std::string::npos;
+                 nl = buffer.find('\n', start)) {
+                const std::string_view text(buffer.data() + start, nl - start);
+                start = nl + 1;
+                const auto e = nlohmann::json::parse(text);
+                if (e.contains("error"))
+                    throw Failure{"keepalived: " + e["error"].get<std::string>()};
+                if (json)
+                    fmt::print("{}\n", text);
+                else
+                    print_event(e);
+            }
+            buffer.erase(0, start);
+            if (std::fflush(stdout) != 0) return 1;  // the reader of our output went away
+        }
+    } catch (const Failure& f) {
+        std::fprintf(stderr, "keepalivectl: %s\n", f.message.c_str());
+    } catch (const nlohmann::json::exception& e) {
+        std::fprintf(stderr, "keepalivectl: unexpected data from keepalived: %s\n", e.what());
+    }
+    return 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
     std::string socket_path = kDefaultSocket;
     bool json = false;
     bool for_good = false;
+    std::string since;
     static const option options[] = {
         {"for-good", no_argument, nullptr, 'g'},
         {"socket", required_argument, nullptr, 's'},
         {"json", no_argument, nullptr, 'j'},
+        {"since", required_argument, nullptr, 'S'},
         {"help", no_argument, nullptr, 'h'},
         {nullptr, 0, nullptr, 0},
     };
@@ -188,6 +276,9 @@ int main(int argc, char** argv) {
         switch (opt) {
             case 's':
                 socket_path = optarg;
+                break;
+            case 'S':
+                since = optarg;
                 break;
             case 'j':
                 json = true;
@@ -220,13 +311,31 @@ int main(int argc, char** argv) {
         return 1;
     }
     if (optind + 1 != argc)
-        return usage_error("expected one command: status, peers, targets or shutdown");
+        return usage_error(
+            "expected one command: status, peers, targets, metrics, watch or shutdown");
     const std::string command = argv[optind];
     if (for_good) return usage_error("--for-good goes with shutdown");
-    if (command != "status" && command != "peers" && command != "targets")
+    if (command != "status" && command != "peers" && command != "targets" &&
+        command != "metrics" && command != "watch")
         return usage_error("unknown command: " + command);
+    if (!since.empty() && command != "watch") return usage_error("--since is for watch only");
+    if (!since.empty() && since.find_first_not_of("0123456789") != std::string::npos)
+        return usage_error("--since needs an event sequence number, not " + since);
+    if (command == "watch") return watch(socket_path, since, json);
+    if (command == "metrics" && json) return usage_error("metrics has no --json form");
 
     try {
+        if (command == "metrics") {
+            // Text, not JSON; only an error reply is a JSON object.
+            const std::string text = ask(socket_path, command);
+            if (text.empty() || text.front() == '{')
+                throw Failure{"keepalived: " + (text.empty()
+                                                    ? std::string("empty reply")
+                                                    : nlohmann::json::parse(text).value(
+                                                          "error", std::string("bad reply")))};
+            std::fwrite(text.data(), 1, text.size(), stdout);
+            return std::fflush(stdout) == 0 ? 0 : 1;
+        }
         auto reply = nlohmann::json::parse(ask(socket_path, command));
         if (reply.contains("error"))
             throw Failure{"keepalived: " + reply["error"].get<std::string>()};

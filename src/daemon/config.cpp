@@ -33,21 +33,24 @@ constexpr std::size_t kMaxQuoted = 64;
 
 constexpr std::string_view kServerKeys[] = {"listen", "control_socket", "state_file"};
 constexpr std::string_view kPeersKeys[] = {
-    "min_interval", "max_interval", "max_probes",          "max_peers",         "max_per_host",
-    "forget_after", "allow",        "down_probe_interval", "fast_down_on_icmp"};
+    "min_interval",  "max_interval",    "max_probes",   "max_peers",     "max_per_host",
+    "forget_after",  "allow",           "down_probe_interval",           "fast_down_on_icmp",
+    "degraded_loss", "degraded_window", "degraded_rtt", "hold_down",     "flap_threshold"};
 constexpr std::string_view kLegacyKeys[] = {"enable",     "address",   "register_port",
                                             "probe_port", "max_peers", "allow_unauthenticated"};
 constexpr std::string_view kAuthKeys[] = {"mode", "keys_file", "active"};
+constexpr std::string_view kMetricsKeys[] = {"textfile", "interval"};
 
 struct Section {
     std::string_view name;
     std::span<const std::string_view> keys;
 };
-constexpr std::array<Section, 4> kSections{{
+constexpr std::array<Section, 5> kSections{{
     {"server", kServerKeys},
     {"peers", kPeersKeys},
     {"legacy", kLegacyKeys},
     {"auth", kAuthKeys},
+    {"metrics", kMetricsKeys},
 }};
 
 // Where the [auth] and [legacy] keys that constrain each other were written,
@@ -407,6 +410,22 @@ void read_server(Checker& c, const toml::table& table, Config& config) {
     if (const auto* node = table.get("state_file")) read_state_file(c, *node, config.state_file);
 }
 
+// "20%": a whole percentage from 1 to 100, as a fraction.
+std::optional<double> read_percent(Checker& c, const toml::node& node, const std::string& name) {
+    const std::string what = "a percentage from 1% to 100% as a string such as \"20%\"";
+    const auto* text = read_string(c, node, name, what);
+    if (!text) return std::nullopt;
+    const std::string_view digits = std::string_view(*text).substr(0, text->size() - 1);
+    int value = 0;
+    const auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), value);
+    if (text->empty() || text->back() != '%' || digits.empty() || ec != std::errc{} ||
+        end != digits.data() + digits.size() || value < 1 || value > 100) {
+        c.fail(node, name + ": must be " + what + ", not " + quoted(*text));
+        return std::nullopt;
+    }
+    return value / 100.0;
+}
+
 void read_peers(Checker& c, const toml::table& table, PeerLimits& peers) {
     check_section_keys(c, table, kSections[1]);
     bool intervals_valid = true;
@@ -422,6 +441,22 @@ void read_peers(Checker& c, const toml::table& table, PeerLimits& peers) {
     duration("max_interval", 1ms, 1h, peers.max_interval);
     duration("forget_after", 1s, 24h * 30, peers.forget_after);
     duration("down_probe_interval", 100ms, 1h, peers.down_probe_interval);
+
+    HealthPolicy& health = peers.health;
+    if (const auto* node = table.get("degraded_loss"))
+        if (const auto value = read_percent(c, *node, "peers.degraded_loss")) health.loss = *value;
+    if (const auto* node = table.get("degraded_window"))
+        if (const auto value = read_integer(c, *node, "peers.degraded_window", 10, 1000))
+            health.loss_window = static_cast<std::uint32_t>(*value);
+    if (const auto* node = table.get("degraded_rtt"))
+        if (const auto value = read_duration(c, *node, "peers.degraded_rtt", 1ms, 1h, 50ms))
+            health.rtt = *value;
+    if (const auto* node = table.get("hold_down"))
+        if (const auto value = read_duration(c, *node, "peers.hold_down", 1s, 24h, 30s))
+            health.hold_down = *value;
+    if (const auto* node = table.get("flap_threshold"))
+        if (const auto value = read_integer(c, *node, "peers.flap_threshold", 1, 100))
+            health.flap_threshold = static_cast<std::uint32_t>(*value);
 
     if (const auto* node = table.get("max_probes"))
         if (const auto value = read_integer(c, *node, "peers.max_probes", 1, 255))
@@ -615,6 +650,94 @@ std::optional<ConfigError> load_auth_keys(std::string_view file, AuthConfig& aut
     return std::nullopt;
 }
 
+void read_metrics(Checker& c, const toml::table& table, MetricsConfig& metrics) {
+    check_section_keys(c, table, kSections[4]);
+    if (const auto* node = table.get("textfile")) {
+        const std::string name = "metrics.textfile";
+        if (const auto* path = read_string(c, *node, name, "an absolute path")) {
+            if (path->empty() || path->front() != '/')
+                c.fail(*node, name + ": must be an absolute path (starting with \"/\"), not " +
+                                  quoted(*path));
+            else if (path->back() == '/')
+                c.fail(*node, name + ": must name a file, not a directory: " + quoted(*path));
+            else if (path->find('\0') != std::string::npos)
+                c.fail(*node, name + ": must not contain a NUL character");
+            else
+                metrics.textfile = *path;
+        }
+    }
+    if (const auto* node = table.get("interval"))
+        if (const auto value = read_duration(c, *node, "metrics.interval", 1s, 1h, 15s))
+            metrics.interval = *value;
+}
+
+constexpr std::string_view kHookKeys[] = {"exec", "states", "timeout"};
+constexpr std::string_view kHookStates[] = {"up",   "degraded", "suspect",
+                                            "down", "left",     "forgotten"};
+
+void read_hook(Checker& c, const toml::table& table, const std::string& where,
+               HookConfigEntry& hook) {
+    for (auto&& [key, value] : table)
+        if (std::find(std::begin(kHookKeys), std::end(kHookKeys), key.str()) ==
+            std::end(kHookKeys))
+            c.fail(key, "unknown key " + quoted(std::string(key.str())) + " in " + where +
+                            " (known: exec, states, timeout)");
+    const auto* exec = table.get("exec");
+    if (!exec) {
+        c.fail_missing(table.source(), where + ".exec: required; the command and its arguments, "
+                                               "e.g. exec = [\"/usr/local/bin/on-peer\"]");
+    } else if (const auto* array = exec->as_array();
+               !array || array->empty() || array->size() > 64) {
+        c.fail(*exec, where + ".exec: must be an array of 1 to 64 strings, the command (an "
+                              "absolute path) and its arguments");
+    } else {
+        for (std::size_t i = 0; i < array->size(); ++i) {
+            const auto* arg = read_string(c, *array->get(i), where + ".exec", "an array of strings");
+            if (!arg) continue;
+            if (arg->find('\0') != std::string::npos)
+                c.fail(*array->get(i), where + ".exec: must not contain a NUL character");
+            else if (i == 0 && (arg->empty() || arg->front() != '/'))
+                c.fail(*array->get(i), where + ".exec: the command must be an absolute path, not " +
+                                           quoted(*arg));
+            else
+                hook.exec.push_back(*arg);
+        }
+    }
+    if (const auto* states = table.get("states")) {
+        const std::string list = "up, degraded, suspect, down, left or forgotten";
+        if (const auto* array = states->as_array(); !array) {
+            c.fail(*states, where + ".states: must be an array of states (" + list + ")");
+        } else {
+            for (const auto& element : *array) {
+                const auto* s = read_string(c, element, where + ".states", "an array of strings");
+                if (!s) continue;
+                if (std::find(std::begin(kHookStates), std::end(kHookStates), *s) ==
+                    std::end(kHookStates))
+                    c.fail(element, where + ".states: " + quoted(*s) + " is not a state (" + list +
+                                        ")");
+                else
+                    hook.states.push_back(*s);
+            }
+        }
+    }
+    if (const auto* node = table.get("timeout"))
+        if (const auto value = read_duration(c, *node, where + ".timeout", 100ms, 1h, 10s))
+            hook.timeout = *value;
+}
+
+void read_hooks(Checker& c, const toml::node& node, std::vector<HookConfigEntry>& hooks) {
+    const auto* array = node.as_array();
+    if (!array || !array->is_array_of_tables()) {
+        c.fail(node, "hooks: must be an array of tables ([[hooks]]), not " + describe(node));
+        return;
+    }
+    for (std::size_t i = 0; i < array->size(); ++i) {
+        HookConfigEntry hook;
+        read_hook(c, *array->get(i)->as_table(), "hooks[" + std::to_string(i) + "]", hook);
+        hooks.push_back(std::move(hook));
+    }
+}
+
 ConfigError syntax_error(std::string_view file, const toml::parse_error& e) {
     std::string description(e.description());
     if (description.starts_with("Error")) description[0] = 'e';
@@ -645,6 +768,10 @@ Result<Config, ConfigError> parse_config(std::string_view text, std::string_view
     Positions at;
     for (auto&& [key, value] : root) {
         const std::string_view name = key.str();  // clang 14 cannot capture a binding
+        if (name == "hooks") {
+            read_hooks(c, value, config.hooks);
+            continue;
+        }
         if (name == "targets") {
             read_targets(value, config.targets,
                          [&](const toml::source_region& where, std::string message) {
@@ -671,6 +798,7 @@ Result<Config, ConfigError> parse_config(std::string_view text, std::string_view
             if (const auto* enable = table->get("enable")) at.legacy_enable = enable->source();
         }
         if (it->name == "auth") read_auth(c, *table, config.auth, at);
+        if (it->name == "metrics") read_metrics(c, *table, config.metrics);
     }
     if (!root.contains("server"))
         c.fail_missing({},

@@ -48,6 +48,20 @@ struct AuthConfig {
     kap::KeyRing keys;                    // non-empty with an active key when required
 };
 
+// [metrics]: the Prometheus text written for node_exporter's textfile collector.
+struct MetricsConfig {
+    std::string textfile;  // absolute path; empty: not written
+    Duration interval = std::chrono::seconds(15);  // 1s .. 1h
+};
+
+// [[hooks]]: a command to run on peer events (see daemon/hooks.hpp).
+struct HookConfigEntry {
+    std::vector<std::string> exec;    // 1 .. 64 strings; exec[0] an absolute path
+    std::vector<std::string> states;  // each a state name; empty: every event
+    Duration timeout = std::chrono::seconds(10);  // 100ms .. 1h
+    friend bool operator==(const HookConfigEntry&, const HookConfigEntry&) = default;
+};
+
 struct Config {
     // [server] listen: 1 .. 64 distinct addresses, each with a port 1 .. 65535;
     // wildcards (0.0.0.0, [::]) allowed. In file order. Never empty in a
@@ -60,6 +74,8 @@ struct Config {
     PeerLimits peers;
     LegacyConfig legacy;
     AuthConfig auth;
+    MetricsConfig metrics;
+    std::vector<HookConfigEntry> hooks;  // in file order
     std::vector<TargetConfig> targets;  // [[targets]], in file order, names unique
     std::string source;  // the file name or path the configuration was read from
 };

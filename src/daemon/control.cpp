@@ -132,8 +132,8 @@ void ControlServer::on_accept() {
             return;  // EAGAIN, or a transient error: try again on the next wake-up
         }
         const int raw = fd.get();
-        clients_.emplace(raw,
-                         Client{std::move(fd), {}, {}, {}, 0, false, next_serial_++, loop_.now()});
+        clients_.emplace(
+            raw, Client{std::move(fd), {}, {}, {}, 0, false, false, next_serial_++, loop_.now()});
         loop_.add_fd(raw, EPOLLIN, [this, raw](std::uint32_t events) { on_client(raw, events); });
     }
 }
@@ -146,7 +146,22 @@ void ControlServer::on_client(int fd, std::uint32_t events) {
         read_request(fd, c);
         return;
     }
+    if (c.idle) {
+        // Only a hang-up (or stray bytes) can wake an idle client.
+        char sink[kMaxRequest];
+        const ssize_t n = ::recv(fd, sink, sizeof sink, MSG_DONTWAIT);
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) close_client(fd);
+        return;
+    }
     if ((events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) != 0) write_answer(fd, c);
+}
+
+void ControlServer::wake() {
+    for (auto& [fd, c] : clients_)
+        if (c.idle) {
+            c.idle = false;
+            loop_.modify_fd(fd, EPOLLOUT);
+        }
 }
 
 void ControlServer::read_request(int fd, Client& c) {
@@ -172,6 +187,11 @@ void ControlServer::write_answer(int fd, Client& c) {
         c.out.clear();
         c.written = 0;
         if (!c.complete) c.complete = !c.producer(c.out);
+        if (c.out.empty() && !c.complete) {
+            c.idle = true;
+            loop_.modify_fd(fd, EPOLLIN);
+            return;
+        }
     }
     while (c.written < c.out.size()) {
         const ssize_t n =

@@ -49,6 +49,11 @@ public:
     // A producer for an answer that is already whole.
     static Producer whole(std::string answer);
 
+    // A producer that appends nothing and returns true has nothing to say yet
+    // (a stream waiting for events): its client is left alone, watched only
+    // for hang-up, until wake() asks every such producer again.
+    void wake();
+
 private:
     struct Client {
         UniqueFd fd;
@@ -57,6 +62,7 @@ private:
         std::string out;
         std::size_t written = 0;
         bool complete = false;     // the producer has given its last piece
+        bool idle = false;         // the producer had nothing: wait for wake()
         std::uint64_t serial = 0;  // accept order, to find the oldest
         TimePoint accepted_at{};
     };

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <charconv>
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
@@ -14,6 +15,7 @@
 
 #include "core/duration.hpp"
 #include "daemon/status_json.hpp"
+#include "daemon/textfile.hpp"
 
 namespace keepalive {
 namespace {
@@ -135,11 +137,14 @@ Daemon::Daemon(Config config, Logger& log, const ClockSource& clock, RandomSourc
     if (listeners_.empty()) throw std::runtime_error("no address to listen on");
     state_timer_ = loop_.add_timer([this] { save_state(false); });
     restore_state();
+    hooks_ = std::make_unique<HookRunner>(loop_, log_);
+    hooks_->configure(config_.hooks);
     control_ = make_control_server(config_.control_socket);
 
     wheel_timer_ = loop_.add_timer([this] {
         last_wheel_fire_ = loop_.now();
         stats_.max_lag = std::max(stats_.max_lag, loop_.now() - wheel_deadline_);
+        last_lag_ = std::max(Duration::zero(), loop_.now() - wheel_deadline_);
         // ACKs that came before the probes fell due are read before any
         // verdict, even when a wake-up's budget left them in the queue or
         // reads were deferred to this step.
@@ -161,6 +166,8 @@ Daemon::Daemon(Config config, Logger& log, const ClockSource& clock, RandomSourc
         notify("WATCHDOG=1");
         loop_.arm_timer(watchdog_timer_, loop_.now() + watchdog_period_);
     });
+    metrics_timer_ = loop_.add_timer([this] { write_metrics_file(); });
+    if (!config_.metrics.textfile.empty()) loop_.arm_timer(metrics_timer_, clock_.now());
     std::uint64_t watchdog_usec = 0;
     if (sd_watchdog_enabled(0, &watchdog_usec) > 0 && watchdog_usec > 0) {
         watchdog_period_ = std::chrono::microseconds(watchdog_usec / 2);
@@ -431,6 +438,8 @@ void Daemon::after_work() {
     log_.flush();
     if (log_.pending() && !loop_.timer_deadline(log_timer_))
         loop_.arm_timer(log_timer_, loop_.now() + kLogRetry);
+    if (wake_watchers_ && control_) control_->wake();
+    wake_watchers_ = false;
 }
 
 void Daemon::flush(std::uint32_t id) {
@@ -454,6 +463,13 @@ void Daemon::send(const Route& route, const Address& to, std::span<const std::ui
 }
 
 void Daemon::peer_event(const PeerEvent& event) {
+    // Every event is numbered, kept for watchers and offered to the hooks,
+    // whatever the journal's rate limit lets through.
+    const auto wall = std::chrono::duration<double>(
+        std::chrono::system_clock::now().time_since_epoch());
+    const EventRecord& record = ring_.push(event, wall.count());
+    hooks_->on_event(record);
+    wake_watchers_ = true;
     status_dirty_ = true;
     state_changed();
     ++event_counts_[static_cast<std::size_t>(event.kind)];
@@ -503,9 +519,16 @@ void Daemon::reload() {
     } else {
         if (new_control) control_ = std::move(new_control);
         core_.set_limits(fresh->peers);
+        const bool metrics_changed = fresh->metrics.textfile != config_.metrics.textfile ||
+                                     fresh->metrics.interval != config_.metrics.interval;
         core_.set_auth(auth_keys(fresh->auth));
         config_ = std::move(*fresh);
         log_.logf(LOG_INFO, "{}", auth_summary(config_.auth));
+        hooks_->configure(config_.hooks);
+        if (metrics_changed)
+            loop_.arm_timer(metrics_timer_, config_.metrics.textfile.empty()
+                                                ? std::nullopt
+                                                : std::optional<TimePoint>(now));
         targets_->apply(config_.targets);
         for (const TargetConfig& t : config_.targets)
             if (core_.peers().find_name(t.name) != PeerTable::kNone)
@@ -565,7 +588,59 @@ std::vector<std::string> Daemon::listen_addresses() const {
     return out;
 }
 
+DaemonStats Daemon::stats() const {
+    DaemonStats s;
+    s.version = KEEPALIVE_VERSION;
+    s.uptime_s = std::chrono::duration<double>(loop_.now() - started_).count();
+    s.loop_lag_s = std::chrono::duration<double>(last_lag_).count();
+    s.loop_lag_max_s = std::chrono::duration<double>(stats_.max_lag).count();
+    // Peer events kept out of the journal by the rate limit, and other lines
+    // suppressed by log_limited().
+    s.log_events_dropped = throttle_.suppressed_total() + log_.suppressed();
+    for (const auto& [id, l] : listeners_) s.send_errors += l.socket.send_errors();
+    s.unroutable = unroutable_;
+    s.events = event_counts_;
+    s.last_event_seq = ring_.next_seq() - 1;
+    s.hooks_running = hooks_->running();
+    s.hooks_pending = hooks_->pending();
+    s.hooks_started = hooks_->started();
+    s.hooks_dropped = hooks_->dropped();
+    s.watchers = watchers_.count();
+    return s;
+}
+
+// Rewritten whole every interval; a failure is logged (rate-limited) and
+// retried at the next interval, the previous file staying in place.
+void Daemon::write_metrics_file() {
+    if (config_.metrics.textfile.empty()) return;
+    MetricsText text(core_, stats());
+    auto r = replace_file(config_.metrics.textfile, [&](std::string& out) { return text.next(out); });
+    if (!r)
+        log_.log_limited("metrics", LOG_WARNING, "metrics textfile: " + r.error(), loop_.now());
+    loop_.arm_timer(metrics_timer_, loop_.now() + config_.metrics.interval);
+}
+
 ControlServer::Producer Daemon::control_request(std::string_view request) {
+    if (request == "metrics") {
+        // A few peers per piece: the streaming server asks for the next only
+        // when the client can take it.
+        auto text = std::make_shared<MetricsText>(core_, stats());
+        return [text](std::string& out) { return text->next(out); };
+    }
+    if (request == "watch" || request.starts_with("watch ")) {
+        std::optional<std::uint64_t> since;
+        if (request.size() > 6) {
+            std::uint64_t v = 0;
+            const auto text = request.substr(6);
+            const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+            if (ec != std::errc{} || end != text.data() + text.size())
+                return ControlServer::whole(to_line({{"error", "bad watch request"}}));
+            since = v;
+        }
+        if (auto stream = watchers_.open(since)) return std::move(*stream);
+        return ControlServer::whole(to_line(
+            {{"error", fmt::format("too many watchers (at most {})", Watchers::kMaxWatchers)}}));
+    }
     if (request == "peers")
         return peers_stream(
             core_, [this] { return loop_.now(); }, targets_->peer_rows(loop_.now()));

@@ -12,9 +12,13 @@
 #include "core/server.hpp"
 #include "daemon/config.hpp"
 #include "daemon/control.hpp"
+#include "daemon/event_ring.hpp"
 #include "daemon/event_throttle.hpp"
+#include "daemon/hooks.hpp"
 #include "daemon/log.hpp"
 #include "daemon/state_store.hpp"
+#include "daemon/metrics.hpp"
+#include "daemon/watch.hpp"
 #include "daemon/targets.hpp"
 #include "net/event_loop.hpp"
 #include "net/udp_socket.hpp"
@@ -87,6 +91,8 @@ private:
         const std::string& path, const std::function<void(const std::string&)>& failed);
     void log_throttle_summary();
     std::vector<std::string> listen_addresses() const;
+    DaemonStats stats() const;
+    void write_metrics_file();
 
     void send(const Route& route, const Address& to, std::span<const std::uint8_t> data) override;
     void peer_event(const PeerEvent& event) override;
@@ -104,6 +110,11 @@ private:
     std::uint64_t unroutable_ = 0;
     std::vector<std::uint32_t> backlogged_;  // listeners with datagrams left unread
 
+    // Before control_: its watch streams read the ring through watchers_.
+    EventRing ring_;
+    Watchers watchers_{ring_};
+    std::unique_ptr<HookRunner> hooks_;
+    bool wake_watchers_ = false;
     std::unique_ptr<TargetSet> targets_;  // after core_: it checks names against them
     StateStore state_;
     EventLoop::TimerId state_timer_;
@@ -130,6 +141,8 @@ private:
     };
     LoopStats stats_;
     EventLoop::TimerId watchdog_timer_;
+    EventLoop::TimerId metrics_timer_;
+    Duration last_lag_{};  // how late wheel_timer_ ran last time
     Duration watchdog_period_{};
     bool status_dirty_ = true;
     bool stopping_ = false;

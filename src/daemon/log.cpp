@@ -45,6 +45,10 @@ std::string_view message_id(EventKind kind) {
             return "5878ae0a247145588f6878ad8ad05d87";
         case EventKind::forgotten:
             return "ad0d0b1f76b649fcb1b5cd28fdcf6571";
+        case EventKind::degraded:
+            return "c86b2b0557154dac849017bc47d89ce4";
+        case EventKind::damped:
+            return "2a93b7ac71224af19fd81514b5d73931";
     }
     return "";
 }
@@ -54,7 +58,10 @@ int event_priority(EventKind kind) {
         case EventKind::down:
             return LOG_WARNING;
         case EventKind::suspect:
+        case EventKind::degraded:
             return LOG_NOTICE;
+        case EventKind::damped:
+            return LOG_WARNING;
         default:
             return LOG_INFO;
     }
@@ -92,6 +99,8 @@ std::string describe(const PeerEvent& e) {
             return fmt::format("{} {}", who, e.reason);
         case EventKind::left:
             return fmt::format("{} has left: {}", who, e.reason);
+        case EventKind::damped:
+            return fmt::format("{} is flapping and held down: {}", who, e.reason);
         default:
             return fmt::format("{} is {}: {}", who, to_string(p.state), e.reason);
     }
@@ -120,6 +129,7 @@ void Logger::log_limited(std::string_view key, int priority, std::string_view me
     if (l == nullptr) l = &limiters_.emplace_back(Limiter{std::string(key), {}, 0});
     if (l->last != TimePoint{} && now - l->last < kPeriod) {
         ++l->suppressed;
+        ++suppressed_;
         return;
     }
     l->last = now;

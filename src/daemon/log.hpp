@@ -42,6 +42,8 @@ public:
     void peer_event(const PeerEvent& event);
 
     LogTarget target() const { return target_; }
+    // Lines log_limited() has suppressed since start.
+    std::uint64_t suppressed() const { return suppressed_; }
 
     // Writing never blocks: what the destination cannot take now waits in a
     // bounded queue. Call flush() again (e.g. each loop iteration) while
@@ -59,6 +61,7 @@ private:
         unsigned suppressed = 0;
     };
     std::vector<Limiter> limiters_;
+    std::uint64_t suppressed_ = 0;
 };
 
 // The human sentence of an event, e.g. `peer db1 (10.0.0.5:4000) is down: detection time expired`.

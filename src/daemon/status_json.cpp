@@ -25,6 +25,7 @@ nlohmann::json peer_json(const Peer& p, TimePoint now) {
         {"since", std::max(0.0, duration<double>(now - p.since).count())},
         {"probes_sent", p.probes_sent},
         {"acks_received", p.acks_received},
+        {"state_changes", p.state_changes},
         {"last_error",
          p.last_error.empty() ? nlohmann::json(nullptr) : nlohmann::json(p.last_error)},
     };
@@ -81,6 +82,7 @@ nlohmann::json status_json(const ServerCore& core, const PeerCounts& c, const Da
         {"summary", summary_line(c)},
         {"peers", c.total},
         {"up", c.in(PeerState::up)},
+        {"degraded", c.in(PeerState::degraded)},
         {"suspect", c.in(PeerState::suspect)},
         {"down", c.in(PeerState::down)},
         {"left", c.in(PeerState::left)},

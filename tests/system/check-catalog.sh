@@ -2,7 +2,7 @@
 # Checks systemd/keepalived.catalog, the journal catalog for the MESSAGE_IDs
 # keepalived sends:
 #  1. a strict parse (journalctl itself silently accepts malformed headers
-#     and duplicate IDs): exactly the eight fixed MESSAGE_IDs, each once, each
+#     and duplicate IDs): exactly the ten fixed MESSAGE_IDs, each once, each
 #     with Subject, Defined-By: keepalived, Support and Documentation headers
 #     and a body; @FIELD@ substitutions only of fields every such entry has;
 #  2. journalctl --update-catalog in a scratch root (--root), which must
@@ -34,6 +34,8 @@ ids=(
     "restarted eb433235029c452fab15d16e033d497c"
     "moved 5878ae0a247145588f6878ad8ad05d87"
     "forgotten ad0d0b1f76b649fcb1b5cd28fdcf6571"
+    "degraded c86b2b0557154dac849017bc47d89ce4"
+    "damped 2a93b7ac71224af19fd81514b5d73931"
 )
 # Fields present in every peer event. PEER_RTT_USEC is not among them (absent
 # until measured): journalctl would print its name in place of a value.

@@ -329,7 +329,7 @@ TEST(ConfigError, KeyInTheWrongTable) {
 TEST(ConfigError, UnknownTable) {
     EXPECT_TRUE(fails_at(kServer + lines({"", "[peer]", "max_probes = 3"}), 4, 2,
                          "unknown table [peer]; did you mean [peers]?"));
-    EXPECT_TRUE(fails_at(kServer + lines({"[metrics]"}), 3, 2, "unknown table [metrics]"));
+    EXPECT_TRUE(fails_at(kServer + lines({"[statistics]"}), 3, 2, "unknown table [statistics]"));
     EXPECT_TRUE(
         fails_at(kServer + lines({"[server.tls]"}), 3, 9, R"(unknown key "tls" in [server])"));
 }
@@ -700,6 +700,105 @@ TEST(LoadConfig, RefusesHugeFiles) {
     const auto r = load_config(path);
     ASSERT_FALSE(r.ok());
     EXPECT_EQ(r.error().message, "the configuration file is larger than 1 MiB");
+}
+
+// --- [metrics] ---
+
+TEST(ConfigMetrics, TextfileAndInterval) {
+    const Config defaults;
+    EXPECT_EQ(defaults.metrics.textfile, "");
+    EXPECT_EQ(defaults.metrics.interval, 15s);
+    const auto r = parse_config(
+        kServer + lines({"[metrics]", R"(textfile = "/var/lib/x/k.prom")", R"(interval = "2s")"}),
+        kFile);
+    ASSERT_TRUE(r.ok()) << r.error().to_string();
+    EXPECT_EQ(r->metrics.textfile, "/var/lib/x/k.prom");
+    EXPECT_EQ(r->metrics.interval, 2s);
+}
+
+TEST(ConfigMetrics, BadValuesNameTheKey) {
+    EXPECT_TRUE(fails_at(kServer + lines({"[metrics]", R"(textfile = "k.prom")"}), 4, 12,
+                         "metrics.textfile: must be an absolute path (starting with \"/\"), not "
+                         "\"k.prom\""));
+    EXPECT_TRUE(fails_at(kServer + lines({"[metrics]", R"(textfile = "/var/lib/")"}), 4, 12,
+                         "metrics.textfile: must name a file, not a directory: \"/var/lib/\""));
+    EXPECT_TRUE(fails_at(kServer + lines({"[metrics]", R"(interval = "500ms")"}), 4, 12,
+                         "metrics.interval: must be a duration from 1s to 1h, not \"500ms\""));
+    EXPECT_TRUE(fails_at(kServer + lines({"[metrics]", "bogus = 1"}), 4, 1,
+                         "unknown key \"bogus\" in [metrics]"));
+}
+
+TEST(ConfigPeersHealth, DegradedAndDamping) {
+    const Config defaults;
+    EXPECT_EQ(defaults.peers.health, HealthPolicy{});
+    EXPECT_FALSE(defaults.peers.health.loss || defaults.peers.health.rtt ||
+                 defaults.peers.health.hold_down);
+    const auto r = parse_config(
+        kServer + lines({"[peers]", R"(degraded_loss = "20%")", "degraded_window = 100",
+                         R"(degraded_rtt = "50ms")", R"(hold_down = "30s")", "flap_threshold = 5"}),
+        kFile);
+    ASSERT_TRUE(r.ok()) << r.error().to_string();
+    EXPECT_EQ(r->peers.health.loss, 0.2);
+    EXPECT_EQ(r->peers.health.loss_window, 100u);
+    EXPECT_EQ(r->peers.health.rtt, 50ms);
+    EXPECT_EQ(r->peers.health.hold_down, 30s);
+    EXPECT_EQ(r->peers.health.flap_threshold, 5u);
+
+    const auto example = load_config((source_root() / "config" / "keepalived.toml").string());
+    ASSERT_TRUE(example.ok()) << example.error().to_string();
+    EXPECT_EQ(example->peers.health, defaults.peers.health);
+}
+
+TEST(ConfigPeersHealth, BadValuesNameTheKey) {
+    const std::string percent =
+        "must be a percentage from 1% to 100% as a string such as \"20%\", not ";
+    for (const char* bad : {"0%", "101%", "20", "%", "twenty%", "-5%", "2.5%"})
+        EXPECT_TRUE(
+            fails_at(kServer + lines({"[peers]", "degraded_loss = \"" + std::string(bad) + "\""}),
+                     4, 17, "peers.degraded_loss: " + percent + "\"" + bad + "\""));
+    EXPECT_TRUE(fails_at(kServer + lines({"[peers]", "degraded_window = 5"}), 4, 19,
+                         "peers.degraded_window: must be an integer from 10 to 1000, not 5"));
+    EXPECT_TRUE(fails_at(kServer + lines({"[peers]", "flap_threshold = 0"}), 4, 18,
+                         "peers.flap_threshold: must be an integer from 1 to 100, not 0"));
+    EXPECT_TRUE(fails_at(kServer + lines({"[peers]", R"(hold_down = "500ms")"}), 4, 13,
+                         "peers.hold_down: must be a duration from 1s to 24h, not \"500ms\""));
+}
+
+TEST(ConfigHooks, ArrayOfTables) {
+    const auto r =
+        parse_config(kServer + lines({"[[hooks]]", R"(exec = ["/usr/local/bin/on-peer", "--page"])",
+                                      R"(states = ["down", "up"])", R"(timeout = "2s")", "",
+                                      "[[hooks]]", R"(exec = ["/bin/true"])"}),
+                     kFile);
+    ASSERT_TRUE(r.ok()) << r.error().to_string();
+    ASSERT_EQ(r->hooks.size(), 2u);
+    EXPECT_EQ(r->hooks[0].exec, (std::vector<std::string>{"/usr/local/bin/on-peer", "--page"}));
+    EXPECT_EQ(r->hooks[0].states, (std::vector<std::string>{"down", "up"}));
+    EXPECT_EQ(r->hooks[0].timeout, 2s);
+    EXPECT_TRUE(r->hooks[1].states.empty());
+    EXPECT_EQ(r->hooks[1].timeout, 10s);
+}
+
+TEST(ConfigHooks, BadHooksNameTheSpot) {
+    EXPECT_TRUE(fails_at(kServer + lines({"[[hooks]]", R"(exec = ["on-peer"])"}), 4, 9,
+                         "hooks[0].exec: the command must be an absolute path, not \"on-peer\""));
+    EXPECT_TRUE(fails_at(kServer + lines({"[[hooks]]", R"(exec = [])"}), 4, 8,
+                         "hooks[0].exec: must be an array of 1 to 64 strings, the command (an "
+                         "absolute path) and its arguments"));
+    EXPECT_TRUE(fails_at(kServer + lines({"[[hooks]]", R"(exec = ["/x"])", R"(states = ["gone"])"}),
+                         5, 11,
+                         "hooks[0].states: \"gone\" is not a state (up, degraded, suspect, down, "
+                         "left or forgotten)"));
+    EXPECT_TRUE(fails_at(kServer + lines({"[[hooks]]", R"(exec = ["/x"])", R"(timeout = "1ms")"}),
+                         5, 11,
+                         "hooks[0].timeout: must be a duration from 100ms to 1h, not \"1ms\""));
+    EXPECT_TRUE(fails_at(kServer + lines({"[[hooks]]", R"(exec = ["/x"])", "user = \"root\""}), 5,
+                         1, "unknown key \"user\" in hooks[0] (known: exec, states, timeout)"));
+    EXPECT_TRUE(fails_at(kServer + lines({"[hooks]", R"(exec = ["/x"])"}), 3, 1,
+                         "hooks: must be an array of tables ([[hooks]]), not a table"));
+    const ConfigError missing = error_of(kServer + lines({"[[hooks]]", "timeout = \"1s\""}));
+    EXPECT_NE(missing.message.find("hooks[0].exec: required"), std::string::npos)
+        << missing.to_string();
 }
 
 }  // namespace
