@@ -20,6 +20,7 @@
 #include <sstream>
 #include <thread>
 
+#include "bench_process.hpp"
 #include "core/codec.hpp"
 #include "fleet.hpp"
 #include "harness.hpp"
@@ -35,20 +36,6 @@ std::size_t count_lines(const std::string& text, std::string_view needle) {
     std::istringstream in(text);
     for (std::string line; std::getline(in, line);) n += line.find(needle) != std::string::npos;
     return n;
-}
-
-// utime + stime of a process, in seconds.
-double cpu_seconds(pid_t pid) {
-    std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-    std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    std::istringstream fields(stat.substr(stat.rfind(')') + 2));
-    std::string f;
-    unsigned long long utime = 0, stime = 0;
-    for (int i = 3; i <= 15 && fields >> f; ++i) {
-        if (i == 14) utime = std::stoull(f);
-        if (i == 15) stime = std::stoull(f);
-    }
-    return static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
 }
 
 // The lowest descriptor number a process has free: as its RLIMIT_NOFILE, no
@@ -347,10 +334,10 @@ TEST_F(DefectsTest, AtTheDescriptorLimitTheLoopDoesNotSpinAndServesAgainLater) {
         ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa), 0);
         clients.push_back(fd);
     }
-    const double cpu0 = cpu_seconds(daemon.pid());
+    const double cpu0 = bench::read_cpu_seconds(daemon.pid());
     const auto t0 = Clock::now();
     std::this_thread::sleep_for(1s);  // a measuring window, not a synchronisation
-    const double busy = (cpu_seconds(daemon.pid()) - cpu0) /
+    const double busy = (bench::read_cpu_seconds(daemon.pid()) - cpu0) /
                         std::chrono::duration<double>(Clock::now() - t0).count();
     EXPECT_LT(busy, 0.5) << "the loop spins at the descriptor limit";
     for (int fd : clients) ::close(fd);
