@@ -249,7 +249,18 @@ TEST_F(DefectsTest, AnIncarnationFloodLogsABoundedNumberOfLinesAndOneSummary) {
         flooder.send({.session = 0,
                       .body = kap::Register{77, 100u + static_cast<unsigned>(i), 1000, 3, cookie,
                                             "flappy"}});
-    ASSERT_TRUE(wait_until([&] { return events(status(), "restarted") >= kFlood * 9 / 10; }));
+    // The kernel may drop part of a burst this fast: count what the daemon saw,
+    // once the count stops moving.
+    std::uint64_t seen = 0;
+    ASSERT_TRUE(wait_until(
+        [&] {
+            const std::uint64_t now_seen = events(status(), "restarted");
+            const bool settled = now_seen == seen && seen > 0;
+            seen = now_seen;
+            return settled;
+        },
+        kPatience, 200ms));
+    ASSERT_GE(seen, 500u) << "too few of the flood's datagrams arrived to test anything";
     const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
     // The summary comes when the period closes (10 s after the first line held back).
     ASSERT_TRUE(wait_for_log("peer events not logged")) << log();
@@ -260,7 +271,8 @@ TEST_F(DefectsTest, AnIncarnationFloodLogsABoundedNumberOfLinesAndOneSummary) {
     EXPECT_LE(lines, 10 + static_cast<std::size_t>(seconds) + 2);
     EXPECT_EQ(count_lines(text, "peer events not logged"), 1u);
     EXPECT_NE(text.find("most from flappy"), std::string::npos) << text;
-    EXPECT_GT(status().at("daemon").at("events_not_logged").get<std::uint64_t>(), 4000u);
+    EXPECT_GE(status().at("daemon").at("events_not_logged").get<std::uint64_t>(),
+              seen - lines - 1);
 }
 
 TEST_F(DefectsTest, ATakeoverFromAnotherHostIsLoggedAsAMoveWithBothAddresses) {

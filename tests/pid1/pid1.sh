@@ -73,6 +73,11 @@ root=$work/root
 mkdir "$root"
 tar -C "$root" -xf "$tarball"
 cp "$deb" "$root/srv/kap-keepalived.deb"
+# The package's libraries that a minimal root lacks, from the host's apt (the
+# container has no network): libsodium.
+mkdir -p "$root/srv/deps"
+(cd "$root/srv/deps" && apt-get download libsodium23 >"$work/download.log" 2>&1) \
+    || { cat "$work/download.log"; fail "apt-get download libsodium23"; exit 1; }
 
 # --- boot ------------------------------------------------------------------------
 systemd-nspawn --register=no --keep-unit --private-network --quiet -D "$root" -b \
@@ -113,8 +118,8 @@ peers_up() { status_text | grep -q "^$1 peers\?: $1 up"; }
 mkdir -p "$root/etc/systemd/system/keepalived.service.d"
 printf '[Service]\nWatchdogSec=3s\nTimeoutAbortSec=1s\n' \
     >"$root/etc/systemd/system/keepalived.service.d/pid1-test.conf"
-ct env DEBIAN_FRONTEND=noninteractive dpkg -i /srv/kap-keepalived.deb >"$work/dpkg.log" 2>&1 \
-    || { cat "$work/dpkg.log"; fail "dpkg -i"; exit 1; }
+ct sh -c 'DEBIAN_FRONTEND=noninteractive dpkg -i /srv/deps/*.deb /srv/kap-keepalived.deb' \
+    >"$work/dpkg.log" 2>&1 || { cat "$work/dpkg.log"; fail "dpkg -i"; exit 1; }
 ct systemctl is-enabled keepalived.service | grep -qx enabled || fail "keepalived.service not enabled"
 active() { ct systemctl is-active keepalived.service; }
 ready() { active && status_text | grep -q peers; }

@@ -140,6 +140,7 @@ expected=(
     "usr/share/doc/kap-keepalived/copyright 644"
     "usr/share/doc/kap-keepalived/examples/peer-example.conf?(.gz) 644"
     "usr/share/doc/kap-keepalived/protocol.md?(.gz) 644"
+    "usr/share/doc/kap-keepalived/kap.lua?(.gz) 644"
     "usr/share/man/man1/keepalive-peer.1.gz 644"
     "usr/share/man/man1/keepalivectl.1.gz 644"
     "usr/share/man/man5/keepalived.toml.5.gz 644"
