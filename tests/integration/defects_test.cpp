@@ -204,11 +204,8 @@ TEST_F(DefectsTest, QueriesUnderLoadNeverChangeAVerdict) {
     EXPECT_EQ(events(after, "suspect") - events(before, "suspect"), 0u);
     EXPECT_EQ(events(after, "down") - events(before, "down"), 0u);
     EXPECT_EQ(after.at("up"), kPeers);
-    // Streaming keeps every iteration short. The figures are the loop's CPU
-    // time, so a busy machine does not count against the daemon, but on a
-    // loaded 2-core machine cache misses and loopback delivery (charged to
-    // the sender) stretch a few iterations past 5 ms; a whole answer built in
-    // one iteration took 200 ms.
+    // Streaming keeps iterations short (the figures are the loop's CPU time,
+    // so a busy machine counts less against the daemon).
     const auto delta = [&](const char* key) {
         return loop.at(key).get<std::uint64_t>() -
                before.at("daemon").at("loop").at(key).get<std::uint64_t>();
