@@ -117,14 +117,20 @@ std::string printable(const std::string& s) {
     return out;
 }
 
-void print_peers(const nlohmann::json& j) {
-    const auto& peers = j.at("peers");
+// Widths of the NAME and ADDRESS columns: their headers, or the widest row.
+std::pair<std::size_t, std::size_t> name_address_widths(const nlohmann::json& rows) {
     std::size_t name_w = 4;
     std::size_t addr_w = 7;
-    for (const auto& p : peers) {
-        name_w = std::max(name_w, printable(p.at("name").get<std::string>()).size());
-        addr_w = std::max(addr_w, p.at("address").get<std::string>().size());
+    for (const auto& r : rows) {
+        name_w = std::max(name_w, printable(r.at("name").get<std::string>()).size());
+        addr_w = std::max(addr_w, r.at("address").get<std::string>().size());
     }
+    return {name_w, addr_w};
+}
+
+void print_peers(const nlohmann::json& j) {
+    const auto& peers = j.at("peers");
+    const auto [name_w, addr_w] = name_address_widths(peers);
     fmt::print("{:<{}}  {:<{}}  {:<8}  {:>8}  {:>10}  {:>6}  {:>9}  {:>8}  {}\n", "NAME", name_w,
                "ADDRESS", addr_w, "STATE", "SINCE", "INTERVAL", "MISSED", "RTT", "SESSION",
                "PROTOCOL");
@@ -147,12 +153,7 @@ std::string or_dash(const nlohmann::json& v) {
 
 void print_targets(const nlohmann::json& j) {
     const auto& targets = j.at("targets");
-    std::size_t name_w = 4;
-    std::size_t addr_w = 7;
-    for (const auto& t : targets) {
-        name_w = std::max(name_w, printable(t.at("name").get<std::string>()).size());
-        addr_w = std::max(addr_w, t.at("address").get<std::string>().size());
-    }
+    const auto [name_w, addr_w] = name_address_widths(targets);
     fmt::print("{:<{}}  {:<{}}  {:<7}  {:>8}  {:<11}  {:>14}  {:>9}  {}\n", "NAME", name_w,
                "ADDRESS", addr_w, "STATE", "SINCE", "CONNECTION", "KEEPALIVE", "RTT", "LAST ERROR");
     for (const auto& t : targets) {

@@ -143,8 +143,8 @@ Daemon::Daemon(Config config, Logger& log, const ClockSource& clock, RandomSourc
 
     wheel_timer_ = loop_.add_timer([this] {
         last_wheel_fire_ = loop_.now();
-        stats_.max_lag = std::max(stats_.max_lag, loop_.now() - wheel_deadline_);
         last_lag_ = std::max(Duration::zero(), loop_.now() - wheel_deadline_);
+        stats_.max_lag = std::max(stats_.max_lag, last_lag_);
         // ACKs that came before the probes fell due are read before any
         // verdict, even when a wake-up's budget left them in the queue or
         // reads were deferred to this step.
