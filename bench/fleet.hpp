@@ -315,11 +315,12 @@ private:
             SimPeer* p = by_nonce(reject->nonce);
             ++stats_.rejects;
             if (p == nullptr || p->phase != Phase::registering) return;
-            // Busy: the agent backs off and registers again later.
-            if (storm_ && static_cast<std::uint8_t>(m.diag) == kDiagBusy) {
-                ++busy_rejects_;
-                return;
-            }
+            // Busy: the agent backs off and registers again later. Paced
+            // registration does not play those retries: a peer told busy
+            // counts as rejected (diag 9), and the run goes on without it.
+            const bool busy = static_cast<std::uint8_t>(m.diag) == kDiagBusy;
+            busy_rejects_ += busy ? 1 : 0;
+            if (storm_ && busy) return;
             p->phase = Phase::rejected;
             ++rejected_;
             --in_flight_;

@@ -94,8 +94,12 @@ struct Client::Impl final : PeerSessionSink {
                 break;
             case SessionEventKind::rejected:
                 n.event = ClientEvent::rejected;
-                n.message = fmt::format("server {} rejected the registration: {}",
-                                        server.to_string(), diag_text(e.diag));
+                // Busy (diag 9) is not an error: the session backs off and tries again.
+                n.message = e.diag == kap::Diag::busy
+                                ? fmt::format("server {} is busy: registering again later",
+                                              server.to_string())
+                                : fmt::format("server {} rejected the registration: {}",
+                                              server.to_string(), diag_text(e.diag));
                 break;
             case SessionEventKind::lost:
                 n.event = ClientEvent::lost;

@@ -304,6 +304,8 @@ std::string_view to_string(Diag d) {
             return "unknown session";
         case Diag::restarting:
             return "restarting";
+        case Diag::busy:
+            return "busy";
     }
     return "unknown";
 }

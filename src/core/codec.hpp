@@ -60,6 +60,7 @@ enum class Diag : std::uint8_t {
     removed = 6,
     unknown_session = 7,
     restarting = 8,  // BYE from a server that will be back with every session
+    busy = 9,        // REJECT: over capacity now, register again later (backing off)
 };
 
 using Cookie = std::array<std::uint8_t, 16>;

@@ -127,6 +127,7 @@ ServerCore::ServerCore(const PeerLimits& limits, RandomSource& random, ServerSin
       cookies_(draw_secret(random)),
       epoch_(random.next_u64()),
       wheel_(now),
+      shedder_(limits.shed_busy_percent, now),
       unknown_session_budget_(draw_hash_key()),
       handshake_budget_(draw_hash_key()) {}
 
@@ -170,6 +171,14 @@ void ServerCore::on_register(const kap::Message& m, const Address& from, const R
         handshake_reply(
             route, from,
             {.diag = kap::Diag::not_permitted, .session = 0, .body = kap::Reject{reg.nonce}}, now);
+        return;
+    }
+    // Over capacity, a newcomer is told to come back later before it costs a
+    // handshake; a peer the table holds (its session lost, or moved) is served.
+    if (shed_new_name(reg.name, now)) {
+        handshake_reply(route, from,
+                        {.diag = kap::Diag::busy, .session = 0, .body = kap::Reject{reg.nonce}},
+                        now);
         return;
     }
     // The cookie proves the source address is real before any state exists.
@@ -265,6 +274,12 @@ void ServerCore::on_register(const kap::Message& m, const Address& from, const R
            .body = kap::Accept{
                reg.nonce, epoch_,
                static_cast<std::uint32_t>(duration_cast<milliseconds>(interval).count()), probes}});
+}
+
+bool ServerCore::shed_new_name(std::string_view name, TimePoint now) {
+    if (!shedder_.shedding(now) || table_.find_name(name) != PeerTable::kNone) return false;
+    ++registrations_shed_;
+    return true;
 }
 
 PeerTable::Slot ServerCore::admit(NewPeer n, TimePoint now) {

@@ -14,6 +14,7 @@
 
 #include "core/codec.hpp"
 #include "core/cookie.hpp"
+#include "core/load_shedder.hpp"
 #include "core/peer_limits.hpp"
 #include "core/peer_snapshot.hpp"
 #include "core/peer_table.hpp"
@@ -111,7 +112,10 @@ public:
 
     // New limits apply to new registrations; granted intervals are promises
     // the peers rely on, so existing sessions keep theirs.
-    void set_limits(const PeerLimits& limits) { limits_ = limits; }
+    void set_limits(const PeerLimits& limits) {
+        limits_ = limits;
+        shedder_.set_busy_percent(limits.shed_busy_percent);
+    }
 
     // With keys, every KAP/1 datagram must carry a valid AUTH trailer under one
     // of them (anything else is dropped as unauthenticated and never answered),
@@ -165,9 +169,19 @@ public:
     // receive queue overflowed). A probe sent before that time and still
     // unanswered is then no evidence against its peer: it is not counted as
     // missed, up to kMaxWithheld probes in a row.
+    // It counts towards shedding load too (note_loop_busy).
     void doubt_receive(TimePoint now) {
         if (now > receive_doubt_) receive_doubt_ = now;
+        shedder_.note_overflow(now);
     }
+    // One loop iteration ending at `now` took `cpu` of the daemon's CPU time.
+    // Over capacity (limits().shed_busy_percent), a REGISTER for a name the
+    // table does not hold is answered REJECT diag 9 (busy) instead of being
+    // challenged or admitted; known names are served as always.
+    void note_loop_busy(Duration cpu, TimePoint now) { shedder_.note_busy(cpu, now); }
+    const LoadShedder& load() const { return shedder_; }
+    // Registrations answered "busy" (REJECT diag 9), and legacy ones ignored, while shedding.
+    std::uint64_t registrations_shed() const { return registrations_shed_; }
     // Unanswered probes not counted against their peers because of doubt_receive().
     std::uint64_t verdicts_withheld() const { return verdicts_withheld_; }
 
@@ -180,6 +194,8 @@ private:
     using Slot = PeerTable::Slot;
 
     void on_register(const kap::Message& m, const Address& from, const Route& route, TimePoint now);
+    // Over capacity and `name` is not in the table: counted, and true.
+    bool shed_new_name(std::string_view name, TimePoint now);
     void on_ack(const kap::Message& m, const Address& from, const Route& route, TimePoint now);
     void on_bye(const kap::Message& m, const Address& from, const Route& route, TimePoint now);
     struct NewPeer {
@@ -240,6 +256,8 @@ private:
     std::uint64_t received_ = 0;
     TimePoint receive_doubt_{};
     std::uint64_t verdicts_withheld_ = 0;
+    LoadShedder shedder_;
+    std::uint64_t registrations_shed_ = 0;
 
     // Fixed-size, keyed: attackers choose the source addresses.
     ReplyBudget unknown_session_budget_;

@@ -28,6 +28,9 @@ void ServerCore::on_legacy_register(std::span<const std::uint8_t> data, const Ad
         count(Drop::legacy_refused);
         return;
     }
+    // The legacy protocol has no "busy": over capacity a newcomer is not
+    // answered, and registers again on its own schedule.
+    if (shed_new_name(reg->name, now)) return;
     Address target = from;
     target.set_port(probe_port);
     const auto probes = static_cast<std::uint8_t>(reg->probes);

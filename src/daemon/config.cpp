@@ -35,7 +35,8 @@ constexpr std::string_view kServerKeys[] = {"listen", "control_socket", "state_f
 constexpr std::string_view kPeersKeys[] = {
     "min_interval",  "max_interval",    "max_probes",   "max_peers",     "max_per_host",
     "forget_after",  "allow",           "down_probe_interval",           "fast_down_on_icmp",
-    "degraded_loss", "degraded_window", "degraded_rtt", "hold_down",     "flap_threshold"};
+    "degraded_loss", "degraded_window", "degraded_rtt", "hold_down",     "flap_threshold",
+    "shed_busy_percent"};
 constexpr std::string_view kLegacyKeys[] = {"enable",     "address",   "register_port",
                                             "probe_port", "max_peers", "allow_unauthenticated"};
 constexpr std::string_view kAuthKeys[] = {"mode", "keys_file", "active"};
@@ -470,6 +471,9 @@ void read_peers(Checker& c, const toml::table& table, PeerLimits& peers) {
     if (const auto* node = table.get("fast_down_on_icmp"))
         if (const auto value = read_bool(c, *node, "peers.fast_down_on_icmp"))
             peers.fast_down_on_icmp = *value;
+    if (const auto* node = table.get("shed_busy_percent"))
+        if (const auto value = read_integer(c, *node, "peers.shed_busy_percent", 0, 100))
+            peers.shed_busy_percent = static_cast<std::uint8_t>(*value);
 
     if (const auto* node = table.get("allow")) {
         const auto* array = node->as_array();

@@ -30,6 +30,8 @@ constexpr int kDrainBatches = 64;
 
 // How soon log records the journal (or stderr) could not take are tried again.
 constexpr Duration kLogRetry = std::chrono::milliseconds(20);
+// Lines about shedding load (over capacity / back under it): at most one per period.
+constexpr Duration kShedLogPeriod = std::chrono::seconds(10);
 
 // The wheel timer fires on a grid of this step, at most once a step: the
 // deadlines that fall close together (many peers) are served by one wake-up,
@@ -483,6 +485,32 @@ void Daemon::log_throttle_summary() {
     if (auto line = throttle_.summary(loop_.now())) log_.log(LOG_WARNING, *line);
 }
 
+// At most one line per kShedLogPeriod: an episode that starts or ends
+// sooner is reported by the next line that is written.
+void Daemon::log_shedding() {
+    const LoadShedder& load = core_.load();
+    const TimePoint now = loop_.now();
+    const bool started = !shedding_;
+    shedding_ = load.shedding();
+    if (started && shedding_since_ == TimePoint{}) shedding_since_ = now;
+    if (shed_logged_at_ != TimePoint{} && now - shed_logged_at_ < kShedLogPeriod) return;
+    shed_logged_at_ = now;
+    if (started) {
+        log_.logf(LOG_WARNING,
+                  "over capacity (loop busy {}% of the last second{}): new registrations are "
+                  "answered busy until the load falls",
+                  std::lround(load.last_busy_fraction() * 100),
+                  load.last_overflowed() ? ", receive queue overflowed" : "");
+        return;
+    }
+    log_.logf(LOG_NOTICE,
+              "back under capacity: {} new registrations answered busy in the last {:.1f} s",
+              core_.registrations_shed() - shed_logged_,
+              std::chrono::duration<double>(now - shedding_since_).count());
+    shed_logged_ = core_.registrations_shed();
+    shedding_since_ = TimePoint{};
+}
+
 std::unique_ptr<ControlServer> Daemon::make_control_server(const std::string& path) {
     return std::make_unique<ControlServer>(
         loop_, path, [this](std::string_view request) { return control_request(request); });
@@ -678,6 +706,15 @@ nlohmann::json Daemon::status() const {
     // time, and the verdicts withheld for that reason.
     d["receive_overflows"] = overflow_drops;
     d["verdicts_withheld"] = core_.verdicts_withheld();
+    // Over capacity: new registrations answered "busy" (core/load_shedder.hpp).
+    const LoadShedder& load = core_.load();
+    d["load"] = {
+        {"shedding", load.shedding()},
+        {"busy_percent", std::lround(load.last_busy_fraction() * 100)},
+        {"shed_busy_percent", load.busy_percent()},
+        {"episodes", load.episodes()},
+        {"registrations_shed", core_.registrations_shed()},
+    };
     d["events_not_logged"] = throttle_.suppressed_total();
     d["log_records_dropped"] = log_.dropped_total();
     // Every event since start, logged or not: what alerting should count.
@@ -718,7 +755,10 @@ int Daemon::run() {
         try {
             const Duration before = thread_cpu_time();
             loop_.run_once(std::nullopt);
-            stats_.record(thread_cpu_time() - before);
+            const Duration busy = thread_cpu_time() - before;
+            stats_.record(busy);
+            core_.note_loop_busy(busy, loop_.now() + busy);
+            if (core_.load().shedding() != shedding_) log_shedding();
         } catch (const std::exception& e) {
             log_.log_limited("handler", LOG_ERR, fmt::format("event handler failed: {}", e.what()),
                              clock_.now());

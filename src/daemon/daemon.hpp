@@ -90,6 +90,8 @@ private:
     std::unique_ptr<ControlServer> try_control_server(
         const std::string& path, const std::function<void(const std::string&)>& failed);
     void log_throttle_summary();
+    // One line when shedding starts and one when it ends (with what was shed).
+    void log_shedding();
     std::vector<std::string> listen_addresses() const;
     DaemonStats stats() const;
     void write_metrics_file();
@@ -143,6 +145,10 @@ private:
     EventLoop::TimerId watchdog_timer_;
     EventLoop::TimerId metrics_timer_;
     Duration last_lag_{};  // how late wheel_timer_ ran last time
+    bool shedding_ = false;  // as last seen by log_shedding()
+    TimePoint shed_logged_at_{};  // the last line log_shedding() wrote
+    std::uint64_t shed_logged_ = 0;  // registrations_shed() as of that line
+    TimePoint shedding_since_{};     // the first episode that line has not reported
     Duration watchdog_period_{};
     bool status_dirty_ = true;
     bool stopping_ = false;

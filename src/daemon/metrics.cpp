@@ -87,6 +87,12 @@ void MetricsText::daemon_families(std::string& out) const {
     for (std::size_t d = 0; d < kDropCount; ++d)
         fmt::format_to(it, "keepalived_drops_total{{reason=\"{}\"}} {}\n",
                        to_string(static_cast<Drop>(d)), core_.drops()[d]);
+    header(out, "keepalived_registrations_shed_total", "counter",
+           "New registrations answered busy (REJECT diag 9) while over capacity.");
+    fmt::format_to(it, "keepalived_registrations_shed_total {}\n", core_.registrations_shed());
+    header(out, "keepalived_shedding", "gauge",
+           "1 while the daemon is over capacity and sheds new registrations.");
+    fmt::format_to(it, "keepalived_shedding {}\n", core_.load().shedding() ? 1 : 0);
     header(out, "keepalived_send_errors_total", "counter", "Datagrams the kernel refused to send.");
     fmt::format_to(it, "keepalived_send_errors_total {}\n", stats_.send_errors);
     header(out, "keepalived_unroutable_total", "counter",

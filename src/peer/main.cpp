@@ -268,7 +268,9 @@ int main(int argc, char** argv) {
     std::unique_ptr<Client> client;
     try {
         client = std::make_unique<Client>(options, [&](const ClientNotice& n) {
-            const bool bad = n.event == ClientEvent::lost || n.event == ClientEvent::rejected;
+            const bool busy = n.event == ClientEvent::rejected && n.diag == 9;
+            const bool bad =
+                n.event == ClientEvent::lost || (n.event == ClientEvent::rejected && !busy);
             log(bad ? LOG_WARNING : LOG_INFO, n.message);
         });
     } catch (const std::invalid_argument& e) {

@@ -1,0 +1,183 @@
+// Shedding load over capacity: the signal (LoadShedder) with its hysteresis,
+// and ServerCore answering new registrations REJECT diag 9 (busy) while it
+// lasts, serving the peers it holds. Fake clock throughout.
+#include "core/load_shedder.hpp"
+
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "server_driver.hpp"
+
+namespace keepalive {
+namespace {
+
+using namespace std::chrono_literals;
+using namespace test_support;
+
+// The loop busy `share` of every 100 ms from now for `d`, as the daemon reports it.
+void load(LoadShedder& s, FakeClock& clock, double share, Duration d) {
+    const TimePoint end = clock.now() + d;
+    while (clock.now() < end) {
+        clock.advance(100ms);
+        s.note_busy(std::chrono::duration_cast<Duration>(100ms * share), clock.now());
+    }
+}
+
+TEST(LoadShedder, ShedsFromABusySecondAndStopsOnlyAfterThreeCalmOnes) {
+    FakeClock clock{kStart};
+    LoadShedder s(85, clock.now());
+    load(s, clock, 0.80, 3s);
+    EXPECT_FALSE(s.shedding(clock.now())) << "80% is under the threshold";
+
+    load(s, clock, 0.90, 1s);
+    load(s, clock, 0.90, 100ms);  // the busy window is judged once it has ended
+    EXPECT_TRUE(s.shedding(clock.now()));
+    EXPECT_EQ(s.episodes(), 1u);
+    EXPECT_NEAR(s.last_busy_fraction(), 0.9, 0.02);
+
+    // Between the thresholds (70% and 85%) it goes on shedding, however long.
+    load(s, clock, 0.78, 10s);
+    EXPECT_TRUE(s.shedding(clock.now()));
+    // Two calm seconds are not enough, and a busier one starts the count again.
+    load(s, clock, 0.50, 2s);
+    load(s, clock, 0.80, 1s);
+    load(s, clock, 0.50, 2s);
+    EXPECT_TRUE(s.shedding(clock.now()));
+    load(s, clock, 0.50, 1s + 100ms);
+    EXPECT_FALSE(s.shedding(clock.now()));
+    EXPECT_EQ(s.episodes(), 1u);
+}
+
+TEST(LoadShedder, AReceiveOverflowShedsWhateverTheBusyShare) {
+    FakeClock clock{kStart};
+    LoadShedder s(85, clock.now());
+    load(s, clock, 0.10, 500ms);
+    s.note_overflow(clock.now());
+    load(s, clock, 0.10, 600ms);
+    EXPECT_TRUE(s.shedding(clock.now()));
+    EXPECT_TRUE(s.last_overflowed());
+    load(s, clock, 0.10, 3s);
+    EXPECT_FALSE(s.shedding(clock.now()));
+}
+
+TEST(LoadShedder, IdleSecondsAreCalmOnesAndZeroNeverSheds) {
+    FakeClock clock{kStart};
+    LoadShedder s(85, clock.now());
+    load(s, clock, 1.0, 1100ms);
+    ASSERT_TRUE(s.shedding(clock.now()));
+    clock.advance(5s);  // the loop slept: nothing noted
+    EXPECT_FALSE(s.shedding(clock.now()));
+
+    LoadShedder off(0, clock.now());
+    load(off, clock, 1.0, 2s);
+    off.note_overflow(clock.now());
+    load(off, clock, 1.0, 2s);
+    EXPECT_FALSE(off.shedding(clock.now()));
+    EXPECT_EQ(off.episodes(), 0u);
+}
+
+class ShedRegistrationsTest : public ::testing::Test {
+protected:
+    // The first reply to a REGISTER for `name` from `from` without a cookie.
+    kap::Message first_reply(const std::string& name, const Address& from,
+                             std::uint64_t incarnation = 0x1111) {
+        const std::size_t before = d.replies.size();
+        d.server->on_datagram(encode({.body = kap::Register{++nonce, incarnation, 100, 3, {}, name}}),
+                              from, d.route, d.clock.now());
+        EXPECT_EQ(d.replies.size(), before + 1);
+        return d.replies.back().msg;
+    }
+    // The daemon's loop busy `share` of each 100 ms for `d`, with the peers answering.
+    void run_loaded(double share, Duration length) {
+        const TimePoint end = d.clock.now() + length;
+        while (d.clock.now() < end) {
+            d.run_for(100ms);
+            d.server->note_loop_busy(std::chrono::duration_cast<Duration>(100ms * share),
+                                     d.clock.now());
+        }
+    }
+    std::size_t events(EventKind kind) const {
+        std::size_t n = 0;
+        for (const auto& e : d.events) n += e.kind == kind;
+        return n;
+    }
+
+    ServerDriver d;
+    std::uint64_t nonce = 0x9000;
+};
+
+TEST_F(ShedRegistrationsTest, NewcomersAreToldBusyWhileHeldPeersAreServed) {
+    d.add_peer("held-1", addr("10.0.0.1:4000"));
+    d.add_peer("held-2", addr("10.0.0.2:4000"));
+    run_loaded(0.2, 2s);
+    EXPECT_EQ(kap::type_of(first_reply("probe-ok", addr("10.0.0.9:4000"))),
+              kap::Type::challenge);
+    EXPECT_FALSE(d.server->load().shedding());
+
+    run_loaded(0.95, 1100ms);
+    ASSERT_TRUE(d.server->load().shedding());
+    const std::size_t table = d.server->peers().size();
+
+    const kap::Message busy = first_reply("newcomer", addr("10.0.0.3:4000"));
+    ASSERT_EQ(kap::type_of(busy), kap::Type::reject);
+    EXPECT_EQ(busy.diag, kap::Diag::busy);
+    EXPECT_EQ(std::get<kap::Reject>(busy.body).nonce, nonce);
+    EXPECT_EQ(d.server->peers().size(), table) << "no state for a shed registration";
+    EXPECT_EQ(d.server->registrations_shed(), 1u);
+
+    // A name the table holds is served: the handshake, then ACCEPT for the same session.
+    const std::uint32_t session = d.peer("held-1").session;
+    EXPECT_EQ(kap::type_of(first_reply("held-1", addr("10.0.0.1:4000"))), kap::Type::challenge);
+    d.add_peer("held-1", addr("10.0.0.1:4000"));
+    EXPECT_EQ(d.peer("held-1").session, session);
+    EXPECT_EQ(d.server->registrations_shed(), 1u);
+
+    // Overloaded for 10 s more: the held peers are probed and stay up throughout.
+    const std::size_t probes_before = d.peer("held-2").probes_sent;
+    run_loaded(0.95, 10s);
+    EXPECT_GE(d.peer("held-2").probes_sent, probes_before + 90);
+    EXPECT_EQ(d.peer("held-2").state, PeerState::up);
+    EXPECT_EQ(events(EventKind::suspect), 0u);
+    EXPECT_EQ(events(EventKind::down), 0u);
+    EXPECT_EQ(kap::type_of(first_reply("newcomer", addr("10.0.0.3:4000"))), kap::Type::reject);
+    EXPECT_EQ(d.server->registrations_shed(), 2u);
+}
+
+TEST_F(ShedRegistrationsTest, AdmissionResumesOnlyAfterThreeCalmSeconds) {
+    d.add_peer("held", addr("10.0.0.1:4000"));
+    run_loaded(0.95, 1100ms);
+    ASSERT_TRUE(d.server->load().shedding());
+
+    // Under the leave threshold (70%) for 2 s: still busy.
+    run_loaded(0.3, 2s);
+    EXPECT_EQ(first_reply("newcomer", addr("10.0.0.3:4000")).diag, kap::Diag::busy);
+    // Back over it for a second: the count of calm seconds starts again.
+    run_loaded(0.9, 1s);
+    run_loaded(0.3, 2s);
+    EXPECT_EQ(first_reply("newcomer", addr("10.0.0.3:4000")).diag, kap::Diag::busy);
+    run_loaded(0.3, 1100ms);
+    EXPECT_FALSE(d.server->load().shedding());
+    d.add_peer("newcomer", addr("10.0.0.3:4000"));  // CHALLENGE, then ACCEPT
+    EXPECT_EQ(d.peer("newcomer").state, PeerState::up);
+    EXPECT_EQ(d.server->registrations_shed(), 2u);
+    EXPECT_EQ(d.server->load().episodes(), 1u);
+}
+
+TEST_F(ShedRegistrationsTest, ReceiveOverflowShedsAndZeroTurnsItOff) {
+    run_loaded(0.1, 500ms);
+    d.server->doubt_receive(d.clock.now());
+    run_loaded(0.1, 600ms);
+    EXPECT_EQ(first_reply("newcomer", addr("10.0.0.3:4000")).diag, kap::Diag::busy);
+
+    PeerLimits off;
+    off.shed_busy_percent = 0;
+    d.server->set_limits(off);
+    run_loaded(1.0, 1100ms);
+    EXPECT_FALSE(d.server->load().shedding());
+    EXPECT_EQ(kap::type_of(first_reply("newcomer", addr("10.0.0.3:4000"))),
+              kap::Type::challenge);
+}
+
+}  // namespace
+}  // namespace keepalive
