@@ -218,6 +218,7 @@ public:
         // control socket.
         bool stand_in = false;
         std::vector<std::string> extra_args;
+        std::string peers_config;  // lines appended to the config's [peers] table
         std::string log_copy;  // if set, every stderr line is also written here
     };
 
@@ -234,6 +235,7 @@ public:
                 "[server]\nlisten = [\"127.0.0.1:{}\"]\ncontrol_socket = \"{}\"\n"
                 "[peers]\nmin_interval = \"{}\"\nmax_peers = {}\nmax_per_host = {}\n",
                 port_, control_, options.min_interval, options.max_peers, options.max_per_host);
+            out << options.peers_config;
         }
         if (!options.log_copy.empty()) log_copy_.open(options.log_copy);
 

@@ -48,6 +48,7 @@ struct Options {
     std::uint32_t floor_tick_ms = 5;  // the daemon's wheel step
     std::uint64_t seed = 1;
     std::string log_dir;
+    std::string peers_config;  // more lines for the daemon's [peers] table
 };
 
 // What the fleet threads are asked to do; they look every few milliseconds.
@@ -206,6 +207,7 @@ Measured run(const Options& o, bool floor) {
     d.max_peers = total + 1000;
     d.max_per_host = total + 1000;
     d.stand_in = floor;
+    d.peers_config = o.peers_config;
     if (floor) {
         d.extra_args = {"--interval-ms", std::to_string(o.interval_ms), "--tick-ms",
                         std::to_string(o.floor_tick_ms)};
@@ -402,7 +404,9 @@ double percentile(std::vector<double> v, double q) {
 }
 
 constexpr const char* kUsage =
-    "Usage: keepalive-bench [options] [KEEPALIVED]   (default: $KEEPALIVED)\n"
+    "Usage: keepalive-bench [options] [KEEPALIVED]\n"
+    "  KEEPALIVED             the daemon (default: $KEEPALIVED, else keepalived beside\n"
+    "                         this program, else the installed one)\n"
     "  --peers N              simulated peers (default 2000)\n"
     "  --interval-ms MS       probe interval they ask for (default 1000)\n"
     "  --probes N             probes (default 3)\n"
@@ -424,6 +428,8 @@ constexpr const char* kUsage =
     "                         went down and no other did (behaviour, not speed)\n"
     "  --log-dir DIR          keep the daemon's and the floor's stderr there\n"
     "  --seed N               (default 1)\n"
+    "  --peers-config LINE    a line for the daemon's [peers] table, e.g.\n"
+    "                         'shed_busy_percent = 0' (repeatable)\n"
     "Runs the daemon, then the floor with the same fleet, each for the same window.\n";
 
 }  // namespace
@@ -433,13 +439,23 @@ int main(int argc, char** argv) {
     using namespace keepalive;
     signal(SIGPIPE, SIG_IGN);
     Options o;
-    if (const char* env = std::getenv("KEEPALIVED")) o.daemon = env;
+    std::error_code ec;
+    const auto self = std::filesystem::read_symlink("/proc/self/exe", ec);
+    // The daemon: $KEEPALIVED, else the one beside this program (a build
+    // tree), else the installed one.
+    if (const char* env = std::getenv("KEEPALIVED")) {
+        o.daemon = env;
+    } else if (!ec && std::filesystem::exists(self.parent_path() / "keepalived")) {
+        o.daemon = (self.parent_path() / "keepalived").string();
+    } else {
+#ifdef KEEPALIVE_INSTALLED_DAEMON
+        o.daemon = KEEPALIVE_INSTALLED_DAEMON;
+#endif
+    }
     if (const char* env = std::getenv("KEEPALIVE_FLOOR")) {
         o.floor = env;
-    } else {
-        std::error_code ec;
-        const auto self = std::filesystem::read_symlink("/proc/self/exe", ec);
-        if (!ec) o.floor = (self.parent_path() / "keepalive-floor").string();
+    } else if (!ec) {
+        o.floor = (self.parent_path() / "keepalive-floor").string();
     }
     try {
         for (int i = 1; i < argc; ++i) {
@@ -489,6 +505,8 @@ int main(int argc, char** argv) {
                 o.log_dir = value();
             } else if (arg == "--seed") {
                 o.seed = std::stoull(value());
+            } else if (arg == "--peers-config") {
+                o.peers_config += value() + "\n";
             } else if (!arg.empty() && arg[0] != '-' && i == argc - 1) {
                 o.daemon = arg;
             } else {

@@ -20,12 +20,32 @@ void LoadShedder::roll(TimePoint now) {
     const auto windows = static_cast<std::uint64_t>(elapsed / kWindow);
     // Work noted in this window belongs to its first second: one loop
     // iteration is never longer than a window apart from the next.
-    judge(std::chrono::duration<double>(busy_) / std::chrono::duration<double>(kWindow),
-          overflowed_);
+    const double fraction =
+        std::chrono::duration<double>(busy_) / std::chrono::duration<double>(kWindow);
+    judge(fraction, overflowed_);
+    if (windows == 1)
+        pace(fraction);
+    else
+        room_ = std::numeric_limits<double>::infinity();  // idle windows: nothing to go by
     for (std::uint64_t i = 1; i < windows && shedding_; ++i) judge(0, false);
     window_start_ += windows * kWindow;
     busy_ = Duration{};
     overflowed_ = false;
+    probes_ = 0;
+    added_ = 0;
+}
+
+// Room for half the headroom below the threshold, at the last window's cost
+// per probe (which includes the ACK, and the handshakes of that window: an
+// overestimate while peers register, the safe side).
+void LoadShedder::pace(double fraction) {
+    if (busy_percent_ == 0 || probes_ < kMinProbesToPace) {
+        room_ = std::numeric_limits<double>::infinity();
+        return;
+    }
+    const double cost = fraction / static_cast<double>(probes_);  // share of a second per probe
+    const double headroom = busy_percent_ / 100.0 - fraction;
+    room_ = headroom > 0 && cost > 0 ? headroom / cost / 2 : 0;
 }
 
 void LoadShedder::judge(double fraction, bool overflowed) {

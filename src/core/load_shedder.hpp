@@ -3,9 +3,17 @@
 // busy host does not look like a busy daemon) and whether a receive queue
 // overflowed. While it sheds, the server answers new registrations with
 // REJECT diag 9 (busy); the sessions it holds are served as before.
+//
+// Shedding alone reacts a window late, and a fleet registering at once would
+// be admitted whole in that time. So newcomers are also paced: from the work
+// of the last window (loop CPU per probe sent) it works out how many more
+// probes a second the loop can take before the threshold, and admits new
+// peers worth half of that per window.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+#include <limits>
 
 #include "core/clock.hpp"
 
@@ -20,6 +28,9 @@ public:
     static constexpr unsigned kCalmWindows = 3;
     // The leave threshold is this many points below the enter threshold.
     static constexpr unsigned kHysteresisPercent = 15;
+    // Fewer probes than this in a window say too little about their cost:
+    // newcomers are not paced in the next one.
+    static constexpr std::uint64_t kMinProbesToPace = 1000;
 
     // busy_percent: shed from a window in which the loop was busy at least
     // this share of the time (1 .. 100), or whose receive queue overflowed;
@@ -43,6 +54,21 @@ public:
         return shedding_;
     }
     bool shedding() const { return shedding_; }
+    // Whether a new peer probed every `interval` fits in this window's pace;
+    // admit() takes it from there.
+    bool has_room(Duration interval, TimePoint now) {
+        roll(now);
+        return !shedding_ && added_ + rate_of(interval) <= room_;
+    }
+    bool admit(Duration interval, TimePoint now) {
+        if (!has_room(interval, now)) return false;
+        added_ += rate_of(interval);
+        return true;
+    }
+    // One probe sent: its cost is what paces newcomers.
+    void note_probe() { ++probes_; }
+    // New probes per second this window may still take (infinity: not paced).
+    double room() const { return room_ - added_; }
 
     // The busy share of the last whole window, 0 .. 1.
     double last_busy_fraction() const { return last_fraction_; }
@@ -54,6 +80,10 @@ public:
 private:
     void roll(TimePoint now);
     void judge(double fraction, bool overflowed);
+    void pace(double fraction);
+    static double rate_of(Duration interval) {
+        return 1.0 / std::max(std::chrono::duration<double>(interval).count(), 1e-3);
+    }
 
     unsigned busy_percent_;
     TimePoint window_start_;
@@ -64,6 +94,9 @@ private:
     double last_fraction_ = 0;
     bool last_overflowed_ = false;
     std::uint64_t episodes_ = 0;
+    std::uint64_t probes_ = 0;  // sent in this window
+    double room_ = std::numeric_limits<double>::infinity();  // probes/s newcomers may add
+    double added_ = 0;                                       // probes/s added this window
 };
 
 }  // namespace keepalive

@@ -27,7 +27,7 @@ struct PeerLimits {
     // Over capacity (the loop busy at least this share of a second, or a receive
     // queue overflowed), new registrations are answered REJECT diag 9 (busy)
     // until the load has been lower for a few seconds (core/load_shedder.hpp). 0: never.
-    std::uint8_t shed_busy_percent = 85;  // 0 .. 100
+    std::uint8_t shed_busy_percent = 75;  // 0 .. 100
 
     // Source prefixes a peer may register from (KAP/1 and legacy); empty: any.
     std::vector<Cidr> allow;

@@ -175,7 +175,7 @@ void ServerCore::on_register(const kap::Message& m, const Address& from, const R
     }
     // Over capacity, a newcomer is told to come back later before it costs a
     // handshake; a peer the table holds (its session lost, or moved) is served.
-    if (shed_new_name(reg.name, now)) {
+    if (shed_new_name(reg.name, milliseconds(reg.interval_ms), now)) {
         handshake_reply(route, from,
                         {.diag = kap::Diag::busy, .session = 0, .body = kap::Reject{reg.nonce}},
                         now);
@@ -219,6 +219,11 @@ void ServerCore::on_register(const kap::Message& m, const Address& from, const R
         // One host, even with real cookies, must not fill the table others need.
         if (table_.size() >= limits_.max_peers || host_full(from)) {
             reject(kap::Diag::server_full);
+            return;
+        }
+        if (!shedder_.admit(interval, now)) {
+            ++registrations_shed_;
+            reject(kap::Diag::busy);
             return;
         }
         slot = admit({.name = reg.name,
@@ -276,8 +281,9 @@ void ServerCore::on_register(const kap::Message& m, const Address& from, const R
                static_cast<std::uint32_t>(duration_cast<milliseconds>(interval).count()), probes}});
 }
 
-bool ServerCore::shed_new_name(std::string_view name, TimePoint now) {
-    if (!shedder_.shedding(now) || table_.find_name(name) != PeerTable::kNone) return false;
+bool ServerCore::shed_new_name(std::string_view name, Duration interval, TimePoint now) {
+    if (shedder_.has_room(interval, now) || table_.find_name(name) != PeerTable::kNone)
+        return false;
     ++registrations_shed_;
     return true;
 }
@@ -607,6 +613,7 @@ void ServerCore::send_probe(Slot slot, TimePoint now) {
     ++p.seq_sent;
     ++p.probes_sent;
     p.last_probe_at = now;
+    shedder_.note_probe();
     if (p.protocol == Protocol::legacy) {
         const std::string probe = legacy::format_probe(p.seq_sent);
         sink_.send(p.route, p.address,

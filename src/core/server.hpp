@@ -177,10 +177,12 @@ public:
     // One loop iteration ending at `now` took `cpu` of the daemon's CPU time.
     // Over capacity (limits().shed_busy_percent), a REGISTER for a name the
     // table does not hold is answered REJECT diag 9 (busy) instead of being
-    // challenged or admitted; known names are served as always.
+    // challenged or admitted; known names are served as always. Below it,
+    // newcomers are admitted at the pace the load leaves room for, and the
+    // rest are answered busy too (core/load_shedder.hpp).
     void note_loop_busy(Duration cpu, TimePoint now) { shedder_.note_busy(cpu, now); }
     const LoadShedder& load() const { return shedder_; }
-    // Registrations answered "busy" (REJECT diag 9), and legacy ones ignored, while shedding.
+    // Registrations answered "busy" (REJECT diag 9), and legacy ones ignored, to shed load.
     std::uint64_t registrations_shed() const { return registrations_shed_; }
     // Unanswered probes not counted against their peers because of doubt_receive().
     std::uint64_t verdicts_withheld() const { return verdicts_withheld_; }
@@ -194,8 +196,9 @@ private:
     using Slot = PeerTable::Slot;
 
     void on_register(const kap::Message& m, const Address& from, const Route& route, TimePoint now);
-    // Over capacity and `name` is not in the table: counted, and true.
-    bool shed_new_name(std::string_view name, TimePoint now);
+    // Over capacity, or no room left in this second's pace for a newcomer
+    // probed every `interval`, and `name` is not in the table: counted, and true.
+    bool shed_new_name(std::string_view name, Duration interval, TimePoint now);
     void on_ack(const kap::Message& m, const Address& from, const Route& route, TimePoint now);
     void on_bye(const kap::Message& m, const Address& from, const Route& route, TimePoint now);
     struct NewPeer {

@@ -30,7 +30,7 @@ void ServerCore::on_legacy_register(std::span<const std::uint8_t> data, const Ad
     }
     // The legacy protocol has no "busy": over capacity a newcomer is not
     // answered, and registers again on its own schedule.
-    if (shed_new_name(reg->name, now)) return;
+    if (shed_new_name(reg->name, interval, now)) return;
     Address target = from;
     target.set_port(probe_port);
     const auto probes = static_cast<std::uint8_t>(reg->probes);
@@ -47,6 +47,10 @@ void ServerCore::on_legacy_register(std::span<const std::uint8_t> data, const Ad
         if (table_.size() >= limits_.max_peers || legacy_peers_ >= limits_.legacy_max_peers ||
             host_full(from)) {
             count(Drop::legacy_refused);
+            return;
+        }
+        if (!shedder_.admit(interval, now)) {
+            ++registrations_shed_;
             return;
         }
         slot = admit({.name = reg->name,

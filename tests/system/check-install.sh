@@ -46,8 +46,10 @@ want = sys.argv[1:]
 for o in json.load(sys.stdin):
     if o["name"] in want:
         print(o["name"] + "=" + str(o["value"]))' \
-        prefix bindir sbindir sysconfdir datadir mandir systemdsystemunitdir catalogdir man)
-for k in prefix bindir sbindir sysconfdir datadir mandir systemdsystemunitdir catalogdir man; do
+        prefix bindir sbindir libexecdir sysconfdir datadir mandir systemdsystemunitdir catalogdir \
+        man benchmarks)
+for k in prefix bindir sbindir libexecdir sysconfdir datadir mandir systemdsystemunitdir catalogdir \
+        man benchmarks; do
     [ -n "${opts[$k]+set}" ] || { echo "FAIL: the build has no option '$k'"; exit 1; }
 done
 option() { printf '%s\n' "${opts[$1]}"; }
@@ -55,6 +57,7 @@ prefix=$(option prefix)
 abs() { case $1 in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "${prefix%/}/$1" ;; esac; }
 bindir=$(abs "$(option bindir)")
 sbindir=$(abs "$(option sbindir)")
+libexecdir=$(abs "$(option libexecdir)")
 sysconfdir=$(abs "$(option sysconfdir)")
 datadir=$(abs "$(option datadir)")
 mandir=$(abs "$(option mandir)")
@@ -92,6 +95,14 @@ if [ "$with_man" = yes ]; then
         "$mandir/man5/keepalived.toml.5 644"
         "$mandir/man1/keepalivectl.1 644"
         "$mandir/man1/keepalive-peer.1 644"
+    )
+fi
+
+# keepalive-bench and the floor it compares with, installed with the tests.
+if [ "$(option benchmarks)" = True ]; then
+    expected+=(
+        "$libexecdir/keepalive/keepalive-bench 755"
+        "$libexecdir/keepalive/keepalive-floor 755"
     )
 fi
 

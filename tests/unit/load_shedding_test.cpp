@@ -77,6 +77,38 @@ TEST(LoadShedder, IdleSecondsAreCalmOnesAndZeroNeverSheds) {
     EXPECT_EQ(off.episodes(), 0u);
 }
 
+TEST(LoadShedder, NewcomersArePacedByTheHeadroomAtTheLastSecondsCostPerProbe) {
+    FakeClock clock{kStart};
+    LoadShedder s(85, clock.now());
+    EXPECT_TRUE(s.admit(100ms, clock.now())) << "nothing to go by yet: not paced";
+    // 100 000 probes in a second at 50% busy: 5 us each. Headroom 35%: room
+    // for 70 000 probes/s, of which half per window: 3 500 peers at 100 ms.
+    for (int i = 0; i < 100'000; ++i) s.note_probe();
+    s.note_busy(500ms, kStart + 900ms);
+    clock.set(kStart + 1s);
+    ASSERT_FALSE(s.shedding(clock.now()));
+    EXPECT_NEAR(s.room(), 35'000, 1);
+    int admitted = 0;
+    while (s.admit(100ms, clock.now()) && admitted < 100'000) ++admitted;
+    EXPECT_NEAR(admitted, 3'500, 1);
+    EXPECT_FALSE(s.has_room(100ms, clock.now()));
+    EXPECT_FALSE(s.has_room(10ms, clock.now()));
+    // The next window has a pace of its own (too few probes in it: not paced).
+    s.note_busy(500ms, kStart + 1500ms);
+    clock.set(kStart + 2s);
+    EXPECT_TRUE(s.has_room(100ms, clock.now()));
+
+    // Near the threshold there is little room.
+    for (int i = 0; i < 100'000; ++i) s.note_probe();
+    s.note_busy(840ms, kStart + 2500ms);
+    clock.set(kStart + 3s);
+    ASSERT_FALSE(s.shedding(clock.now()));
+    EXPECT_NEAR(s.room(), 595, 1);  // half of 1% headroom at 8.4 us a probe
+    admitted = 0;
+    while (s.admit(100ms, clock.now()) && admitted < 100'000) ++admitted;
+    EXPECT_NEAR(admitted, 59, 1);
+}
+
 class ShedRegistrationsTest : public ::testing::Test {
 protected:
     // The first reply to a REGISTER for `name` from `from` without a cookie.
