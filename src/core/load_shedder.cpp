@@ -1,5 +1,7 @@
 #include "core/load_shedder.hpp"
 
+#include <limits>
+
 namespace keepalive {
 
 void LoadShedder::note_busy(Duration busy, TimePoint now) {
@@ -26,7 +28,7 @@ void LoadShedder::roll(TimePoint now) {
     if (windows == 1)
         pace(fraction);
     else
-        room_ = std::numeric_limits<double>::infinity();  // idle windows: nothing to go by
+        room_ = kRoomUnknownCost;  // idle windows: nothing to go by
     for (std::uint64_t i = 1; i < windows && shedding_; ++i) judge(0, false);
     window_start_ += windows * kWindow;
     busy_ = Duration{};
@@ -39,8 +41,12 @@ void LoadShedder::roll(TimePoint now) {
 // per probe (which includes the ACK, and the handshakes of that window: an
 // overestimate while peers register, the safe side).
 void LoadShedder::pace(double fraction) {
-    if (busy_percent_ == 0 || probes_ < kMinProbesToPace) {
+    if (busy_percent_ == 0) {
         room_ = std::numeric_limits<double>::infinity();
+        return;
+    }
+    if (probes_ < kMinProbesToPace) {
+        room_ = kRoomUnknownCost;
         return;
     }
     const double cost = fraction / static_cast<double>(probes_);  // share of a second per probe

@@ -13,7 +13,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <limits>
 
 #include "core/clock.hpp"
 
@@ -29,8 +28,9 @@ public:
     // The leave threshold is this many points below the enter threshold.
     static constexpr unsigned kHysteresisPercent = 15;
     // Fewer probes than this in a window say too little about their cost:
-    // newcomers are not paced in the next one.
+    // the next window admits newcomers worth kRoomUnknownCost probes a second.
     static constexpr std::uint64_t kMinProbesToPace = 1000;
+    static constexpr double kRoomUnknownCost = 10'000;
 
     // busy_percent: shed from a window in which the loop was busy at least
     // this share of the time (1 .. 100), or whose receive queue overflowed;
@@ -58,6 +58,7 @@ public:
     // admit() takes it from there.
     bool has_room(Duration interval, TimePoint now) {
         roll(now);
+        if (busy_percent_ == 0) return true;
         return !shedding_ && added_ + rate_of(interval) <= room_;
     }
     bool admit(Duration interval, TimePoint now) {
@@ -67,7 +68,7 @@ public:
     }
     // One probe sent: its cost is what paces newcomers.
     void note_probe() { ++probes_; }
-    // New probes per second this window may still take (infinity: not paced).
+    // New probes per second this window may still take.
     double room() const { return room_ - added_; }
 
     // The busy share of the last whole window, 0 .. 1.
@@ -95,8 +96,8 @@ private:
     bool last_overflowed_ = false;
     std::uint64_t episodes_ = 0;
     std::uint64_t probes_ = 0;  // sent in this window
-    double room_ = std::numeric_limits<double>::infinity();  // probes/s newcomers may add
-    double added_ = 0;                                       // probes/s added this window
+    double room_ = kRoomUnknownCost;  // probes/s newcomers may add in this window
+    double added_ = 0;                // probes/s added this window
 };
 
 }  // namespace keepalive

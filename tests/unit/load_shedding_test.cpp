@@ -75,12 +75,17 @@ TEST(LoadShedder, IdleSecondsAreCalmOnesAndZeroNeverSheds) {
     load(off, clock, 1.0, 2s);
     EXPECT_FALSE(off.shedding(clock.now()));
     EXPECT_EQ(off.episodes(), 0u);
+    for (int i = 0; i < 100'000; ++i) EXPECT_TRUE(off.admit(1ms, clock.now())) << "never paced";
 }
 
 TEST(LoadShedder, NewcomersArePacedByTheHeadroomAtTheLastSecondsCostPerProbe) {
     FakeClock clock{kStart};
     LoadShedder s(85, clock.now());
-    EXPECT_TRUE(s.admit(100ms, clock.now())) << "nothing to go by yet: not paced";
+    // Nothing to go by yet: newcomers worth 10 000 probes/s, 1 000 at 100 ms.
+    int admitted = 0;
+    while (s.admit(100ms, clock.now()) && admitted < 100'000) ++admitted;
+    EXPECT_NEAR(admitted, 1'000, 1);
+    EXPECT_TRUE(s.admit(10s, clock.now())) << "0.1 probe/s still fits";
     // 100 000 probes in a second at 50% busy: 5 us each. Headroom 35%: room
     // for 70 000 probes/s, of which half per window: 3 500 peers at 100 ms.
     for (int i = 0; i < 100'000; ++i) s.note_probe();
@@ -88,12 +93,12 @@ TEST(LoadShedder, NewcomersArePacedByTheHeadroomAtTheLastSecondsCostPerProbe) {
     clock.set(kStart + 1s);
     ASSERT_FALSE(s.shedding(clock.now()));
     EXPECT_NEAR(s.room(), 35'000, 1);
-    int admitted = 0;
+    admitted = 0;
     while (s.admit(100ms, clock.now()) && admitted < 100'000) ++admitted;
     EXPECT_NEAR(admitted, 3'500, 1);
     EXPECT_FALSE(s.has_room(100ms, clock.now()));
     EXPECT_FALSE(s.has_room(10ms, clock.now()));
-    // The next window has a pace of its own (too few probes in it: not paced).
+    // The next window has a pace of its own (too few probes in it: the fixed one).
     s.note_busy(500ms, kStart + 1500ms);
     clock.set(kStart + 2s);
     EXPECT_TRUE(s.has_room(100ms, clock.now()));
