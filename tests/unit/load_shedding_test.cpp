@@ -85,7 +85,6 @@ TEST(LoadShedder, NewcomersArePacedByTheHeadroomAtTheLastSecondsCostPerProbe) {
     int admitted = 0;
     while (s.admit(100ms, clock.now()) && admitted < 100'000) ++admitted;
     EXPECT_NEAR(admitted, 1'000, 1);
-    EXPECT_TRUE(s.admit(10s, clock.now())) << "0.1 probe/s still fits";
     // 100 000 probes in a second at 50% busy: 5 us each. Headroom 35%: room
     // for 70 000 probes/s, of which half per window: 3 500 peers at 100 ms.
     for (int i = 0; i < 100'000; ++i) s.note_probe();
