@@ -67,6 +67,7 @@ public:
         // when this peer tries again.
         Duration backoff{};
         TimePoint retry_at{};
+        bool busy = false;  // paced: told busy, registering again at retry_at
         // min over probes of tx_time - (seq - 1) x interval: probe deadlines are whole
         // milliseconds spaced exactly one interval apart, so floor_ms of this is the
         // deadline of seq 1 (provided one probe went out less than 1 ms late).
@@ -168,7 +169,26 @@ public:
         window_ = window;
         storm_ = storm;
     }
-    bool registration_done() const { return accepted_ + rejected_ == peers_.size(); }
+    // Paced, a peer told busy counts as done: it goes on registering again on
+    // the agent's backoff (retry_busy) while the run goes on.
+    bool registration_done() const {
+        return accepted_ + rejected_ + (storm_ ? 0 : waiting_busy_) == peers_.size();
+    }
+    std::size_t waiting_busy() const { return waiting_busy_; }
+    // Paced: registers again the peers told busy whose backoff ran out.
+    void retry_busy() {
+        if (waiting_busy_ == 0) return;
+        const TimePoint now = Clock::now();
+        if (now - last_busy_scan_ < 50ms) return;
+        last_busy_scan_ = now;
+        for (std::size_t i = 0; i < peers_.size(); ++i) {
+            SimPeer& p = peers_[i];
+            if (!p.busy || now < p.retry_at) continue;
+            send_register(i, kap::Cookie{}, now);
+            schedule_retry(p, now);
+        }
+        flush();
+    }
     void service(bool registering) {
         if (registering) feed_registrations(Clock::now());
         flush();
@@ -260,7 +280,8 @@ private:
         if (now - last_retry_scan_ < 250ms) return;
         last_retry_scan_ = now;
         for (std::size_t i = 0; i < next_; ++i)
-            if (peers_[i].phase == Phase::registering && now - peers_[i].register_sent > 1s)
+            if (peers_[i].phase == Phase::registering && !peers_[i].busy &&
+                now - peers_[i].register_sent > 1s)
                 send_register(i, kap::Cookie{}, now);
     }
 
@@ -305,22 +326,37 @@ private:
             SimPeer* p = by_nonce(accept->nonce);
             if (p == nullptr || p->phase != Phase::registering) return;
             p->phase = Phase::accepted;
+            if (p->busy) {
+                p->busy = false;
+                --waiting_busy_;
+            } else {
+                --in_flight_;
+            }
             p->session = m.session;
             p->interval_ms = accept->interval_ms;
             p->probes = accept->probes;
             sessions_[m.session] = static_cast<std::uint32_t>(p - peers_.data());
             ++accepted_;
-            --in_flight_;
         } else if (const auto* reject = std::get_if<kap::Reject>(&m.body)) {
             SimPeer* p = by_nonce(reject->nonce);
             ++stats_.rejects;
             if (p == nullptr || p->phase != Phase::registering) return;
-            // Busy: the agent backs off and registers again later. Paced
-            // registration does not play those retries: a peer told busy
-            // counts as rejected (diag 9), and the run goes on without it.
+            // Busy: the agent backs off and registers again later. In a
+            // storm every peer retries on its backoff anyway; paced, a peer
+            // told busy leaves the window and retry_busy() plays the agent.
             const bool busy = static_cast<std::uint8_t>(m.diag) == kDiagBusy;
             busy_rejects_ += busy ? 1 : 0;
             if (storm_ && busy) return;
+            if (busy) {
+                if (!p->busy) {
+                    p->busy = true;
+                    ++waiting_busy_;
+                    --in_flight_;
+                }
+                // The agent keeps its backoff timer: 1 s, doubling to 30 s.
+                if (p->retry_at < now) schedule_retry(*p, now);
+                return;
+            }
             p->phase = Phase::rejected;
             ++rejected_;
             --in_flight_;
@@ -402,6 +438,8 @@ private:
     std::size_t in_flight_ = 0;
     std::size_t accepted_ = 0;
     std::size_t rejected_ = 0;
+    std::size_t waiting_busy_ = 0;
+    TimePoint last_busy_scan_{};
     TimePoint last_retry_scan_{};
     bool storm_ = false;
     std::uint64_t busy_rejects_ = 0;

@@ -49,6 +49,7 @@ struct Options {
     std::uint64_t seed = 1;
     std::string log_dir;
     std::string peers_config;  // more lines for the daemon's [peers] table
+    std::vector<std::string> daemon_args;  // more arguments for the daemon
 };
 
 // What the fleet threads are asked to do; they look every few milliseconds.
@@ -116,6 +117,7 @@ private:
             std::uint64_t acks = 0;
             for (std::size_t i = 0; i < fleets_.size(); ++i) {
                 if (registering || (fds[i].revents & POLLIN) != 0) fleets_[i]->service(registering);
+                fleets_[i]->retry_busy();
                 all_done = all_done && fleets_[i]->registration_done();
                 acks += fleets_[i]->stats().acks;
             }
@@ -208,6 +210,7 @@ Measured run(const Options& o, bool floor) {
     d.max_per_host = total + 1000;
     d.stand_in = floor;
     d.peers_config = o.peers_config;
+    if (!floor) d.extra_args = o.daemon_args;
     if (floor) {
         d.extra_args = {"--interval-ms", std::to_string(o.interval_ms), "--tick-ms",
                         std::to_string(o.floor_tick_ms)};
@@ -430,6 +433,8 @@ constexpr const char* kUsage =
     "  --seed N               (default 1)\n"
     "  --peers-config LINE    a line for the daemon's [peers] table, e.g.\n"
     "                         'shed_busy_percent = 0' (repeatable)\n"
+    "  --daemon-arg ARG       one more argument for the daemon, e.g. --log-target=journal\n"
+    "                         (repeatable; detection error then is not measured)\n"
     "Runs the daemon, then the floor with the same fleet, each for the same window.\n";
 
 }  // namespace
@@ -505,6 +510,8 @@ int main(int argc, char** argv) {
                 o.log_dir = value();
             } else if (arg == "--seed") {
                 o.seed = std::stoull(value());
+            } else if (arg == "--daemon-arg") {
+                o.daemon_args.push_back(value());
             } else if (arg == "--peers-config") {
                 o.peers_config += value() + "\n";
             } else if (!arg.empty() && arg[0] != '-' && i == argc - 1) {
