@@ -400,6 +400,9 @@ private:
                 if (ready_) return;
                 if (!start_error_.empty()) throw std::runtime_error("daemon: " + start_error_);
             }
+            // Logging elsewhere (--log-target=journal), the daemon says nothing on
+            // stderr: its control socket exists once its sockets are bound.
+            if (!options_.stand_in && std::filesystem::exists(control_)) return;
             int status = 0;
             if (::waitpid(pid_, &status, WNOHANG) == pid_) {
                 pid_ = -1;
