@@ -219,7 +219,7 @@ public:
         bool stand_in = false;
         std::vector<std::string> extra_args;
         std::string peers_config;  // lines appended to the config's [peers] table
-        std::string log_copy;  // if set, every stderr line is also written here
+        std::string log_copy;      // if set, every stderr line is also written here
     };
 
     explicit DaemonProcess(const Options& options) : options_(options) {

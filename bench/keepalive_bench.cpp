@@ -48,7 +48,7 @@ struct Options {
     std::uint32_t floor_tick_ms = 5;  // the daemon's wheel step
     std::uint64_t seed = 1;
     std::string log_dir;
-    std::string peers_config;  // more lines for the daemon's [peers] table
+    std::string peers_config;              // more lines for the daemon's [peers] table
     std::vector<std::string> daemon_args;  // more arguments for the daemon
 };
 

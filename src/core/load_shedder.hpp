@@ -95,7 +95,7 @@ private:
     double last_fraction_ = 0;
     bool last_overflowed_ = false;
     std::uint64_t episodes_ = 0;
-    std::uint64_t probes_ = 0;  // sent in this window
+    std::uint64_t probes_ = 0;        // sent in this window
     double room_ = kRoomUnknownCost;  // probes/s newcomers may add in this window
     double added_ = 0;                // probes/s added this window
 };

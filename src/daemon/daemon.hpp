@@ -144,9 +144,9 @@ private:
     LoopStats stats_;
     EventLoop::TimerId watchdog_timer_;
     EventLoop::TimerId metrics_timer_;
-    Duration last_lag_{};  // how late wheel_timer_ ran last time
-    bool shedding_ = false;  // as last seen by log_shedding()
-    TimePoint shed_logged_at_{};  // the last line log_shedding() wrote
+    Duration last_lag_{};            // how late wheel_timer_ ran last time
+    bool shedding_ = false;          // as last seen by log_shedding()
+    TimePoint shed_logged_at_{};     // the last line log_shedding() wrote
     std::uint64_t shed_logged_ = 0;  // registrations_shed() as of that line
     TimePoint shedding_since_{};     // the first episode that line has not reported
     Duration watchdog_period_{};

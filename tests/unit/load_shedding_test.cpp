@@ -1,12 +1,11 @@
 // Shedding load over capacity: the signal (LoadShedder) with its hysteresis,
 // and ServerCore answering new registrations REJECT diag 9 (busy) while it
 // lasts, serving the peers it holds. Fake clock throughout.
-#include "core/load_shedder.hpp"
-
 #include <gtest/gtest.h>
 
 #include <string>
 
+#include "core/load_shedder.hpp"
 #include "server_driver.hpp"
 
 namespace keepalive {
@@ -119,8 +118,9 @@ protected:
     kap::Message first_reply(const std::string& name, const Address& from,
                              std::uint64_t incarnation = 0x1111) {
         const std::size_t before = d.replies.size();
-        d.server->on_datagram(encode({.body = kap::Register{++nonce, incarnation, 100, 3, {}, name}}),
-                              from, d.route, d.clock.now());
+        d.server->on_datagram(
+            encode({.body = kap::Register{++nonce, incarnation, 100, 3, {}, name}}), from, d.route,
+            d.clock.now());
         EXPECT_EQ(d.replies.size(), before + 1);
         return d.replies.back().msg;
     }
@@ -147,8 +147,7 @@ TEST_F(ShedRegistrationsTest, NewcomersAreToldBusyWhileHeldPeersAreServed) {
     d.add_peer("held-1", addr("10.0.0.1:4000"));
     d.add_peer("held-2", addr("10.0.0.2:4000"));
     run_loaded(0.2, 2s);
-    EXPECT_EQ(kap::type_of(first_reply("probe-ok", addr("10.0.0.9:4000"))),
-              kap::Type::challenge);
+    EXPECT_EQ(kap::type_of(first_reply("probe-ok", addr("10.0.0.9:4000"))), kap::Type::challenge);
     EXPECT_FALSE(d.server->load().shedding());
 
     run_loaded(0.95, 1100ms);
@@ -211,8 +210,7 @@ TEST_F(ShedRegistrationsTest, ReceiveOverflowShedsAndZeroTurnsItOff) {
     d.server->set_limits(off);
     run_loaded(1.0, 1100ms);
     EXPECT_FALSE(d.server->load().shedding());
-    EXPECT_EQ(kap::type_of(first_reply("newcomer", addr("10.0.0.3:4000"))),
-              kap::Type::challenge);
+    EXPECT_EQ(kap::type_of(first_reply("newcomer", addr("10.0.0.3:4000"))), kap::Type::challenge);
 }
 
 }  // namespace
