@@ -228,6 +228,7 @@ private:
         for (;;) {
             TimePoint now = Clock::now();
             if (registering) feed_registrations(now);
+            retry_busy();
             flush();
             if (now >= deadline) return;
             if (registering && accepted_ + rejected_ == peers_.size()) return;
