@@ -168,7 +168,12 @@ public:
     void doubt_receive(TimePoint now) {
         if (now > receive_doubt_) receive_doubt_ = now;
     }
-    // Unanswered probes not counted against their peers because of doubt_receive().
+    // The daemon had no room to send some datagrams at `now` (a full socket
+    // buffer, ENOBUFS): a probe sent at `now` or before and unanswered is no
+    // evidence against its peer either, on the same terms as doubt_receive().
+    void doubt_send(TimePoint now) { doubt_receive(now + Duration(1)); }
+    // Unanswered probes not counted against their peers because of
+    // doubt_receive() or doubt_send().
     std::uint64_t verdicts_withheld() const { return verdicts_withheld_; }
 
     const PeerTable& peers() const { return table_; }

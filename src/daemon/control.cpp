@@ -113,7 +113,8 @@ void ControlServer::on_accept() {
             pause_accepting();
             return;
         }
-        UniqueFd fd(::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
+        UniqueFd fd(
+            loop_.sys().accept4(listen_fd_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
         if (!fd) {
             if (errno == EMFILE || errno == ENFILE) {
                 // Out of descriptors. An idle client's is the cheapest to
@@ -121,7 +122,7 @@ void ControlServer::on_accept() {
                 if (make_room()) continue;
                 ++refused_no_fd_;
                 reserve_fd_.reset();
-                UniqueFd(::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+                UniqueFd(loop_.sys().accept4(listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC));
                 reserve_fd_ = open_reserve();
                 if (!reserve_fd_) {
                     pause_accepting();  // nothing left to give back: wait, never spin
@@ -149,7 +150,7 @@ void ControlServer::on_client(int fd, std::uint32_t events) {
     if (c.idle) {
         // Only a hang-up (or stray bytes) can wake an idle client.
         char sink[kMaxRequest];
-        const ssize_t n = ::recv(fd, sink, sizeof sink, MSG_DONTWAIT);
+        const ssize_t n = loop_.sys().recv(fd, sink, sizeof sink, MSG_DONTWAIT);
         if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) close_client(fd);
         return;
     }
@@ -166,7 +167,7 @@ void ControlServer::wake() {
 
 void ControlServer::read_request(int fd, Client& c) {
     char buf[kMaxRequest];
-    const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    const ssize_t n = loop_.sys().recv(fd, buf, sizeof buf, 0);
     if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
         close_client(fd);
         return;
@@ -194,8 +195,8 @@ void ControlServer::write_answer(int fd, Client& c) {
         }
     }
     while (c.written < c.out.size()) {
-        const ssize_t n =
-            ::send(fd, c.out.data() + c.written, c.out.size() - c.written, MSG_NOSIGNAL);
+        const ssize_t n = loop_.sys().send(fd, c.out.data() + c.written,
+                                           c.out.size() - c.written, MSG_NOSIGNAL);
         if (n < 0) {
             if (errno == EAGAIN || errno == EINTR) return;
             close_client(fd);  // the reader went away
@@ -207,7 +208,7 @@ void ControlServer::write_answer(int fd, Client& c) {
     // Bytes left unread when a unix socket closes reach the client as a
     // reset instead of the end of the answer: discard them first.
     char sink[kMaxRequest];
-    for (int i = 0; i < 16 && ::recv(fd, sink, sizeof sink, MSG_DONTWAIT) > 0; ++i) {
+    for (int i = 0; i < 16 && loop_.sys().recv(fd, sink, sizeof sink, MSG_DONTWAIT) > 0; ++i) {
     }
     close_client(fd);
 }

@@ -60,10 +60,6 @@ Duration thread_cpu_time() {
     return std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec);
 }
 
-void notify(const std::string& state) {
-    sd_notify(0, state.c_str());
-}
-
 // The peer table is saved this long after the first change (memfd, and the
 // state file without an fd store), so a burst of changes is one write.
 constexpr Duration kStateSaveDelay = std::chrono::seconds(2);
@@ -120,13 +116,29 @@ std::string monotonic_usec(TimePoint now) {
         std::chrono::duration_cast<std::chrono::microseconds>(now.time_since_epoch()).count());
 }
 
+class SystemdNotifier final : public sys::Notifier {
+public:
+    int notify(const std::string& state) override { return sd_notify(0, state.c_str()); }
+    int notify_with_fds(const std::string& state, std::span<const int> fds) override {
+        return sd_pid_notify_with_fds(0, 0, state.c_str(), fds.data(),
+                                      static_cast<unsigned>(fds.size()));
+    }
+};
+
 }  // namespace
 
-Daemon::Daemon(Config config, Logger& log, const ClockSource& clock, RandomSource& random)
+sys::Notifier& systemd_notifier() {
+    static SystemdNotifier notifier;
+    return notifier;
+}
+
+Daemon::Daemon(Config config, Logger& log, const ClockSource& clock, RandomSource& random,
+               sys::Ops& ops, sys::Notifier& notifier)
     : config_(std::move(config)),
       log_(log),
       clock_(clock),
-      loop_(clock),
+      notifier_(notifier),
+      loop_(clock, ops),
       core_(config_.peers, random, *this, clock.now()),
       started_(clock.now()),
       state_(state_file_path(config_), fd_store_available(), log),
@@ -212,7 +224,7 @@ void Daemon::adopt_passed_fds() {
                       name);
             continue;
         }
-        auto socket = UdpSocket::adopt(UniqueFd(fd));
+        auto socket = UdpSocket::adopt(UniqueFd(fd), loop_.sys());
         if (!socket) throw std::runtime_error(socket.error());
         // One the previous process bound and left in the fd store, with the
         // datagrams that arrived meanwhile still queued.
@@ -281,8 +293,8 @@ void Daemon::keep_in_fd_store(Listener& listener) {
     for (const auto& [prefix, k] : kStoredSocketPrefixes)
         if (k == kind) name = fmt::format("{}{}-{}", prefix, getpid(), next_listener_id_);
     const std::string message = "FDSTORE=1\nFDNAME=" + name;
-    int fds[1] = {listener.socket.fd()};
-    if (sd_pid_notify_with_fds(0, 0, message.c_str(), fds, 1) > 0) listener.fd_store_name = name;
+    const int fds[1] = {listener.socket.fd()};
+    if (notifier_.notify_with_fds(message, fds) > 0) listener.fd_store_name = name;
 }
 
 std::vector<Daemon::Endpoint> Daemon::endpoints(const Config& config) {
@@ -308,7 +320,7 @@ Result<bool, std::string> Daemon::reconcile_listeners(const std::vector<Endpoint
                                                 l.second.socket.local() == e.address);
         });
         if (open) continue;
-        auto socket = UdpSocket::bind(e.address);
+        auto socket = UdpSocket::bind(e.address, loop_.sys());
         if (!socket) return Err{socket.error()};  // `opened` closes what this attempt bound
         opened.emplace_back(e, std::move(*socket));
     }
@@ -445,11 +457,22 @@ void Daemon::after_work() {
 void Daemon::flush(std::uint32_t id) {
     auto& queue = outbox_[id];
     if (queue.empty()) return;
-    if (auto it = listeners_.find(id); it != listeners_.end())
-        it->second.socket.send_batch(queue);
-    else
+    if (auto it = listeners_.find(id); it != listeners_.end()) {
+        UdpSocket& socket = it->second.socket;
+        const std::uint64_t no_room_before = socket.send_no_room();
+        socket.send_batch(queue);
+        // A probe this host had no room to send is no evidence against its
+        // peer: its missing ACK does not count, as after a receive overflow.
+        if (socket.send_no_room() != no_room_before) core_.doubt_send(loop_.now());
+    } else {
         unroutable_ += queue.size();
+    }
     queue.clear();
+}
+
+void Daemon::notify(const std::string& state) {
+    // Nothing to do about a failure but count it: the manager may be gone.
+    if (notifier_.notify(state) < 0) ++notify_failures_;
 }
 
 void Daemon::send(const Route& route, const Address& to, std::span<const std::uint8_t> data) {
@@ -497,7 +520,21 @@ PeerCounts Daemon::counts() const {
     return core_.peers().counts() + targets_->counts();
 }
 
+// The one handler of the running daemon that may meet an exception (the
+// new configuration's sockets, hooks or targets failing to set up): it is
+// reported, and the daemon goes on with what it has.
 void Daemon::reload() {
+    try {
+        reload_config();
+    } catch (const std::exception& e) {
+        log_.logf(LOG_ERR, "reload failed: {}", e.what());
+        notify("READY=1");
+        status_dirty_ = true;
+        after_work();
+    }
+}
+
+void Daemon::reload_config() {
     const TimePoint now = loop_.now();
     notify("RELOADING=1\n" + monotonic_usec(now));
     log_.logf(LOG_INFO, "reloading {}", config_.source);
@@ -665,14 +702,23 @@ nlohmann::json Daemon::status() const {
                           std::chrono::duration<double>(loop_.now() - started_).count()};
     auto j = status_json(core_, counts(), info);
     std::uint64_t send_errors = 0;
+    std::uint64_t send_no_room = 0;
+    std::uint64_t receive_errors = 0;
     std::uint64_t overflow_drops = 0;
     for (const auto& [id, l] : listeners_) {
         send_errors += l.socket.send_errors();
+        send_no_room += l.socket.send_no_room();
+        receive_errors += l.socket.receive_errors();
         overflow_drops += l.socket.overflow_drops();
     }
     auto& d = j["daemon"];
     d["send_errors"] = send_errors;
+    // Of those, the datagrams this host had no room for (EAGAIN, ENOBUFS):
+    // their verdicts are withheld, as after a receive overflow.
+    d["send_no_room"] = send_no_room;
+    d["receive_errors"] = receive_errors;
     d["unroutable"] = unroutable_;
+    d["notify_failures"] = notify_failures_;
     d["auth"] = auth_json(config_.auth);
     // Datagrams the kernel dropped because the daemon did not read them in
     // time, and the verdicts withheld for that reason.
@@ -692,6 +738,8 @@ nlohmann::json Daemon::status() const {
         {"iterations_over_5ms", stats_.over_5ms},
         {"iterations_over_20ms", stats_.over_20ms},
         {"max_timer_lag_us", duration_cast<microseconds>(stats_.max_lag).count()},
+        {"interrupted_waits", loop_.interrupted_waits()},
+        {"timerfd_failures", loop_.timerfd_failures()},
     };
     return j;
 }
@@ -706,24 +754,27 @@ void Daemon::LoopStats::record(Duration busy) {
     over_20ms += busy > std::chrono::milliseconds(20) ? 1 : 0;
 }
 
-int Daemon::run() {
+void Daemon::start() {
     log_.logf(LOG_INFO, "keepalived {} ready: listening on {}; {}", KEEPALIVE_VERSION,
               fmt::join(listen_addresses(), ", "), auth_summary(config_.auth));
     notify("READY=1");
     notify_status();
     after_work();  // arms the wheel: restored peers are probed without waiting for a datagram
-    // After READY nothing a peer sends may stop the daemon: a handler that
-    // throws is logged (rate-limited) and the loop goes on.
-    while (!stopping_) {
-        try {
-            const Duration before = thread_cpu_time();
-            loop_.run_once(std::nullopt);
-            stats_.record(thread_cpu_time() - before);
-        } catch (const std::exception& e) {
-            log_.log_limited("handler", LOG_ERR, fmt::format("event handler failed: {}", e.what()),
-                             clock_.now());
-        }
-    }
+}
+
+// After READY nothing a peer sends may stop the daemon. There is no
+// catch-all here: the handlers count and log what fails (a send, a full
+// table, a bad datagram) instead of throwing, and the peer table's storage
+// is reserved up to max_peers, so a full table is a REJECT, not bad_alloc.
+void Daemon::run_once(std::optional<Duration> timeout) {
+    const Duration before = thread_cpu_time();
+    loop_.run_once(timeout);
+    stats_.record(thread_cpu_time() - before);
+}
+
+int Daemon::run() {
+    start();
+    while (!stopping_) run_once(std::nullopt);
     return 0;
 }
 
