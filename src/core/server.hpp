@@ -110,8 +110,21 @@ public:
     std::optional<TimePoint> next_deadline() const { return wheel_.next_wakeup(); }
 
     // New limits apply to new registrations; granted intervals are promises
-    // the peers rely on, so existing sessions keep theirs.
-    void set_limits(const PeerLimits& limits) { limits_ = limits; }
+    // the peers rely on, so existing sessions keep theirs. Reserves room for
+    // max_peers first (see reserve()); if that throws, nothing changed.
+    void set_limits(const PeerLimits& limits) {
+        reserve(limits.max_peers);
+        limits_ = limits;
+    }
+    // Room for `peers` peers in the table and the timer wheel, taken at
+    // construction and when max_peers grows: a table filling up to max_peers
+    // never grows them, and a full one answers REJECT "server full", never
+    // std::bad_alloc. Throws std::bad_alloc (nothing changed) if the memory
+    // cannot be had.
+    void reserve(std::size_t peers) {
+        table_.reserve(peers);
+        wheel_.reserve(peers);
+    }
 
     // With keys, every KAP/1 datagram must carry a valid AUTH trailer under one
     // of them (anything else is dropped as unauthenticated and never answered),

@@ -10,6 +10,7 @@
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
+#include <new>
 #include <stdexcept>
 #include <utility>
 
@@ -551,6 +552,8 @@ void Daemon::reload_config() {
     } else if (fresh->control_socket != config_.control_socket &&
                !(new_control = try_control_server(fresh->control_socket, failed))) {
         // logged by try_control_server
+    } else if (!reserve_peers(fresh->peers.max_peers, failed)) {
+        // logged by reserve_peers
     } else if (auto r = reconcile_listeners(endpoints(*fresh)); !r) {
         failed(r.error());  // new_control, if any, unlinks its path as it goes
     } else {
@@ -579,6 +582,20 @@ void Daemon::reload_config() {
     notify("READY=1");
     status_dirty_ = true;
     after_work();
+}
+
+// Room for a larger max_peers is taken before anything changes, so that
+// the table never has to grow while it fills (ServerCore::reserve). Room
+// already taken is kept if the reload fails later: it only costs memory.
+bool Daemon::reserve_peers(std::uint32_t max_peers,
+                           const std::function<void(const std::string&)>& failed) {
+    try {
+        core_.reserve(max_peers);
+        return true;
+    } catch (const std::bad_alloc&) {
+        failed(fmt::format("no memory for max_peers = {}", max_peers));
+        return false;
+    }
 }
 
 std::unique_ptr<ControlServer> Daemon::try_control_server(

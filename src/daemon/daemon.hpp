@@ -105,6 +105,9 @@ private:
     ControlServer::Producer control_request(std::string_view request);
     void notify(const std::string& state);
     std::unique_ptr<ControlServer> make_control_server(const std::string& path);
+    // False after calling `failed` if there is no memory for `max_peers` peers.
+    bool reserve_peers(std::uint32_t max_peers,
+                       const std::function<void(const std::string&)>& failed);
     // The new server, or nullptr after calling `failed` with the reason.
     std::unique_ptr<ControlServer> try_control_server(
         const std::string& path, const std::function<void(const std::string&)>& failed);
