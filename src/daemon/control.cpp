@@ -135,7 +135,17 @@ void ControlServer::on_accept() {
         const int raw = fd.get();
         clients_.emplace(
             raw, Client{std::move(fd), {}, {}, {}, 0, false, false, next_serial_++, loop_.now()});
-        loop_.add_fd(raw, EPOLLIN, [this, raw](std::uint32_t events) { on_client(raw, events); });
+        try {
+            loop_.add_fd(raw, EPOLLIN,
+                         [this, raw](std::uint32_t events) { on_client(raw, events); });
+        } catch (const std::system_error&) {
+            // epoll cannot watch one more fd (ENOMEM, or ENOSPC past the
+            // user's max_user_watches): refuse this one and wait a little.
+            clients_.erase(raw);
+            ++refused_no_fd_;
+            pause_accepting();
+            return;
+        }
     }
 }
 

@@ -332,6 +332,7 @@ Result<bool, std::string> Daemon::reconcile_listeners(const std::vector<Endpoint
             if (!it->second.fd_store_name.empty())
                 notify("FDSTOREREMOVE=1\nFDNAME=" + it->second.fd_store_name);
             flush(it->first);
+            outbox_.erase(it->first);
             loop_.remove_fd(it->second.socket.fd());
             it = listeners_.erase(it);
         } else {
@@ -349,6 +350,7 @@ void Daemon::add_listener(std::optional<Endpoint> configured, UdpSocket socket,
                           std::string fd_store_name) {
     const std::uint32_t id = next_listener_id_++;
     const int fd = socket.fd();
+    outbox_[id].reserve(UdpSocket::kBatchSize);
     auto& l = listeners_
                   .emplace(id, Listener{std::move(configured), std::move(socket),
                                         std::move(fd_store_name)})
@@ -455,9 +457,10 @@ void Daemon::after_work() {
     wake_watchers_ = false;
 }
 
-void Daemon::flush(std::uint32_t id) {
-    auto& queue = outbox_[id];
-    if (queue.empty()) return;
+void Daemon::flush(std::uint32_t id) noexcept {
+    const auto out = outbox_.find(id);
+    if (out == outbox_.end() || out->second.empty()) return;
+    auto& queue = out->second;
     if (auto it = listeners_.find(id); it != listeners_.end()) {
         UdpSocket& socket = it->second.socket;
         const std::uint64_t no_room_before = socket.send_no_room();
@@ -476,8 +479,16 @@ void Daemon::notify(const std::string& state) {
     if (notifier_.notify(state) < 0) ++notify_failures_;
 }
 
-void Daemon::send(const Route& route, const Address& to, std::span<const std::uint8_t> data) {
-    auto& queue = outbox_[route.socket];
+// Allocates nothing: each listener's queue was reserved for a whole batch
+// when it opened, and is flushed when it holds one.
+void Daemon::send(const Route& route, const Address& to,
+                  std::span<const std::uint8_t> data) noexcept {
+    const auto out = outbox_.find(route.socket);
+    if (out == outbox_.end()) {
+        ++unroutable_;  // its socket was closed by a reload
+        return;
+    }
+    auto& queue = out->second;
     OutDatagram& d = queue.emplace_back();
     d.to = to;
     d.from = route.local;

@@ -94,7 +94,7 @@ private:
     bool resume_reads();
     void on_send_errors(std::uint32_t id);
     void after_work();
-    void flush(std::uint32_t id);
+    void flush(std::uint32_t id) noexcept;
     void reload();
     void reload_config();
     // for_good: BYE 5 and the saved state discarded; else BYE 8 when the
@@ -116,7 +116,8 @@ private:
     DaemonStats stats() const;
     void write_metrics_file();
 
-    void send(const Route& route, const Address& to, std::span<const std::uint8_t> data) override;
+    void send(const Route& route, const Address& to,
+              std::span<const std::uint8_t> data) noexcept override;
     void peer_event(const PeerEvent& event) override;
 
     Config config_;
@@ -130,7 +131,7 @@ private:
 
     std::map<std::uint32_t, Listener> listeners_;
     std::uint32_t next_listener_id_ = 1;
-    std::map<std::uint32_t, std::vector<OutDatagram>> outbox_;
+    std::map<std::uint32_t, std::vector<OutDatagram>> outbox_;  // one queue per listener
     std::uint64_t unroutable_ = 0;
     std::vector<std::uint32_t> backlogged_;  // listeners with datagrams left unread
 

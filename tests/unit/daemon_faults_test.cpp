@@ -321,6 +321,23 @@ TEST(DaemonFaults, EmfileOnAcceptRefusesOneClientAndServesTheNext) {
     }
 }
 
+// epoll refusing to watch one more fd (ENOSPC: max_user_watches, shared by
+// every process of the user): that client is refused and counted, accepting
+// pauses a moment (on the loop's clock), then the next client is served.
+TEST(DaemonFaults, EpollFullAtAcceptRefusesOneClient) {
+    InProcessDaemon d;
+    d.ops.fail(Call::epoll_ctl, ENOSPC, 1);
+    const auto refused = d.query("status");
+    ASSERT_TRUE(refused.has_value()) << "the refused connection was never closed";
+    EXPECT_EQ(*refused, "");
+    EXPECT_EQ(d.ops.injected(Call::epoll_ctl), 1u);
+    d.clock.advance(ControlServer::kRetryAfter);
+    d.step();
+    const auto answer = d.query("status");
+    ASSERT_TRUE(answer.has_value());
+    EXPECT_EQ(nlohmann::json::parse(*answer)["daemon"]["control_refused_no_fd"], 1u);
+}
+
 // Every write of the answer is short, or fails now and then with EAGAIN or
 // EINTR: the client still reads the whole answer, byte for byte.
 TEST(DaemonFaults, ShortAndFailedWritesStillDeliverTheWholeAnswer) {
