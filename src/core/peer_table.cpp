@@ -101,8 +101,8 @@ void PeerTable::reserve(std::size_t n) {
 }
 
 std::size_t PeerTable::capacity() const {
-    return std::min({slots_.capacity(), free_.capacity(), by_session_.capacity() / 2,
-                     by_name_.capacity() / 2});
+    return std::min(
+        {slots_.capacity(), free_.capacity(), by_session_.capacity() / 2, by_name_.capacity() / 2});
 }
 
 PeerTable::Slot PeerTable::insert(Peer peer) {

@@ -205,8 +205,8 @@ void ControlServer::write_answer(int fd, Client& c) {
         }
     }
     while (c.written < c.out.size()) {
-        const ssize_t n = loop_.sys().send(fd, c.out.data() + c.written,
-                                           c.out.size() - c.written, MSG_NOSIGNAL);
+        const ssize_t n =
+            loop_.sys().send(fd, c.out.data() + c.written, c.out.size() - c.written, MSG_NOSIGNAL);
         if (n < 0) {
             if (errno == EAGAIN || errno == EINTR) return;
             close_client(fd);  // the reader went away

@@ -35,8 +35,8 @@ public:
     virtual int recvmmsg(int fd, mmsghdr* msgs, unsigned n, int flags) = 0;
     virtual int sendmmsg(int fd, mmsghdr* msgs, unsigned n, int flags) = 0;
     virtual ssize_t recvmsg(int fd, msghdr* msg, int flags) = 0;
-    virtual ssize_t sendto(int fd, const void* buf, std::size_t len, int flags,
-                           const sockaddr* to, socklen_t tolen) = 0;
+    virtual ssize_t sendto(int fd, const void* buf, std::size_t len, int flags, const sockaddr* to,
+                           socklen_t tolen) = 0;
 
     // The control socket's stream calls.
     virtual int accept4(int fd, sockaddr* addr, socklen_t* len, int flags) = 0;

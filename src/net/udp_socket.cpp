@@ -286,8 +286,8 @@ std::size_t UdpSocket::send_batch(std::span<const OutDatagram> batch) noexcept {
                 retried = true;
                 continue;
             }
-            if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS ||
-                          errno == ENOMEM)) {
+            if (r < 0 &&
+                (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS || errno == ENOMEM)) {
                 // The socket buffer (or the device queue, or memory) is full: nothing more fits
                 // now, so drop the rest rather than fail one syscall per datagram.
                 send_errors_ += pending - i;
@@ -430,7 +430,7 @@ bool UdpSocket::send_to(const Address& to, std::span<const std::uint8_t> data) {
     ssize_t r;
     do {
         r = ops_->sendto(fd_.get(), data.data(), data.size(), MSG_DONTWAIT,
-                   reinterpret_cast<const sockaddr*>(&ss), len);
+                         reinterpret_cast<const sockaddr*>(&ss), len);
     } while (r < 0 && errno == EINTR);
     if (r < 0) {
         ++send_errors_;

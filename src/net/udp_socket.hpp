@@ -43,8 +43,7 @@ public:
     // CLOEXEC, NONBLOCK, pktinfo enabled and a receive buffer of up to 1 MiB. The error text names
     // the address and the system error. The socket's datagram calls go through `ops`, which
     // must outlive it.
-    static Result<UdpSocket, std::string> bind(const Address& local,
-                                               sys::Ops& ops = sys::system());
+    static Result<UdpSocket, std::string> bind(const Address& local, sys::Ops& ops = sys::system());
     // Takes over an already bound UDP socket (e.g. from socket activation): makes it CLOEXEC and
     // non-blocking and enables pktinfo. A dual-stack IPv6 socket (IPV6_V6ONLY=0) is supported;
     // its IPv4 peers appear as IPv4 addresses. Fails if `fd` is not a UDP socket.

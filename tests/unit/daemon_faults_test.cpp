@@ -60,9 +60,9 @@ public:
         // Another test may take the port between our probe and the bind: try again.
         for (int attempt = 0; attempt < 10 && !daemon; ++attempt) {
             const std::uint16_t port = unused_udp_port();
-            const std::string text = fmt::format(
-                "[server]\nlisten = [\"127.0.0.1:{}\"]\ncontrol_socket = \"{}\"\n", port,
-                control_path);
+            const std::string text =
+                fmt::format("[server]\nlisten = [\"127.0.0.1:{}\"]\ncontrol_socket = \"{}\"\n",
+                            port, control_path);
             auto config = parse_config(text, "faults.toml");
             if (!config) throw std::runtime_error(config.error().to_string());
             try {
