@@ -9,7 +9,9 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <csignal>
 #include <filesystem>
+#include <fstream>
 #include <memory>
 #include <optional>
 #include <stdexcept>
@@ -60,10 +62,8 @@ public:
         // Another test may take the port between our probe and the bind: try again.
         for (int attempt = 0; attempt < 10 && !daemon; ++attempt) {
             const std::uint16_t port = unused_udp_port();
-            const std::string text =
-                fmt::format("[server]\nlisten = [\"127.0.0.1:{}\"]\ncontrol_socket = \"{}\"\n",
-                            port, control_path);
-            auto config = parse_config(text, "faults.toml");
+            write_config(port);
+            auto config = load_config(config_path());
             if (!config) throw std::runtime_error(config.error().to_string());
             try {
                 daemon = std::make_unique<Daemon>(std::move(*config), log, clock, random, ops, ops);
@@ -78,6 +78,14 @@ public:
         daemon.reset();
         std::error_code ec;
         std::filesystem::remove_all(dir_, ec);
+    }
+
+    std::string config_path() const { return dir_ + "/keepalived.toml"; }
+    // The configuration file, as a reload reads it.
+    void write_config(std::uint16_t port, const std::string& extra = {}) {
+        std::ofstream(config_path()) << fmt::format(
+            "[server]\nlisten = [\"127.0.0.1:{}\"]\ncontrol_socket = \"{}\"\n{}", port,
+            control_path, extra);
     }
 
     void step(int n = 1) {
@@ -377,6 +385,29 @@ TEST(DaemonFaults, FailedNotifyIsCounted) {
     bool ready = false;
     for (const auto& n : d.ops.notifications) ready = ready || n == "READY=1";
     EXPECT_TRUE(ready);
+}
+
+// A reload, driven in-process: SIGHUP (read through the loop's signalfd)
+// moves the listener to a new port; the old one is closed, the new one
+// answers, and the service manager hears RELOADING=1 then READY=1.
+TEST(DaemonReload, SighupMovesTheListener) {
+    InProcessDaemon d;
+    const std::uint16_t port = unused_udp_port();
+    d.write_config(port, "[peers]\nmax_peers = 200000\n");
+    d.ops.notifications.clear();
+    ASSERT_EQ(::kill(::getpid(), SIGHUP), 0);
+    for (int i = 0; i < kMaxSteps && d.ops.notifications.size() < 2; ++i) d.step();
+    ASSERT_GE(d.ops.notifications.size(), 2u);
+    EXPECT_TRUE(d.ops.notifications[0].starts_with("RELOADING=1\n"));
+    EXPECT_EQ(d.ops.notifications[1], "READY=1");
+    const std::string now_on = fmt::format("127.0.0.1:{}", port);
+    EXPECT_EQ(d.status()["daemon"]["listen"], nlohmann::json::array({now_on}));
+    d.address = addr(now_on.c_str());
+    Peer peer(d);
+    peer.send({.body = kap::Register{1, 1, 1000, 3, {}, "p1"}});
+    const auto reply = peer.await();
+    ASSERT_TRUE(reply.has_value());
+    EXPECT_EQ(kap::type_of(*reply), kap::Type::challenge);
 }
 
 // A timerfd that cannot be armed is counted and retried; the wheel keeps
