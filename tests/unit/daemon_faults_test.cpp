@@ -83,9 +83,9 @@ public:
     std::string config_path() const { return dir_ + "/keepalived.toml"; }
     // The configuration file, as a reload reads it.
     void write_config(std::uint16_t port, const std::string& extra = {}) {
-        std::ofstream(config_path()) << fmt::format(
-            "[server]\nlisten = [\"127.0.0.1:{}\"]\ncontrol_socket = \"{}\"\n{}", port,
-            control_path, extra);
+        std::ofstream(config_path())
+            << fmt::format("[server]\nlisten = [\"127.0.0.1:{}\"]\ncontrol_socket = \"{}\"\n{}",
+                           port, control_path, extra);
     }
 
     void step(int n = 1) {
