@@ -54,7 +54,7 @@ public:
     Address address;
     std::string control_path;
 
-    InProcessDaemon() {
+    explicit InProcessDaemon(std::string extra_config = {}) : extra_(std::move(extra_config)) {
         char dir_template[] = "/tmp/keepalived-faults-XXXXXX";
         if (::mkdtemp(dir_template) == nullptr) throw std::runtime_error("mkdtemp");
         dir_ = dir_template;
@@ -62,7 +62,7 @@ public:
         // Another test may take the port between our probe and the bind: try again.
         for (int attempt = 0; attempt < 10 && !daemon; ++attempt) {
             const std::uint16_t port = unused_udp_port();
-            write_config(port);
+            write_config(port, extra_);
             auto config = load_config(config_path());
             if (!config) throw std::runtime_error(config.error().to_string());
             try {
@@ -123,6 +123,7 @@ public:
     }
 
 private:
+    std::string extra_;
     std::string dir_;
 };
 
@@ -385,6 +386,29 @@ TEST(DaemonFaults, FailedNotifyIsCounted) {
     bool ready = false;
     for (const auto& n : d.ops.notifications) ready = ready || n == "READY=1";
     EXPECT_TRUE(ready);
+}
+
+// A full table, end to end: the next REGISTER (with a valid cookie) gets
+// REJECT diag 4 "server full", and nothing else moves.
+TEST(DaemonFull, FullTableAnswersServerFull) {
+    InProcessDaemon d("[peers]\nmax_peers = 1\n");
+    Peer first(d);
+    ASSERT_NO_FATAL_FAILURE(first.register_as("p1", 1000, 3));
+    Peer second(d);
+    kap::Register r{9, 1, 1000, 3, {}, "p2"};
+    second.send({.body = r});
+    const auto challenge = second.await();
+    ASSERT_TRUE(challenge.has_value());
+    ASSERT_EQ(kap::type_of(*challenge), kap::Type::challenge);
+    r.cookie = std::get<kap::Challenge>(challenge->body).cookie;
+    second.send({.body = r});
+    const auto reject = second.await();
+    ASSERT_TRUE(reject.has_value());
+    EXPECT_EQ(kap::type_of(*reject), kap::Type::reject);
+    EXPECT_EQ(reject->diag, kap::Diag::server_full);
+    EXPECT_EQ(d.status()["peers"], 1u);
+    EXPECT_EQ(d.status()["events"]["registered"], 1u);
+    EXPECT_EQ(d.counter("send_errors"), 0u);
 }
 
 // A reload, driven in-process: SIGHUP (read through the loop's signalfd)
