@@ -6,7 +6,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <charconv>
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
@@ -14,6 +13,7 @@
 #include <utility>
 
 #include "core/duration.hpp"
+#include "daemon/control_request.hpp"
 #include "daemon/status_json.hpp"
 #include "daemon/textfile.hpp"
 
@@ -620,40 +620,35 @@ void Daemon::write_metrics_file() {
     loop_.arm_timer(metrics_timer_, loop_.now() + config_.metrics.interval);
 }
 
-ControlServer::Producer Daemon::control_request(std::string_view request) {
-    if (request == "metrics") {
-        // A few peers per piece: the streaming server asks for the next only
-        // when the client can take it.
-        auto text = std::make_shared<MetricsText>(core_, stats());
-        return [text](std::string& out) { return text->next(out); };
-    }
-    if (request == "watch" || request.starts_with("watch ")) {
-        std::optional<std::uint64_t> since;
-        if (request.size() > 6) {
-            std::uint64_t v = 0;
-            const auto text = request.substr(6);
-            const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
-            if (ec != std::errc{} || end != text.data() + text.size())
-                return ControlServer::whole(to_line({{"error", "bad watch request"}}));
-            since = v;
+ControlServer::Producer Daemon::control_request(std::string_view line) {
+    const auto request = parse_control_request(line);
+    if (!request) return ControlServer::whole(to_line({{"error", request.error()}}));
+    switch (request->kind) {
+        case ControlRequest::Kind::metrics: {
+            // A few peers per piece: the streaming server asks for the next only
+            // when the client can take it.
+            auto text = std::make_shared<MetricsText>(core_, stats());
+            return [text](std::string& out) { return text->next(out); };
         }
-        if (auto stream = watchers_.open(since)) return std::move(*stream);
-        return ControlServer::whole(to_line(
-            {{"error", fmt::format("too many watchers (at most {})", Watchers::kMaxWatchers)}}));
-    }
-    if (request == "peers")
-        return peers_stream(
-            core_, [this] { return loop_.now(); }, targets_->peer_rows(loop_.now()));
-    if (request == "targets")
-        return ControlServer::whole(to_line(targets_->targets_json(loop_.now())));
-    if (request == "status") return ControlServer::whole(to_line(status()));
-    if (request == "shutdown-for-good") {
-        // Stops when the answer is written, so that it goes out before the loop ends.
-        return [this](std::string& out) {
-            stop(true);
-            out = to_line({{"stopping", true}});
-            return false;
-        };
+        case ControlRequest::Kind::watch:
+            if (auto stream = watchers_.open(request->since)) return std::move(*stream);
+            return ControlServer::whole(
+                to_line({{"error",
+                          fmt::format("too many watchers (at most {})", Watchers::kMaxWatchers)}}));
+        case ControlRequest::Kind::peers:
+            return peers_stream(
+                core_, [this] { return loop_.now(); }, targets_->peer_rows(loop_.now()));
+        case ControlRequest::Kind::targets:
+            return ControlServer::whole(to_line(targets_->targets_json(loop_.now())));
+        case ControlRequest::Kind::status:
+            return ControlServer::whole(to_line(status()));
+        case ControlRequest::Kind::shutdown_for_good:
+            // Stops when the answer is written, so that it goes out before the loop ends.
+            return [this](std::string& out) {
+                stop(true);
+                out = to_line({{"stopping", true}});
+                return false;
+            };
     }
     return ControlServer::whole(to_line({{"error", "unknown request"}}));
 }
