@@ -28,6 +28,9 @@ constexpr int kBatchesPerWakeup = 8;
 // to empty a full receive queue.
 constexpr int kDrainBatches = 64;
 
+// STATUS= is sent again for a worse loop lag only past this much more.
+constexpr Duration kLagReportStep = std::chrono::milliseconds(1);
+
 // How soon log records the journal (or stderr) could not take are tried again.
 constexpr Duration kLogRetry = std::chrono::milliseconds(20);
 
@@ -145,6 +148,9 @@ Daemon::Daemon(Config config, Logger& log, const ClockSource& clock, RandomSourc
         last_wheel_fire_ = loop_.now();
         last_lag_ = std::max(Duration::zero(), loop_.now() - wheel_deadline_);
         stats_.max_lag = std::max(stats_.max_lag, last_lag_);
+        // STATUS= shows the worst lag; it is told again once that has grown by a quarter.
+        if (stats_.max_lag > reported_lag_ + reported_lag_ / 4 + kLagReportStep)
+            status_dirty_ = true;
         // ACKs that came before the probes fell due are read before any
         // verdict, even when a wake-up's budget left them in the queue or
         // reads were deferred to this step.
@@ -489,7 +495,9 @@ std::unique_ptr<ControlServer> Daemon::make_control_server(const std::string& pa
 }
 
 void Daemon::notify_status() {
-    notify("STATUS=" + summary_line(counts()));
+    reported_lag_ = stats_.max_lag;
+    notify(fmt::format("STATUS={}; loop lag max {:.1f} ms", summary_line(counts()),
+                       std::chrono::duration<double, std::milli>(reported_lag_).count()));
     status_dirty_ = false;
 }
 
@@ -686,6 +694,7 @@ nlohmann::json Daemon::status() const {
         {"iterations_over_1ms", stats_.over_1ms},
         {"iterations_over_5ms", stats_.over_5ms},
         {"iterations_over_20ms", stats_.over_20ms},
+        {"timer_lag_us", duration_cast<microseconds>(last_lag_).count()},
         {"max_timer_lag_us", duration_cast<microseconds>(stats_.max_lag).count()},
     };
     return j;

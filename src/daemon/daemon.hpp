@@ -142,7 +142,8 @@ private:
     LoopStats stats_;
     EventLoop::TimerId watchdog_timer_;
     EventLoop::TimerId metrics_timer_;
-    Duration last_lag_{};  // how late wheel_timer_ ran last time
+    Duration last_lag_{};      // how late wheel_timer_ ran last time
+    Duration reported_lag_{};  // the worst lag as STATUS= last showed it
     Duration watchdog_period_{};
     bool status_dirty_ = true;
     bool stopping_ = false;
