@@ -63,6 +63,20 @@ Duration thread_cpu_time() {
     return std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec);
 }
 
+// CLOCK_BOOTTIME minus CLOCK_MONOTONIC (see SleepDetector); nullopt when the
+// thread was held up between the readings for too long to trust them.
+std::optional<Duration> time_asleep() {
+    const auto read = [](clockid_t id) {
+        timespec ts{};
+        clock_gettime(id, &ts);
+        return std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec);
+    };
+    const Duration before = read(CLOCK_MONOTONIC);
+    const Duration boot = read(CLOCK_BOOTTIME);
+    if (read(CLOCK_MONOTONIC) - before > std::chrono::milliseconds(1)) return std::nullopt;
+    return boot - before;
+}
+
 void notify(const std::string& state) {
     sd_notify(0, state.c_str());
 }
@@ -148,6 +162,16 @@ Daemon::Daemon(Config config, Logger& log, const ClockSource& clock, RandomSourc
         last_wheel_fire_ = loop_.now();
         last_lag_ = std::max(Duration::zero(), loop_.now() - wheel_deadline_);
         stats_.max_lag = std::max(stats_.max_lag, last_lag_);
+        // The machine slept: ACKs that came meanwhile were lost with it,
+        // through no fault of their peers.
+        if (const auto asleep = time_asleep())
+            if (const auto slept = sleep_.observe(*asleep)) {
+                core_.doubt_receive(loop_.now());
+                log_.logf(LOG_WARNING,
+                          "the machine was suspended for {}: unanswered probes sent before "
+                          "are not counted against their peers",
+                          format_duration(std::chrono::round<milliseconds>(*slept)));
+            }
         // STATUS= shows the worst lag; it is told again once that has grown by a quarter.
         if (stats_.max_lag > reported_lag_ + reported_lag_ / 4 + kLagReportStep)
             status_dirty_ = true;
@@ -696,6 +720,7 @@ nlohmann::json Daemon::status() const {
         {"iterations_over_20ms", stats_.over_20ms},
         {"timer_lag_us", duration_cast<microseconds>(last_lag_).count()},
         {"max_timer_lag_us", duration_cast<microseconds>(stats_.max_lag).count()},
+        {"suspended_us", duration_cast<microseconds>(sleep_.total()).count()},
     };
     return j;
 }
