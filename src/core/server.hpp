@@ -77,7 +77,7 @@ public:
     static constexpr Duration kUnansweredForgetAfter = std::chrono::minutes(1);
     static constexpr std::uint8_t kUnansweredLegacyProbes = 3;
     // Unanswered probes in a row not counted against a peer because the
-    // server doubted its own reception; past this they count regardless.
+    // server doubted its own reception or timing; past this they count regardless.
     static constexpr std::uint8_t kMaxWithheld = 3;
 
     ServerCore(const PeerLimits& limits, RandomSource& random, ServerSink& sink, TimePoint now);
@@ -185,8 +185,12 @@ public:
     // buffer, ENOBUFS): a probe sent at `now` or before and unanswered is no
     // evidence against its peer either, on the same terms as doubt_receive().
     void doubt_send(TimePoint now) { doubt_receive(now + Duration(1)); }
-    // Unanswered probes not counted against their peers because of
-    // doubt_receive() or doubt_send().
+    // Unanswered probes not counted against their peers: because of
+    // doubt_receive() or doubt_send(), or because the server itself sent the
+    // probe so late (it was stopped or starved) that its peer had less than
+    // half a probe step to answer before the verdict. Either way at most
+    // kMaxWithheld in a row per peer, which extends that peer's detection by
+    // as many probes.
     std::uint64_t verdicts_withheld() const { return verdicts_withheld_; }
 
     const PeerTable& peers() const { return table_; }
