@@ -78,7 +78,7 @@ public:
     static constexpr Duration kUnansweredForgetAfter = std::chrono::minutes(1);
     static constexpr std::uint8_t kUnansweredLegacyProbes = 3;
     // Unanswered probes in a row not counted against a peer because the
-    // server doubted its own reception; past this they count regardless.
+    // server doubted its own reception or timing; past this they count regardless.
     static constexpr std::uint8_t kMaxWithheld = 3;
 
     ServerCore(const PeerLimits& limits, RandomSource& random, ServerSink& sink, TimePoint now);
@@ -111,10 +111,21 @@ public:
     std::optional<TimePoint> next_deadline() const { return wheel_.next_wakeup(); }
 
     // New limits apply to new registrations; granted intervals are promises
-    // the peers rely on, so existing sessions keep theirs.
+    // the peers rely on, so existing sessions keep theirs. Reserves room for
+    // max_peers first (see reserve()); if that throws, nothing changed.
     void set_limits(const PeerLimits& limits) {
+        reserve(limits.max_peers);
         limits_ = limits;
         shedder_.set_busy_percent(limits.shed_busy_percent);
+    }
+    // Room for `peers` peers in the table and the timer wheel, taken at
+    // construction and when max_peers grows: a table filling up to max_peers
+    // never grows them, and a full one answers REJECT "server full", never
+    // std::bad_alloc. Throws std::bad_alloc (nothing changed) if the memory
+    // cannot be had.
+    void reserve(std::size_t peers) {
+        table_.reserve(peers);
+        wheel_.reserve(peers);
     }
 
     // With keys, every KAP/1 datagram must carry a valid AUTH trailer under one
@@ -184,7 +195,16 @@ public:
     const LoadShedder& load() const { return shedder_; }
     // Registrations answered "busy" (REJECT diag 9), and legacy ones ignored, to shed load.
     std::uint64_t registrations_shed() const { return registrations_shed_; }
-    // Unanswered probes not counted against their peers because of doubt_receive().
+    // The daemon had no room to send some datagrams at `now` (a full socket
+    // buffer, ENOBUFS): a probe sent at `now` or before and unanswered is no
+    // evidence against its peer either, on the same terms as doubt_receive().
+    void doubt_send(TimePoint now) { doubt_receive(now + Duration(1)); }
+    // Unanswered probes not counted against their peers: because of
+    // doubt_receive() or doubt_send(), or because the server itself sent the
+    // probe so late (it was stopped or starved) that its peer had less than
+    // half a probe step to answer before the verdict. Either way at most
+    // kMaxWithheld in a row per peer, which extends that peer's detection by
+    // as many probes.
     std::uint64_t verdicts_withheld() const { return verdicts_withheld_; }
 
     const PeerTable& peers() const { return table_; }
