@@ -99,65 +99,105 @@ PeerTable::Slot PeerTable::insert(Peer peer) {
     } else {
         slot = static_cast<Slot>(slots_.size());
         slots_.emplace_back();
+        used_.push_back(false);
     }
-    Entry& e = slots_[slot];
-    e.peer = std::move(peer);
-    e.used = true;
+    const std::string_view name = peer.name;
+    const Route* route = peer.route ? intern_route(*peer.route) : nullptr;
+    Peer& p = slots_[slot];
+    p = std::move(peer);
+    p.route = route;
+    store_name(slot, name);  // before the slot is used: a rebuild skips it
+    used_[slot] = true;
     index_session(slot);
     index_name(slot);
-    ++per_host_[host_of(e.peer.address)];
+    ++per_host_[host_of(p.address)];
     ++counts_.total;
-    ++counts_.by_state[static_cast<std::size_t>(e.peer.state)];
+    ++counts_.by_state[static_cast<std::size_t>(p.state)];
     return slot;
 }
 
 void PeerTable::erase(Slot slot) {
-    Entry& e = slots_[slot];
-    unindex_session(e.peer.session);
-    unindex_name(e.peer.name);
-    if (const auto it = per_host_.find(host_of(e.peer.address));
+    Peer& p = slots_[slot];
+    unindex_session(p.session);
+    unindex_name(p.name);
+    if (const auto it = per_host_.find(host_of(p.address));
         it != per_host_.end() && --it->second == 0)
         per_host_.erase(it);
     --counts_.total;
-    --counts_.by_state[static_cast<std::size_t>(e.peer.state)];
-    e.peer = Peer{};  // release the name's memory now
-    e.used = false;
+    --counts_.by_state[static_cast<std::size_t>(p.state)];
+    live_name_bytes_ -= p.name.size();
+    p = Peer{};  // release what its boxes hold now
+    used_[slot] = false;
     free_.push_back(slot);
+}
+
+const Route* PeerTable::intern_route(const Route& route) {
+    // Few: one per socket and local address. The latest is the likeliest.
+    for (auto it = routes_.rbegin(); it != routes_.rend(); ++it)
+        if (*it == route) return &*it;
+    return &routes_.emplace_back(route);
+}
+
+void PeerTable::store_name(Slot slot, std::string_view name) {
+    if (names_.size() + name.size() > names_.capacity()) {
+        // `name` may point into the buffer about to be replaced.
+        const std::string copy(name);
+        rebuild_names(copy.size());
+        name = copy;
+        names_.insert(names_.end(), name.begin(), name.end());
+    } else {
+        names_.insert(names_.end(), name.begin(), name.end());
+    }
+    slots_[slot].name = std::string_view(names_.data() + names_.size() - name.size(), name.size());
+    live_name_bytes_ += name.size();
+}
+
+void PeerTable::rebuild_names(std::size_t room) {
+    std::vector<char> fresh;
+    fresh.reserve(std::max<std::size_t>(4096, 2 * (live_name_bytes_ + room)));
+    for (Slot s = 0; s < slots_.size(); ++s) {
+        if (!used_[s]) continue;
+        Peer& p = slots_[s];
+        const std::size_t at = fresh.size();
+        fresh.insert(fresh.end(), p.name.begin(), p.name.end());
+        p.name = std::string_view(fresh.data() + at, p.name.size());
+    }
+    names_ = std::move(fresh);
 }
 
 PeerTable::Slot PeerTable::find_session(std::uint32_t session) const {
     return by_session_.find(SlotIndex::hash_u32(session),
-                            [&](Slot s) { return slots_[s].peer.session == session; });
+                            [&](Slot s) { return slots_[s].session == session; });
 }
 
 PeerTable::Slot PeerTable::find_name(std::string_view name) const {
     return by_name_.find(SlotIndex::hash_bytes(name),
-                         [&](Slot s) { return slots_[s].peer.name == name; });
+                         [&](Slot s) { return slots_[s].name == name; });
 }
 
 // As a map's emplace: a key already indexed keeps its slot.
 void PeerTable::index_session(Slot slot) {
-    const std::uint32_t session = slots_[slot].peer.session;
+    const std::uint32_t session = slots_[slot].session;
     if (find_session(session) == kNone) by_session_.insert(SlotIndex::hash_u32(session), slot);
 }
 
 void PeerTable::unindex_session(std::uint32_t session) {
     by_session_.erase(SlotIndex::hash_u32(session),
-                      [&](Slot s) { return slots_[s].peer.session == session; });
+                      [&](Slot s) { return slots_[s].session == session; });
 }
 
 void PeerTable::index_name(Slot slot) {
-    const std::string& name = slots_[slot].peer.name;
+    const std::string_view name = slots_[slot].name;
     if (find_name(name) == kNone) by_name_.insert(SlotIndex::hash_bytes(name), slot);
 }
 
 void PeerTable::unindex_name(std::string_view name) {
     by_name_.erase(SlotIndex::hash_bytes(name),
-                   [&](Slot s) { return slots_[s].peer.name == name; });
+                   [&](Slot s) { return slots_[s].name == name; });
 }
 
 void PeerTable::set_state(Slot slot, PeerState state, TimePoint now) {
-    Peer& p = slots_[slot].peer;
+    Peer& p = slots_[slot];
     if (p.state == state) return;
     --counts_.by_state[static_cast<std::size_t>(p.state)];
     ++counts_.by_state[static_cast<std::size_t>(state)];
@@ -167,14 +207,14 @@ void PeerTable::set_state(Slot slot, PeerState state, TimePoint now) {
 }
 
 void PeerTable::set_session(Slot slot, std::uint32_t session) {
-    Peer& p = slots_[slot].peer;
+    Peer& p = slots_[slot];
     unindex_session(p.session);
     p.session = session;
     index_session(slot);
 }
 
 void PeerTable::set_address(Slot slot, const Address& address) {
-    Peer& p = slots_[slot].peer;
+    Peer& p = slots_[slot];
     if (!p.address.same_host(address)) {
         if (const auto it = per_host_.find(host_of(p.address));
             it != per_host_.end() && --it->second == 0)
