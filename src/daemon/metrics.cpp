@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <chrono>
+#include <type_traits>
 
 namespace keepalive {
 namespace {
@@ -57,64 +58,63 @@ MetricsText::MetricsText(const ServerCore& core, DaemonStats stats)
 
 void MetricsText::daemon_families(std::string& out) const {
     auto it = std::back_inserter(out);
+    // A family of one unlabelled sample: its header, then its value.
+    const auto scalar = [&](const char* name, const char* type, const char* help, auto value) {
+        header(out, name, type, help);
+        if constexpr (std::is_floating_point_v<decltype(value)>)
+            fmt::format_to(it, "{} {:.6f}\n", name, value);
+        else
+            fmt::format_to(it, "{} {}\n", name, value);
+    };
+    const auto event_count = [&](EventKind k) { return stats_.events[static_cast<std::size_t>(k)]; };
+
     header(out, "keepalived_build_info", "gauge", "The running version.");
     fmt::format_to(it, "keepalived_build_info{{version=\"{}\"}} 1\n", label(stats_.version));
-    header(out, "keepalived_uptime_seconds", "gauge", "Time since the daemon started.");
-    fmt::format_to(it, "keepalived_uptime_seconds {:.3f}\n", stats_.uptime_s);
+    scalar("keepalived_uptime_seconds", "gauge", "Time since the daemon started.", stats_.uptime_s);
 
     const PeerCounts& c = core_.peers().counts();
     header(out, "keepalived_peers", "gauge", "Peers in the table, by state.");
     for (std::size_t s = 0; s < kPeerStateCount; ++s)
         fmt::format_to(it, "keepalived_peers{{state=\"{}\"}} {}\n",
                        to_string(static_cast<PeerState>(s)), c.by_state[s]);
-    header(out, "keepalived_peers_max", "gauge", "The configured max_peers.");
-    fmt::format_to(it, "keepalived_peers_max {}\n", core_.limits().max_peers);
+    scalar("keepalived_peers_max", "gauge", "The configured max_peers.", core_.limits().max_peers);
 
-    header(out, "keepalived_registrations_total", "counter",
-           "Registrations of new peers and restarted ones since start.");
-    fmt::format_to(it, "keepalived_registrations_total {}\n",
-                   stats_.events[static_cast<std::size_t>(EventKind::registered)] +
-                       stats_.events[static_cast<std::size_t>(EventKind::restarted)]);
+    scalar("keepalived_registrations_total", "counter",
+           "Registrations of new peers and restarted ones since start.",
+           event_count(EventKind::registered) + event_count(EventKind::restarted));
     header(out, "keepalived_peer_events_total", "counter", "Peer events since start, by kind.");
     for (std::size_t k = 0; k < kEventKindCount; ++k)
         fmt::format_to(it, "keepalived_peer_events_total{{kind=\"{}\"}} {}\n",
                        to_string(static_cast<EventKind>(k)), stats_.events[k]);
 
-    header(out, "keepalived_datagrams_received_total", "counter", "KAP/1 datagrams received.");
-    fmt::format_to(it, "keepalived_datagrams_received_total {}\n", core_.datagrams_received());
+    scalar("keepalived_datagrams_received_total", "counter", "KAP/1 datagrams received.",
+           core_.datagrams_received());
     header(out, "keepalived_drops_total", "counter",
            "Datagrams dropped without acting on them, by reason.");
     for (std::size_t d = 0; d < kDropCount; ++d)
         fmt::format_to(it, "keepalived_drops_total{{reason=\"{}\"}} {}\n",
                        to_string(static_cast<Drop>(d)), core_.drops()[d]);
-    header(out, "keepalived_send_errors_total", "counter", "Datagrams the kernel refused to send.");
-    fmt::format_to(it, "keepalived_send_errors_total {}\n", stats_.send_errors);
-    header(out, "keepalived_unroutable_total", "counter",
-           "Datagrams for a socket closed by a reload.");
-    fmt::format_to(it, "keepalived_unroutable_total {}\n", stats_.unroutable);
+    scalar("keepalived_send_errors_total", "counter", "Datagrams the kernel refused to send.",
+           stats_.send_errors);
+    scalar("keepalived_unroutable_total", "counter", "Datagrams for a socket closed by a reload.",
+           stats_.unroutable);
 
-    header(out, "keepalived_event_seq", "gauge",
-           "Sequence number of the latest peer event (keepalivectl watch).");
-    fmt::format_to(it, "keepalived_event_seq {}\n", stats_.last_event_seq);
-    header(out, "keepalived_watchers", "gauge", "Clients of keepalivectl watch.");
-    fmt::format_to(it, "keepalived_watchers {}\n", stats_.watchers);
-    header(out, "keepalived_hooks_running", "gauge", "Hook commands running now.");
-    fmt::format_to(it, "keepalived_hooks_running {}\n", stats_.hooks_running);
-    header(out, "keepalived_hooks_pending", "gauge", "Hook runs queued behind others.");
-    fmt::format_to(it, "keepalived_hooks_pending {}\n", stats_.hooks_pending);
-    header(out, "keepalived_hooks_started_total", "counter", "Hook commands started.");
-    fmt::format_to(it, "keepalived_hooks_started_total {}\n", stats_.hooks_started);
-    header(out, "keepalived_hooks_dropped_total", "counter",
-           "Hook runs dropped because too many were queued.");
-    fmt::format_to(it, "keepalived_hooks_dropped_total {}\n", stats_.hooks_dropped);
-    header(out, "keepalived_loop_lag_seconds", "gauge",
-           "How late the event loop ran the last due timer.");
-    fmt::format_to(it, "keepalived_loop_lag_seconds {:.6f}\n", stats_.loop_lag_s);
-    header(out, "keepalived_loop_lag_max_seconds", "gauge", "The largest loop lag since start.");
-    fmt::format_to(it, "keepalived_loop_lag_max_seconds {:.6f}\n", stats_.loop_lag_max_s);
-    header(out, "keepalived_log_events_dropped_total", "counter",
-           "Log messages suppressed by rate limiting.");
-    fmt::format_to(it, "keepalived_log_events_dropped_total {}\n", stats_.log_events_dropped);
+    scalar("keepalived_event_seq", "gauge",
+           "Sequence number of the latest peer event (keepalivectl watch).", stats_.last_event_seq);
+    scalar("keepalived_watchers", "gauge", "Clients of keepalivectl watch.", stats_.watchers);
+    scalar("keepalived_hooks_running", "gauge", "Hook commands running now.", stats_.hooks_running);
+    scalar("keepalived_hooks_pending", "gauge", "Hook runs queued behind others.",
+           stats_.hooks_pending);
+    scalar("keepalived_hooks_started_total", "counter", "Hook commands started.",
+           stats_.hooks_started);
+    scalar("keepalived_hooks_dropped_total", "counter",
+           "Hook runs dropped because too many were queued.", stats_.hooks_dropped);
+    scalar("keepalived_loop_lag_seconds", "gauge", "How late the event loop ran the last due timer.",
+           stats_.loop_lag_s);
+    scalar("keepalived_loop_lag_max_seconds", "gauge", "The largest loop lag since start.",
+           stats_.loop_lag_max_s);
+    scalar("keepalived_log_events_dropped_total", "counter",
+           "Log messages suppressed by rate limiting.", stats_.log_events_dropped);
 }
 
 void MetricsText::peer_sample(std::string& out, const Peer& p) const {
@@ -172,15 +172,11 @@ bool MetricsText::next(std::string& out, std::size_t peers) {
         header(out, f.name, f.type, f.help);
         header_done_ = true;
     }
-    std::size_t written = 0;
-    while (written < peers && slot_ < table.slot_limit()) {
-        if (const Peer* p = table.find_slot(slot_)) {
-            peer_sample(out, *p);
-            ++written;
-        }
-        ++slot_;
-    }
-    if (slot_ >= table.slot_limit()) {
+    // Bounded work per piece even on a sparse table: for_each_from stops after
+    // a few empty slots per peer asked for.
+    slot_ = table.for_each_from(slot_, peers,
+                                [&](PeerTable::Slot, const Peer& p) { peer_sample(out, p); });
+    if (slot_ == PeerTable::kNone) {
         ++family_;
         slot_ = 0;
         header_done_ = false;
