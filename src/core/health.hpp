@@ -35,7 +35,9 @@ class LossWindow {
 public:
     void record(bool lost, std::uint32_t size);
     std::uint32_t lost() const { return ring_ ? ring_->lost : 0; }
-    std::uint32_t size() const { return ring_ ? static_cast<std::uint32_t>(ring_->bits.size()) : 0; }
+    std::uint32_t size() const {
+        return ring_ ? static_cast<std::uint32_t>(ring_->bits.size()) : 0;
+    }
     void clear() { ring_.reset(); }
 
 private:

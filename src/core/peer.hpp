@@ -81,8 +81,8 @@ struct Peer {
     std::uint64_t seq_sent = 0;
     std::uint64_t seq_acked = 0;
     std::uint64_t incarnation = 0;
-    Address address;  // probes go here: the source of the last accepted registration
-    TimerWheel::Handle timer;  // the one wheel entry: next probe, or forgetting
+    Address address;            // probes go here: the source of the last accepted registration
+    TimerWheel::Handle timer;   // the one wheel entry: next probe, or forgetting
     TimePoint last_probe_at{};  // RTT of legacy peers, whose replies carry no time
     Duration interval{};
     // Where probes leave from; shared by every peer of that socket and local

@@ -192,8 +192,7 @@ void PeerTable::index_name(Slot slot) {
 }
 
 void PeerTable::unindex_name(std::string_view name) {
-    by_name_.erase(SlotIndex::hash_bytes(name),
-                   [&](Slot s) { return slots_[s].name == name; });
+    by_name_.erase(SlotIndex::hash_bytes(name), [&](Slot s) { return slots_[s].name == name; });
 }
 
 void PeerTable::set_state(Slot slot, PeerState state, TimePoint now) {

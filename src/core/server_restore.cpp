@@ -70,7 +70,8 @@ Result<ServerCore::Restored, std::string> ServerCore::restore(
             std::max<Duration>(std::min(r.interval, limits_.down_probe_interval), milliseconds(1));
         const auto unseen = static_cast<std::uint64_t>(elapsed / step) + kRestoreSeqMargin;
         p.seq_sent = p.seq_acked = r.seq_sent + unseen;
-        p.probes_sent = static_cast<std::uint32_t>(std::min<std::uint64_t>(r.probes_sent, UINT32_MAX));
+        p.probes_sent =
+            static_cast<std::uint32_t>(std::min<std::uint64_t>(r.probes_sent, UINT32_MAX));
         p.acks_received =
             static_cast<std::uint32_t>(std::min<std::uint64_t>(r.acks_received, UINT32_MAX));
         p.rtt = r.rtt;

@@ -22,8 +22,12 @@ void* counted_alloc(std::size_t size) {
 
 }  // namespace
 
-void* operator new(std::size_t size) { return counted_alloc(size); }
-void* operator new[](std::size_t size) { return counted_alloc(size); }
+void* operator new(std::size_t size) {
+    return counted_alloc(size);
+}
+void* operator new[](std::size_t size) {
+    return counted_alloc(size);
+}
 void* operator new(std::size_t size, const std::nothrow_t&) noexcept {
     if (counting) ++allocations;
     return std::malloc(size == 0 ? 1 : size);
@@ -31,10 +35,18 @@ void* operator new(std::size_t size, const std::nothrow_t&) noexcept {
 void* operator new[](std::size_t size, const std::nothrow_t& t) noexcept {
     return operator new(size, t);
 }
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+void operator delete(void* p) noexcept {
+    std::free(p);
+}
+void operator delete[](void* p) noexcept {
+    std::free(p);
+}
+void operator delete(void* p, std::size_t) noexcept {
+    std::free(p);
+}
+void operator delete[](void* p, std::size_t) noexcept {
+    std::free(p);
+}
 
 namespace keepalive {
 namespace {
@@ -162,7 +174,8 @@ protected:
     ServerCore server;
     std::array<std::string, kPeers> legacy_names = [] {
         std::array<std::string, kPeers> names;
-        for (int i = 0; i < kPeers; ++i) names[static_cast<std::size_t>(i)] = "old-" + std::to_string(i);
+        for (int i = 0; i < kPeers; ++i)
+            names[static_cast<std::size_t>(i)] = "old-" + std::to_string(i);
         return names;
     }();
     std::size_t acks = 0;
