@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <utility>
 
 namespace keepalive {
@@ -91,26 +92,58 @@ Address host_of(Address a) {
 
 }  // namespace
 
+void PeerTable::reserve(std::size_t n) {
+    slots_.reserve(n);
+    used_.reserve(n);
+    free_.reserve(n);
+    by_session_.reserve(n);
+    by_name_.reserve(n);
+    per_host_.reserve(n);
+}
+
+std::size_t PeerTable::capacity() const {
+    return std::min({slots_.capacity(), free_.capacity(), by_session_.capacity() * 4 / 5,
+                     by_name_.capacity() * 4 / 5});
+}
+
 PeerTable::Slot PeerTable::insert(Peer peer) {
-    Slot slot;
-    if (!free_.empty()) {
-        slot = free_.back();
-        free_.pop_back();
-    } else {
-        slot = static_cast<Slot>(slots_.size());
-        slots_.emplace_back();
-        used_.push_back(false);
+    // Whatever may allocate comes first, and is undone if a later part throws;
+    // from the first change of a slot or an index on, nothing throws, so the
+    // indexes and counts cannot get out of step.
+    std::string_view name = peer.name;
+    std::string moved_name;  // only if the arena is rebuilt while `name` points into it
+    const Route* route = nullptr;
+    const auto [host, new_host] = per_host_.try_emplace(host_of(peer.address), 0);
+    try {
+        by_session_.reserve(counts_.total + 1);
+        by_name_.reserve(counts_.total + 1);
+        if (free_.empty()) {
+            // free_ must hold every slot, so that erase() never allocates.
+            free_.reserve(slots_.size() + 1);
+            slots_.emplace_back();
+            used_.push_back(false);
+            free_.push_back(static_cast<Slot>(slots_.size() - 1));
+        }
+        if (peer.route) route = intern_route(*peer.route);
+        if (names_.size() + name.size() > names_.capacity()) {
+            moved_name.assign(name);
+            rebuild_names(name.size());
+            name = moved_name;
+        }
+    } catch (...) {
+        if (new_host) per_host_.erase(host);
+        throw;
     }
-    const std::string_view name = peer.name;
-    const Route* route = peer.route ? intern_route(*peer.route) : nullptr;
+    const Slot slot = free_.back();
+    free_.pop_back();
     Peer& p = slots_[slot];
     p = std::move(peer);
     p.route = route;
-    store_name(slot, name);  // before the slot is used: a rebuild skips it
+    append_name(slot, name);  // fits: made room above
     used_[slot] = true;
     index_session(slot);
     index_name(slot);
-    ++per_host_[host_of(p.address)];
+    ++host->second;
     ++counts_.total;
     ++counts_.by_state[static_cast<std::size_t>(p.state)];
     return slot;
@@ -138,16 +171,8 @@ const Route* PeerTable::intern_route(const Route& route) {
     return &routes_.emplace_back(route);
 }
 
-void PeerTable::store_name(Slot slot, std::string_view name) {
-    if (names_.size() + name.size() > names_.capacity()) {
-        // `name` may point into the buffer about to be replaced.
-        const std::string copy(name);
-        rebuild_names(copy.size());
-        name = copy;
-        names_.insert(names_.end(), name.begin(), name.end());
-    } else {
-        names_.insert(names_.end(), name.begin(), name.end());
-    }
+void PeerTable::append_name(Slot slot, std::string_view name) {
+    names_.insert(names_.end(), name.begin(), name.end());
     slots_[slot].name = std::string_view(names_.data() + names_.size() - name.size(), name.size());
     live_name_bytes_ += name.size();
 }
@@ -215,10 +240,11 @@ void PeerTable::set_session(Slot slot, std::uint32_t session) {
 void PeerTable::set_address(Slot slot, const Address& address) {
     Peer& p = slots_[slot];
     if (!p.address.same_host(address)) {
+        // The new host's entry first: if it cannot be made, nothing changed.
+        ++per_host_[host_of(address)];
         if (const auto it = per_host_.find(host_of(p.address));
             it != per_host_.end() && --it->second == 0)
             per_host_.erase(it);
-        ++per_host_[host_of(address)];
     }
     p.address = address;
 }

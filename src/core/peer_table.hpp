@@ -30,9 +30,18 @@ public:
     using Slot = std::uint32_t;
     static constexpr Slot kNone = UINT32_MAX;
 
+    // Room for `n` peers: up to that many, insert() never grows the table's
+    // slots or indexes, so filling the table cannot fail half-way for want of
+    // memory (the name arena may still grow). Never shrinks. Throws
+    // std::bad_alloc, leaving the table as it was.
+    void reserve(std::size_t n);
+    // How many peers fit without growing the slots and indexes.
+    std::size_t capacity() const;
+
     // Inserts a peer whose name and session are not yet in the table. Its
     // name is copied into the table (peer.name may point anywhere), its route
-    // interned (see intern_route).
+    // interned (see intern_route). Strong guarantee: if it throws
+    // (std::bad_alloc), nothing changed.
     Slot insert(Peer peer);
     void erase(Slot slot);
 
@@ -91,7 +100,7 @@ private:
     void index_name(Slot slot);
     void unindex_name(std::string_view name);
 
-    void store_name(Slot slot, std::string_view name);
+    void append_name(Slot slot, std::string_view name);
     void rebuild_names(std::size_t room);
 
     std::vector<Peer> slots_;
