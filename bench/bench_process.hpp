@@ -312,7 +312,9 @@ public:
         sockaddr_un sa{};
         sa.sun_family = AF_UNIX;
         std::memcpy(sa.sun_path, control_.c_str(), control_.size() + 1);
-        timeval tv{5, 0};
+        // Generous: on a loaded shared machine, a daemon holding 100 000 peers
+        // took more than 5 s to answer "status" (the run then failed).
+        timeval tv{30, 0};
         ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
         if (::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0) {
             ::close(fd);

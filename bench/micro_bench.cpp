@@ -144,12 +144,13 @@ FilledTable& table_of(std::size_t n) {
     std::mt19937 rng(7);
     for (std::size_t i = 0; i < n; ++i) {
         Peer p;
-        p.name = fmt::format("node-{}.example", i);
+        const std::string name = fmt::format("node-{}.example", i);
+        p.name = name;  // the table copies it
         p.session = static_cast<std::uint32_t>(rng()) | 1;
         if (t->table.find_session(p.session) != PeerTable::kNone) continue;
         p.address = Address::v4(0x0a000000u + static_cast<std::uint32_t>(i), 7000);
         t->sessions.push_back(p.session);
-        t->names.push_back(p.name);
+        t->names.push_back(name);
         t->table.insert(std::move(p));
     }
     std::shuffle(t->sessions.begin(), t->sessions.end(), std::mt19937(9));

@@ -6,22 +6,18 @@ namespace keepalive {
 
 void LossWindow::record(bool lost, std::uint32_t size) {
     if (size == 0) return;
-    if (bits_.size() > size) clear();  // the window shrank on reload: start again
-    if (bits_.size() < size) {
-        bits_.push_back(lost);
-        lost_ += lost;
+    if (ring_ && ring_->bits.size() > size) clear();  // the window shrank on reload: start again
+    Ring& r = ring_.make();
+    if (r.bits.size() < size) {
+        if (r.bits.empty()) r.bits.reserve(size);
+        r.bits.push_back(lost);
+        r.lost += lost;
         return;
     }
-    lost_ -= bits_[next_];
-    bits_[next_] = lost;
-    lost_ += lost;
-    next_ = (next_ + 1) % size;
-}
-
-void LossWindow::clear() {
-    bits_.clear();
-    next_ = 0;
-    lost_ = 0;
+    r.lost -= r.bits[r.next];
+    r.bits[r.next] = lost;
+    r.lost += lost;
+    r.next = (r.next + 1) % size;
 }
 
 void PeerHealth::probe_outcome(bool lost, const HealthPolicy& policy) {
@@ -31,12 +27,12 @@ void PeerHealth::probe_outcome(bool lost, const HealthPolicy& policy) {
 // TCP's smoothing (RFC 6298, alpha 1/8): one slow answer does not make a
 // peer degraded, a lasting change does within a few probes.
 void PeerHealth::rtt_sample(Duration rtt) {
-    srtt_ = srtt_ ? *srtt_ + (rtt - *srtt_) / 8 : rtt;
+    srtt_ns_ = srtt_ns_ < 0 ? rtt.count() : srtt_ns_ + (rtt.count() - srtt_ns_) / 8;
 }
 
 void PeerHealth::reset() {
     window_.clear();
-    srtt_.reset();
+    srtt_ns_ = -1;
 }
 
 std::optional<std::string> PeerHealth::degraded_reason(const HealthPolicy& policy,
@@ -49,12 +45,13 @@ std::optional<std::string> PeerHealth::degraded_reason(const HealthPolicy& polic
         if (window_.lost() > limit)
             why = fmt::format("lost {} of the last {} probes", window_.lost(), window_.size());
     }
-    if (policy.rtt && srtt_) {
+    const auto srtt = smoothed_rtt();
+    if (policy.rtt && srtt) {
         const Duration limit = degraded_now ? *policy.rtt * 4 / 5 : *policy.rtt;
-        if (*srtt_ > limit) {
+        if (*srtt > limit) {
             if (!why.empty()) why += ", ";
             why += fmt::format("round trip {:.1f} ms",
-                               std::chrono::duration<double, std::milli>(*srtt_).count());
+                               std::chrono::duration<double, std::milli>(*srtt).count());
         }
     }
     if (why.empty()) return std::nullopt;
@@ -63,31 +60,32 @@ std::optional<std::string> PeerHealth::degraded_reason(const HealthPolicy& polic
 
 std::string PeerHealth::describe() const {
     std::string out = fmt::format("lost {} of the last {} probes", window_.lost(), window_.size());
-    if (srtt_)
+    if (const auto srtt = smoothed_rtt())
         out += fmt::format(", round trip {:.1f} ms",
-                           std::chrono::duration<double, std::milli>(*srtt_).count());
+                           std::chrono::duration<double, std::milli>(*srtt).count());
     return out;
 }
 
 bool FlapDamper::recovered(TimePoint now, const HealthPolicy& policy) {
     if (!policy.hold_down) return false;
-    std::erase_if(recoveries_, [&](TimePoint t) { return now - t > *policy.hold_down; });
-    recoveries_.push_back(now);
-    return recoveries_.size() > policy.flap_threshold;
+    auto& recoveries = state_.make().recoveries;
+    std::erase_if(recoveries, [&](TimePoint t) { return now - t > *policy.hold_down; });
+    recoveries.push_back(now);
+    return recoveries.size() > policy.flap_threshold;
 }
 
 void FlapDamper::answered(TimePoint now) {
-    if (!answering_since_) answering_since_ = now;
+    State& s = state_.make();
+    if (!s.answering_since) s.answering_since = now;
+}
+
+void FlapDamper::unanswered() {
+    if (state_) state_->answering_since.reset();
 }
 
 bool FlapDamper::released(TimePoint now, const HealthPolicy& policy) const {
-    return !policy.hold_down || (answering_since_ && now - *answering_since_ >= *policy.hold_down);
-}
-
-void FlapDamper::release() {
-    held_ = false;
-    answering_since_.reset();
-    recoveries_.clear();
+    return !policy.hold_down || (state_ && state_->answering_since &&
+                                 now - *state_->answering_since >= *policy.hold_down);
 }
 
 }  // namespace keepalive

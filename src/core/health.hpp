@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "core/boxed.hpp"
 #include "core/clock.hpp"
 
 namespace keepalive {
@@ -28,18 +29,24 @@ struct HealthPolicy {
     friend bool operator==(const HealthPolicy&, const HealthPolicy&) = default;
 };
 
-// The outcomes of a peer's last probes, newest last.
+// The outcomes of a peer's last probes, newest last. Boxed: only peers under
+// a loss policy have one.
 class LossWindow {
 public:
     void record(bool lost, std::uint32_t size);
-    std::uint32_t lost() const { return lost_; }
-    std::uint32_t size() const { return static_cast<std::uint32_t>(bits_.size()); }
-    void clear();
+    std::uint32_t lost() const { return ring_ ? ring_->lost : 0; }
+    std::uint32_t size() const {
+        return ring_ ? static_cast<std::uint32_t>(ring_->bits.size()) : 0;
+    }
+    void clear() { ring_.reset(); }
 
 private:
-    std::vector<bool> bits_;  // a ring once full
-    std::uint32_t next_ = 0;
-    std::uint32_t lost_ = 0;
+    struct Ring {
+        std::vector<bool> bits;  // a ring once full
+        std::uint32_t next = 0;
+        std::uint32_t lost = 0;
+    };
+    Boxed<Ring> ring_;
 };
 
 class PeerHealth {
@@ -57,12 +64,14 @@ public:
     // "loss 12/50, rtt 3.1 ms" for event reasons.
     std::string describe() const;
 
-    std::optional<Duration> smoothed_rtt() const { return srtt_; }
+    std::optional<Duration> smoothed_rtt() const {
+        return srtt_ns_ < 0 ? std::nullopt : std::optional<Duration>(Duration(srtt_ns_));
+    }
     const LossWindow& window() const { return window_; }
 
 private:
     LossWindow window_;
-    std::optional<Duration> srtt_;
+    std::int64_t srtt_ns_ = -1;  // none yet: an RTT is never negative
 };
 
 // Recent recoveries of one peer, for damping.
@@ -74,21 +83,24 @@ public:
     // While held: an ACK at `now` (starts the quiet stretch if none runs) or a
     // probe found unanswered (ends it). released() says when it is over.
     void answered(TimePoint now);
-    void unanswered() { answering_since_.reset(); }
+    void unanswered();
     bool released(TimePoint now, const HealthPolicy& policy) const;
 
-    bool held() const { return held_; }
-    bool answering() const { return answering_since_.has_value(); }
-    void hold() { held_ = true; }
-    void release();
-    std::size_t recent_flaps() const { return recoveries_.size(); }
+    bool held() const { return state_ && state_->held; }
+    bool answering() const { return state_ && state_->answering_since.has_value(); }
+    void hold() { state_.make().held = true; }
+    void release() { state_.reset(); }
+    std::size_t recent_flaps() const { return state_ ? state_->recoveries.size() : 0; }
 
 private:
-    // At most flap_threshold + 1 entries; a vector, because an empty deque
-    // allocates, and every peer has one of these.
-    std::vector<TimePoint> recoveries_;
-    bool held_ = false;
-    std::optional<TimePoint> answering_since_;
+    // Boxed: made at a peer's first recovery from down, and only under a
+    // hold_down policy; most peers never have one.
+    struct State {
+        std::vector<TimePoint> recoveries;  // at most flap_threshold + 1
+        bool held = false;
+        std::optional<TimePoint> answering_since;
+    };
+    Boxed<State> state_;
 };
 
 }  // namespace keepalive

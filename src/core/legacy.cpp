@@ -43,8 +43,12 @@ std::string format_registration(const Registration& r) {
     return r.name + ":" + std::to_string(r.interval_s) + ":" + std::to_string(r.probes);
 }
 
-std::string format_probe(std::uint64_t token) {
-    return "keepalive:" + std::to_string(token);
+std::span<const std::uint8_t> format_probe(std::uint64_t token, ProbeBuffer& out) {
+    constexpr std::string_view kPrefix = "keepalive:";
+    char* const begin = reinterpret_cast<char*>(out.data());
+    std::copy(kPrefix.begin(), kPrefix.end(), begin);
+    const auto end = std::to_chars(begin + kPrefix.size(), begin + out.size(), token).ptr;
+    return {out.data(), static_cast<std::size_t>(end - begin)};
 }
 
 std::optional<std::uint64_t> parse_probe(std::span<const std::uint8_t> data) {
@@ -68,16 +72,17 @@ std::optional<Reply> parse_reply(std::span<const std::uint8_t> data) {
     return Reply{name, *token};
 }
 
-std::vector<std::uint8_t> format_reply(std::string_view name, std::span<const std::uint8_t> probe) {
-    std::vector<std::uint8_t> out(name.begin(), name.end());
-    out.push_back(':');
+std::span<const std::uint8_t> format_reply(std::string_view name,
+                                           std::span<const std::uint8_t> probe, ReplyBuffer& out) {
+    name = name.substr(0, 64);
+    std::size_t n = std::copy(name.begin(), name.end(), out.begin()) - out.begin();
+    out[n++] = ':';
     const auto colon = std::find(probe.begin(), probe.end(), std::uint8_t{':'});
     const std::size_t start = static_cast<std::size_t>(colon - probe.begin()) + 1;
-    if (start >= kClientBuffer) return out;
     // The old client's buffer: the probe's bytes, then zeros, 256 bytes in all.
     for (std::size_t i = start; i < kClientBuffer; ++i)
-        out.push_back(i < probe.size() ? probe[i] : std::uint8_t{0});
-    return out;
+        out[n++] = i < probe.size() ? probe[i] : std::uint8_t{0};
+    return {out.data(), n};
 }
 
 }  // namespace keepalive::legacy

@@ -7,12 +7,12 @@
 //   reply         peer:5002 -> server:5002   "<name>:<token>" + NUL padding
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <optional>
 #include <span>
 #include <string>
 #include <string_view>
-#include <vector>
 
 namespace keepalive::legacy {
 
@@ -29,8 +29,11 @@ struct Registration {
 std::optional<Registration> parse_registration(std::span<const std::uint8_t> data);
 std::string format_registration(const Registration& r);
 
-// "keepalive:<token>"; the token is a positive decimal number.
-std::string format_probe(std::uint64_t token);
+// "keepalive:<token>"; the token is a positive decimal number. Written into
+// `out` (no allocation: one goes out per probe); returns the bytes written.
+inline constexpr std::size_t kMaxProbeSize = 10 + 20;  // "keepalive:" + UINT64_MAX's digits
+using ProbeBuffer = std::array<std::uint8_t, kMaxProbeSize>;
+std::span<const std::uint8_t> format_probe(std::uint64_t token, ProbeBuffer& out);
 std::optional<std::uint64_t> parse_probe(std::span<const std::uint8_t> data);
 
 struct Reply {
@@ -40,6 +43,10 @@ struct Reply {
 std::optional<Reply> parse_reply(std::span<const std::uint8_t> data);
 // What the old client sends back for `probe`: the name, ':', then the rest of
 // its 256-byte receive buffer after the probe's first ':' (so NUL-padded).
-std::vector<std::uint8_t> format_reply(std::string_view name, std::span<const std::uint8_t> probe);
+// Written into `out`; a name longer than 64 bytes is cut there.
+inline constexpr std::size_t kMaxReplySize = 64 + 1 + kClientBuffer;
+using ReplyBuffer = std::array<std::uint8_t, kMaxReplySize>;
+std::span<const std::uint8_t> format_reply(std::string_view name,
+                                           std::span<const std::uint8_t> probe, ReplyBuffer& out);
 
 }  // namespace keepalive::legacy

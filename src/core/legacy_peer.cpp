@@ -30,8 +30,8 @@ void LegacyPeerSession::send_registration(TimePoint now) {
 
 void LegacyPeerSession::on_probe(std::span<const std::uint8_t> data, TimePoint now) {
     if (!legacy::parse_probe(data)) return;
-    const auto reply = legacy::format_reply(registration_.name, data);
-    sink_.send_reply(reply);
+    legacy::ReplyBuffer buf;
+    sink_.send_reply(legacy::format_reply(registration_.name, data, buf));
     ++replies_;
     if (!probed_) {
         probed_ = true;

@@ -7,6 +7,7 @@
 #include <string_view>
 
 #include "core/address.hpp"
+#include "core/boxed.hpp"
 #include "core/clock.hpp"
 #include "core/health.hpp"
 #include "core/timer_wheel.hpp"
@@ -37,35 +38,68 @@ struct Route {
     friend bool operator==(const Route&, const Route&) = default;
 };
 
-struct Peer {
-    std::string name;
-    Protocol protocol = Protocol::kap1;
-    std::uint32_t session = 0;
-    std::uint64_t incarnation = 0;
-    Address address;  // probes go here: the source of the last accepted registration
-    Route route;
-    Duration interval{};
-    std::uint8_t probes = 0;
+// std::optional<Duration> in 8 bytes instead of 16, for durations that are never negative.
+class OptionalDuration {
+public:
+    OptionalDuration() = default;
+    OptionalDuration(Duration d) : ns_(d.count()) {}
+    OptionalDuration(std::optional<Duration> d) : ns_(d ? d->count() : -1) {}
+    explicit operator bool() const { return ns_ >= 0; }
+    bool has_value() const { return ns_ >= 0; }
+    Duration operator*() const { return Duration(ns_); }
+    Duration value_or(Duration d) const { return ns_ >= 0 ? Duration(ns_) : d; }
+    void reset() { ns_ = -1; }
+    operator std::optional<Duration>() const {
+        return ns_ >= 0 ? std::optional<Duration>(Duration(ns_)) : std::nullopt;
+    }
+    friend bool operator==(const OptionalDuration&, const OptionalDuration&) = default;
 
+private:
+    std::int64_t ns_ = -1;
+};
+
+// The latest network error seen for a peer: an ICMP error quoting a probe, or
+// a target's socket error, e.g. "port unreachable: host up, no agent".
+struct NetworkError {
+    std::string text;
+    TimePoint at{};
+};
+
+// One record per peer, 168 bytes (the table holds up to millions): what
+// a probe and an ACK touch comes first, in the first cache line; what only
+// events and status read follows; what few peers ever have (flap history,
+// loss window, last error) is boxed out of line.
+struct Peer {
+    // Hot: read or written by every probe and ACK.
+    std::uint32_t session = 0;
     PeerState state = PeerState::up;
-    TimePoint since{};  // when the current state began
+    Protocol protocol = Protocol::kap1;
+    std::uint8_t probes = 0;
+    std::uint8_t withheld = 0;  // consecutive unanswered probes not counted (server's own loss)
+    std::uint32_t missed = 0;   // consecutive unanswered probes
+    std::uint32_t acks_received = 0;  // saturates (as probes_sent)
     std::uint64_t seq_sent = 0;
     std::uint64_t seq_acked = 0;
-    std::uint32_t missed = 0;  // consecutive unanswered probes
-    std::uint8_t withheld = 0;  // consecutive unanswered probes not counted (server's own loss)
-    std::optional<Duration> rtt;
+    std::uint64_t incarnation = 0;
+    Address address;            // probes go here: the source of the last accepted registration
+    TimerWheel::Handle timer;   // the one wheel entry: next probe, or forgetting
     TimePoint last_probe_at{};  // RTT of legacy peers, whose replies carry no time
-    std::uint64_t probes_sent = 0;
-    std::uint64_t acks_received = 0;
-    std::uint64_t state_changes = 0;  // since the name entered the table
+    Duration interval{};
+    // Where probes leave from; shared by every peer of that socket and local
+    // address (PeerTable interns it). Null for a peer outside the table (a target).
+    const Route* route = nullptr;
+    OptionalDuration rtt;
     PeerHealth health;
-    FlapDamper damper;
-    // The latest network error seen for this peer (an ICMP error quoting a probe, or a
-    // target's socket error), e.g. "port unreachable: host up, no agent"; empty if none.
-    std::string last_error;
-    TimePoint last_error_at{};
 
-    TimerWheel::Handle timer;  // the one wheel entry: next probe, or forgetting
+    // Warm: state changes, status and events.
+    std::uint32_t probes_sent = 0;
+    std::uint32_t state_changes = 0;  // since the name entered the table
+    TimePoint since{};                // when the current state began
+    // In the table, its own copy (PeerTable::insert); elsewhere (a target),
+    // storage its owner keeps alive.
+    std::string_view name;
+    FlapDamper damper;
+    Boxed<NetworkError> last_error;  // none if no error was seen
 };
 
 enum class EventKind : std::uint8_t {

@@ -94,6 +94,7 @@ Address host_of(Address a) {
 
 void PeerTable::reserve(std::size_t n) {
     slots_.reserve(n);
+    used_.reserve(n);
     free_.reserve(n);
     by_session_.reserve(n);
     by_name_.reserve(n);
@@ -101,14 +102,17 @@ void PeerTable::reserve(std::size_t n) {
 }
 
 std::size_t PeerTable::capacity() const {
-    return std::min(
-        {slots_.capacity(), free_.capacity(), by_session_.capacity() / 2, by_name_.capacity() / 2});
+    return std::min({slots_.capacity(), free_.capacity(), by_session_.capacity() * 4 / 5,
+                     by_name_.capacity() * 4 / 5});
 }
 
 PeerTable::Slot PeerTable::insert(Peer peer) {
     // Whatever may allocate comes first, and is undone if a later part throws;
     // from the first change of a slot or an index on, nothing throws, so the
     // indexes and counts cannot get out of step.
+    std::string_view name = peer.name;
+    std::string moved_name;  // only if the arena is rebuilt while `name` points into it
+    const Route* route = nullptr;
     const auto [host, new_host] = per_host_.try_emplace(host_of(peer.address), 0);
     try {
         by_session_.reserve(counts_.total + 1);
@@ -117,7 +121,14 @@ PeerTable::Slot PeerTable::insert(Peer peer) {
             // free_ must hold every slot, so that erase() never allocates.
             free_.reserve(slots_.size() + 1);
             slots_.emplace_back();
+            used_.push_back(false);
             free_.push_back(static_cast<Slot>(slots_.size() - 1));
+        }
+        if (peer.route) route = intern_route(*peer.route);
+        if (names_.size() + name.size() > names_.capacity()) {
+            moved_name.assign(name);
+            rebuild_names(name.size());
+            name = moved_name;
         }
     } catch (...) {
         if (new_host) per_host_.erase(host);
@@ -125,64 +136,92 @@ PeerTable::Slot PeerTable::insert(Peer peer) {
     }
     const Slot slot = free_.back();
     free_.pop_back();
-    Entry& e = slots_[slot];
-    e.peer = std::move(peer);
-    e.used = true;
+    Peer& p = slots_[slot];
+    p = std::move(peer);
+    p.route = route;
+    append_name(slot, name);  // fits: made room above
+    used_[slot] = true;
     index_session(slot);
     index_name(slot);
     ++host->second;
     ++counts_.total;
-    ++counts_.by_state[static_cast<std::size_t>(e.peer.state)];
+    ++counts_.by_state[static_cast<std::size_t>(p.state)];
     return slot;
 }
 
 void PeerTable::erase(Slot slot) {
-    Entry& e = slots_[slot];
-    unindex_session(e.peer.session);
-    unindex_name(e.peer.name);
-    if (const auto it = per_host_.find(host_of(e.peer.address));
+    Peer& p = slots_[slot];
+    unindex_session(p.session);
+    unindex_name(p.name);
+    if (const auto it = per_host_.find(host_of(p.address));
         it != per_host_.end() && --it->second == 0)
         per_host_.erase(it);
     --counts_.total;
-    --counts_.by_state[static_cast<std::size_t>(e.peer.state)];
-    e.peer = Peer{};  // release the name's memory now
-    e.used = false;
+    --counts_.by_state[static_cast<std::size_t>(p.state)];
+    live_name_bytes_ -= p.name.size();
+    p = Peer{};  // release what its boxes hold now
+    used_[slot] = false;
     free_.push_back(slot);
+}
+
+const Route* PeerTable::intern_route(const Route& route) {
+    // Few: one per socket and local address. The latest is the likeliest.
+    for (auto it = routes_.rbegin(); it != routes_.rend(); ++it)
+        if (*it == route) return &*it;
+    return &routes_.emplace_back(route);
+}
+
+void PeerTable::append_name(Slot slot, std::string_view name) {
+    names_.insert(names_.end(), name.begin(), name.end());
+    slots_[slot].name = std::string_view(names_.data() + names_.size() - name.size(), name.size());
+    live_name_bytes_ += name.size();
+}
+
+void PeerTable::rebuild_names(std::size_t room) {
+    std::vector<char> fresh;
+    fresh.reserve(std::max<std::size_t>(4096, 2 * (live_name_bytes_ + room)));
+    for (Slot s = 0; s < slots_.size(); ++s) {
+        if (!used_[s]) continue;
+        Peer& p = slots_[s];
+        const std::size_t at = fresh.size();
+        fresh.insert(fresh.end(), p.name.begin(), p.name.end());
+        p.name = std::string_view(fresh.data() + at, p.name.size());
+    }
+    names_ = std::move(fresh);
 }
 
 PeerTable::Slot PeerTable::find_session(std::uint32_t session) const {
     return by_session_.find(SlotIndex::hash_u32(session),
-                            [&](Slot s) { return slots_[s].peer.session == session; });
+                            [&](Slot s) { return slots_[s].session == session; });
 }
 
 PeerTable::Slot PeerTable::find_name(std::string_view name) const {
     return by_name_.find(SlotIndex::hash_bytes(name),
-                         [&](Slot s) { return slots_[s].peer.name == name; });
+                         [&](Slot s) { return slots_[s].name == name; });
 }
 
 // As a map's emplace: a key already indexed keeps its slot.
 void PeerTable::index_session(Slot slot) {
-    const std::uint32_t session = slots_[slot].peer.session;
+    const std::uint32_t session = slots_[slot].session;
     if (find_session(session) == kNone) by_session_.insert(SlotIndex::hash_u32(session), slot);
 }
 
 void PeerTable::unindex_session(std::uint32_t session) {
     by_session_.erase(SlotIndex::hash_u32(session),
-                      [&](Slot s) { return slots_[s].peer.session == session; });
+                      [&](Slot s) { return slots_[s].session == session; });
 }
 
 void PeerTable::index_name(Slot slot) {
-    const std::string& name = slots_[slot].peer.name;
+    const std::string_view name = slots_[slot].name;
     if (find_name(name) == kNone) by_name_.insert(SlotIndex::hash_bytes(name), slot);
 }
 
 void PeerTable::unindex_name(std::string_view name) {
-    by_name_.erase(SlotIndex::hash_bytes(name),
-                   [&](Slot s) { return slots_[s].peer.name == name; });
+    by_name_.erase(SlotIndex::hash_bytes(name), [&](Slot s) { return slots_[s].name == name; });
 }
 
 void PeerTable::set_state(Slot slot, PeerState state, TimePoint now) {
-    Peer& p = slots_[slot].peer;
+    Peer& p = slots_[slot];
     if (p.state == state) return;
     --counts_.by_state[static_cast<std::size_t>(p.state)];
     ++counts_.by_state[static_cast<std::size_t>(state)];
@@ -192,14 +231,14 @@ void PeerTable::set_state(Slot slot, PeerState state, TimePoint now) {
 }
 
 void PeerTable::set_session(Slot slot, std::uint32_t session) {
-    Peer& p = slots_[slot].peer;
+    Peer& p = slots_[slot];
     unindex_session(p.session);
     p.session = session;
     index_session(slot);
 }
 
 void PeerTable::set_address(Slot slot, const Address& address) {
-    Peer& p = slots_[slot].peer;
+    Peer& p = slots_[slot];
     if (!p.address.same_host(address)) {
         // The new host's entry first: if it cannot be made, nothing changed.
         ++per_host_[host_of(address)];

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <deque>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -31,18 +32,25 @@ public:
 
     // Room for `n` peers: up to that many, insert() never grows the table's
     // slots or indexes, so filling the table cannot fail half-way for want of
-    // memory. Never shrinks. Throws std::bad_alloc, leaving the table as it was.
+    // memory (the name arena may still grow). Never shrinks. Throws
+    // std::bad_alloc, leaving the table as it was.
     void reserve(std::size_t n);
     // How many peers fit without growing the slots and indexes.
     std::size_t capacity() const;
 
-    // Inserts a peer whose name and session are not yet in the table. Strong
-    // guarantee: if it throws (std::bad_alloc past capacity()), nothing changed.
+    // Inserts a peer whose name and session are not yet in the table. Its
+    // name is copied into the table (peer.name may point anywhere), its route
+    // interned (see intern_route). Strong guarantee: if it throws
+    // (std::bad_alloc), nothing changed.
     Slot insert(Peer peer);
     void erase(Slot slot);
 
-    Peer& at(Slot slot) { return slots_[slot].peer; }
-    const Peer& at(Slot slot) const { return slots_[slot].peer; }
+    Peer& at(Slot slot) { return slots_[slot]; }
+    const Peer& at(Slot slot) const { return slots_[slot]; }
+
+    // The table's copy of `route`, shared by every peer whose probes leave that
+    // way: a few per socket, kept for the table's lifetime.
+    const Route* intern_route(const Route& route);
     Slot find_session(std::uint32_t session) const;
     Slot find_name(std::string_view name) const;
 
@@ -61,13 +69,13 @@ public:
     // table a piece at a time, across changes: a slot is never moved, only freed and reused.
     Slot slot_limit() const { return static_cast<Slot>(slots_.size()); }
     const Peer* find_slot(Slot slot) const {
-        return slot < slots_.size() && slots_[slot].used ? &slots_[slot].peer : nullptr;
+        return slot < slots_.size() && used_[slot] ? &slots_[slot] : nullptr;
     }
 
     template <typename Fn>
     void for_each(Fn&& fn) const {
         for (Slot s = 0; s < slots_.size(); ++s)
-            if (slots_[s].used) fn(s, slots_[s].peer);
+            if (used_[s]) fn(s, slots_[s]);
     }
 
     // Visits the used slots from `begin` on, at most `max_used` of them and at
@@ -79,8 +87,8 @@ public:
         const std::size_t limit = std::min<std::size_t>(slots_.size(), begin + 4 * max_used);
         Slot s = begin;
         for (; s < limit && used < max_used; ++s)
-            if (slots_[s].used) {
-                fn(s, slots_[s].peer);
+            if (used_[s]) {
+                fn(s, slots_[s]);
                 ++used;
             }
         return s < slots_.size() ? s : kNone;
@@ -92,12 +100,18 @@ private:
     void index_name(Slot slot);
     void unindex_name(std::string_view name);
 
-    struct Entry {
-        Peer peer;
-        bool used = false;
-    };
-    std::vector<Entry> slots_;
+    void append_name(Slot slot, std::string_view name);
+    void rebuild_names(std::size_t room);
+
+    std::vector<Peer> slots_;
+    std::vector<bool> used_;
     std::vector<Slot> free_;
+    // Every peer's name, back to back; Peer::name points in here. Erased names
+    // leave holes until the buffer is full: then it is rebuilt with the live
+    // names only, at twice their size, and the names are pointed at the copy.
+    std::vector<char> names_;
+    std::size_t live_name_bytes_ = 0;
+    std::deque<Route> routes_;  // interned; a deque, so pointers stay valid
     // Flat indexes that keep no copy of the keys (see slot_index.hpp).
     SlotIndex by_session_;
     SlotIndex by_name_;

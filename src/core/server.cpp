@@ -254,7 +254,7 @@ void ServerCore::on_register(const kap::Message& m, const Address& from, const R
         p.rtt.reset();
         p.probes_sent = p.acks_received = 0;
         table_.set_address(slot, from);
-        p.route = route;
+        p.route = table_.intern_route(route);
         p.interval = interval;
         p.probes = probes;
         p.missed = 0;
@@ -292,13 +292,13 @@ bool ServerCore::shed_new_name(std::string_view name, Duration interval, TimePoi
 
 PeerTable::Slot ServerCore::admit(NewPeer n, TimePoint now) {
     Peer p;
-    p.name = std::move(n.name);
+    p.name = n.name;  // the table keeps its own copy
     p.protocol = n.protocol;
     if (n.protocol == Protocol::legacy) ++legacy_peers_;
     p.session = new_session_id();
     p.incarnation = n.incarnation;
     p.address = n.address;
-    p.route = n.route;
+    p.route = &n.route;  // interned by the table
     p.interval = n.interval;
     p.probes = n.probes;
     p.since = now;
@@ -322,7 +322,7 @@ void ServerCore::renew(Slot slot, Duration interval, std::uint8_t probes, const 
         p.probes = probes;
         emit(EventKind::registered, p.state, slot, "registered again (was " + was + ")");
     }
-    p.route = route;
+    if (*p.route != route) p.route = table_.intern_route(route);
     if (p.address != to) {
         const Address was = p.address;
         table_.set_address(slot, to);
@@ -378,7 +378,7 @@ void ServerCore::acknowledge(Slot slot, std::uint64_t seq, std::optional<Duratio
     p.seq_acked = seq;
     p.missed = 0;
     p.withheld = 0;
-    ++p.acks_received;
+    if (p.acks_received != UINT32_MAX) ++p.acks_received;
     if (rtt) {
         p.rtt = rtt;
         p.health.rtt_sample(*rtt);
@@ -541,9 +541,9 @@ void ServerCore::on_due(Slot slot, TimePoint deadline, TimePoint now) {
                 // probes × interval after the first unanswered probe went out.
                 // An ICMP error within the detection window tells why.
                 const bool icmp =
-                    !p.last_error.empty() && p.last_error_at + p.interval * p.probes >= deadline;
+                    p.last_error && p.last_error->at + p.interval * p.probes >= deadline;
                 change_state(slot, PeerState::down, EventKind::down,
-                             icmp ? "detection time expired: " + p.last_error
+                             icmp ? "detection time expired: " + p.last_error->text
                                   : std::string("detection time expired"),
                              deadline);
                 probe_down(slot, deadline, now);
@@ -617,23 +617,22 @@ Duration ServerCore::forget_after(const Peer& p) const {
 void ServerCore::send_probe(Slot slot, TimePoint now) {
     Peer& p = table_.at(slot);
     ++p.seq_sent;
-    ++p.probes_sent;
+    if (p.probes_sent != UINT32_MAX) ++p.probes_sent;
     p.last_probe_at = now;
     shedder_.note_probe();
     if (p.protocol == Protocol::legacy) {
-        const std::string probe = legacy::format_probe(p.seq_sent);
-        sink_.send(p.route, p.address,
-                   std::span(reinterpret_cast<const std::uint8_t*>(probe.data()), probe.size()));
+        legacy::ProbeBuffer buf;
+        sink_.send(*p.route, p.address, legacy::format_probe(p.seq_sent, buf));
         return;
     }
-    reply(p.route, p.address,
+    reply(*p.route, p.address,
           {.session = p.session, .body = kap::Probe{p.seq_sent, to_wire_time(now)}});
 }
 
 void ServerCore::shutdown(kap::Diag diag) {
     table_.for_each([&](Slot, const Peer& p) {
         if (p.state == PeerState::left || p.protocol == Protocol::legacy) return;  // no BYE there
-        reply(p.route, p.address,
+        reply(*p.route, p.address,
               {.diag = diag, .session = p.session, .body = kap::Bye{p.seq_sent}});
     });
 }

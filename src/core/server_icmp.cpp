@@ -46,11 +46,10 @@ void ServerCore::on_icmp_error(const Address& to, int error, const std::optional
     if (slot == PeerTable::kNone) return;
     Peer& p = table_.at(slot);
     if (p.address != to) return;  // a probe to an old address, or a forged quote
-    p.last_error = icmp_text(error, reporter);
-    p.last_error_at = now;
+    p.last_error.make() = {icmp_text(error, reporter), now};
     if (error == ECONNREFUSED && limits_.fast_down_on_icmp &&
         (p.state == PeerState::up || p.state == PeerState::suspect)) {
-        change_state(slot, PeerState::down, EventKind::down, p.last_error, now);
+        change_state(slot, PeerState::down, EventKind::down, p.last_error->text, now);
         schedule(slot, std::min(now + limits_.down_probe_interval, p.since + limits_.forget_after));
     }
 }

@@ -13,15 +13,15 @@ ServerSnapshot ServerCore::snapshot(
     s.epoch = epoch_;
     s.peers.reserve(table_.size());
     table_.for_each([&](Slot, const Peer& p) {
-        s.peers.push_back({.name = p.name,
+        s.peers.push_back({.name = std::string(p.name),
                            .protocol = p.protocol,
                            .state = p.state,
                            .probes = p.probes,
                            .session = p.session,
                            .incarnation = p.incarnation,
                            .address = p.address,
-                           .listener = listener_of(p.route.socket),
-                           .route_local = p.route.local,
+                           .listener = listener_of(p.route->socket),
+                           .route_local = p.route->local,
                            .interval = p.interval,
                            .state_age = now - p.since,
                            .seq_sent = p.seq_sent,
@@ -57,7 +57,8 @@ Result<ServerCore::Restored, std::string> ServerCore::restore(
         p.session = r.session;
         p.incarnation = r.incarnation;
         p.address = r.address;
-        p.route = Route{*socket, r.route_local};
+        const Route route{*socket, r.route_local};
+        p.route = &route;  // interned by the table
         p.interval = r.interval;
         p.probes = r.probes;
         p.state = r.state;
@@ -69,8 +70,10 @@ Result<ServerCore::Restored, std::string> ServerCore::restore(
             std::max<Duration>(std::min(r.interval, limits_.down_probe_interval), milliseconds(1));
         const auto unseen = static_cast<std::uint64_t>(elapsed / step) + kRestoreSeqMargin;
         p.seq_sent = p.seq_acked = r.seq_sent + unseen;
-        p.probes_sent = r.probes_sent;
-        p.acks_received = r.acks_received;
+        p.probes_sent =
+            static_cast<std::uint32_t>(std::min<std::uint64_t>(r.probes_sent, UINT32_MAX));
+        p.acks_received =
+            static_cast<std::uint32_t>(std::min<std::uint64_t>(r.acks_received, UINT32_MAX));
         p.rtt = r.rtt;
         const Slot slot = table_.insert(std::move(p));
         ++result.peers;

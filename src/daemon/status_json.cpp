@@ -27,7 +27,7 @@ nlohmann::json peer_json(const Peer& p, TimePoint now) {
         {"acks_received", p.acks_received},
         {"state_changes", p.state_changes},
         {"last_error",
-         p.last_error.empty() ? nlohmann::json(nullptr) : nlohmann::json(p.last_error)},
+         !p.last_error ? nlohmann::json(nullptr) : nlohmann::json(p.last_error->text)},
     };
 }
 

@@ -86,7 +86,7 @@ void TargetSet::apply(const std::vector<TargetConfig>& wanted) {
         if (it == targets_.end()) {
             auto t = std::make_unique<Target>();
             t->config = c;
-            t->peer.name = c.name;
+            t->peer.name = t->config.name;  // a view: the config outlives it
             t->peer.protocol = Protocol::tcp;
             t->peer.address = c.address;
             t->peer.interval = c.interval;
@@ -102,6 +102,7 @@ void TargetSet::apply(const std::vector<TargetConfig>& wanted) {
             const std::string was = describe_config(t.config);
             close(t);
             t.config = c;
+            t.peer.name = t.config.name;
             t.peer.address = c.address;
             t.peer.interval = c.interval;
             t.peer.probes = c.probes;
@@ -195,7 +196,7 @@ void TargetSet::on_failure(Target& t, TargetPhase phase, int error, TimePoint no
     if (was_established) refresh(t);
     close(t);
     const TargetOutcome o = classify_failure(phase, error);
-    t.peer.last_error = failure_text(error);
+    t.peer.last_error.make() = {failure_text(error), now};
     if (error == ETIMEDOUT && was_established) t.peer.missed = t.config.probes;
 
     switch (o.event) {
@@ -309,7 +310,7 @@ nlohmann::json TargetSet::targets_json(TimePoint now) {
                              : nlohmann::json(nullptr)},
             {"missed", p.missed},
             {"last_error",
-             p.last_error.empty() ? nlohmann::json(nullptr) : nlohmann::json(p.last_error)},
+             !p.last_error ? nlohmann::json(nullptr) : nlohmann::json(p.last_error->text)},
             {"connects", t.connects},
             {"next_attempt_in",
              t.link == Link::waiting && t.wake_at

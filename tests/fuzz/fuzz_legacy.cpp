@@ -17,9 +17,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         if (legacy::format_registration(*reg) != text) std::abort();
     }
     if (const auto token = legacy::parse_probe(bytes)) {
-        if (legacy::format_probe(*token) != text) std::abort();
+        legacy::ProbeBuffer probe;
+        const auto formatted = legacy::format_probe(*token, probe);
+        if (std::string(formatted.begin(), formatted.end()) != text) std::abort();
         // Our answer to it must parse back to the same name and token.
-        const auto reply = legacy::format_reply("fuzz", bytes);
+        legacy::ReplyBuffer buf;
+        const auto reply = legacy::format_reply("fuzz", bytes, buf);
         const auto parsed = legacy::parse_reply(reply);
         if (!parsed || parsed->name != "fuzz" || parsed->token != *token) std::abort();
     }

@@ -98,7 +98,7 @@ struct Harness final : ServerSink {
                     p.protocol == Protocol::legacy && p.acks_received == 0
                         ? std::min<unsigned>(p.probes, ServerCore::kUnansweredLegacyProbes)
                         : p.probes;
-                const auto it = evidence.find(p.name);
+                const auto it = evidence.find(std::string(p.name));
                 if (it != evidence.end() && probes > 1 &&
                     clock.now() - it->second < (probes - 1) * step)
                     violated("down before detection time");
@@ -106,7 +106,7 @@ struct Harness final : ServerSink {
             }
             case EventKind::up:
                 if (prev == PeerState::up || p.state != PeerState::up) violated("up");
-                evidence[p.name] = clock.now();
+                evidence[std::string(p.name)] = clock.now();
                 break;
             case EventKind::left:
                 if (prev == PeerState::left || p.state != PeerState::left) violated("left");
@@ -114,10 +114,10 @@ struct Harness final : ServerSink {
             case EventKind::registered:
             case EventKind::restarted:
             case EventKind::moved:
-                evidence[p.name] = clock.now();
+                evidence[std::string(p.name)] = clock.now();
                 break;
             case EventKind::forgotten:
-                evidence.erase(p.name);
+                evidence.erase(std::string(p.name));
                 break;
         }
     }
@@ -140,8 +140,8 @@ struct Harness final : ServerSink {
     void observe() {
         if (server.peers().size() > limits().max_peers) violated("table size");
         server.peers().for_each([&](PeerTable::Slot, const Peer& p) {
-            auto& seen = acks[p.name];
-            if (p.acks_received != seen) evidence[p.name] = clock.now();
+            auto& seen = acks[std::string(p.name)];
+            if (p.acks_received != seen) evidence[std::string(p.name)] = clock.now();
             seen = p.acks_received;
         });
     }

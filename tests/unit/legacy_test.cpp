@@ -78,7 +78,14 @@ std::optional<std::pair<std::string, std::uint64_t>> parse_reply(std::string_vie
 }
 Bytes reply_to(std::string_view name, std::string_view probe) {
     const Bytes p = bytes(probe);
-    return legacy::format_reply(name, p);
+    legacy::ReplyBuffer buf;
+    const auto out = legacy::format_reply(name, p, buf);
+    return Bytes(out.begin(), out.end());
+}
+std::string probe_text(std::uint64_t token) {
+    legacy::ProbeBuffer buf;
+    const auto out = legacy::format_probe(token, buf);
+    return std::string(out.begin(), out.end());
 }
 
 // ---- codec: registration ---------------------------------------------------------
@@ -198,17 +205,17 @@ TEST(LegacyCodec, MalformedRegistrationsAreRejected) {
 // ---- codec: probe ----------------------------------------------------------------
 
 TEST(LegacyCodec, ProbeHasTheExactShape) {
-    EXPECT_EQ(legacy::format_probe(7), "keepalive:7");
-    EXPECT_EQ(legacy::format_probe(1), "keepalive:1");
-    EXPECT_EQ(legacy::format_probe(1234567890123), "keepalive:1234567890123");
-    EXPECT_EQ(legacy::format_probe(UINT64_MAX), "keepalive:18446744073709551615");
+    EXPECT_EQ(probe_text(7), "keepalive:7");
+    EXPECT_EQ(probe_text(1), "keepalive:1");
+    EXPECT_EQ(probe_text(1234567890123), "keepalive:1234567890123");
+    EXPECT_EQ(probe_text(UINT64_MAX), "keepalive:18446744073709551615");
 
     EXPECT_EQ(parse_probe("keepalive:7"), std::optional<std::uint64_t>(7));
     EXPECT_EQ(parse_probe("keepalive:1"), std::optional<std::uint64_t>(1));
     EXPECT_EQ(parse_probe("keepalive:18446744073709551615"),
               std::optional<std::uint64_t>(UINT64_MAX));
     for (std::uint64_t t : {1ull, 9ull, 10ull, 99ull, 100ull, 65536ull, 4294967296ull})
-        EXPECT_EQ(parse_probe(legacy::format_probe(t)), std::optional<std::uint64_t>(t)) << t;
+        EXPECT_EQ(parse_probe(probe_text(t)), std::optional<std::uint64_t>(t)) << t;
 }
 
 TEST(LegacyCodec, MalformedProbesAreRejected) {
@@ -351,13 +358,13 @@ TEST(LegacyCodec, RandomBytesNeverCrashAndValidMessagesRoundTrip) {
             EXPECT_EQ(legacy::format_registration(*r), text(b)) << "seed " << seed;
         }
         if (const auto t = legacy::parse_probe(b)) {
-            EXPECT_EQ(legacy::format_probe(*t), text(b)) << "seed " << seed;
+            EXPECT_EQ(probe_text(*t), text(b)) << "seed " << seed;
         }
         if (const auto r = legacy::parse_reply(b)) {
             EXPECT_TRUE(valid_peer_name(r->name)) << "seed " << seed;
             EXPECT_GE(r->token, 1u);
         }
-        (void)legacy::format_reply("peer1", b);
+        (void)reply_to("peer1", text(b));
 
         // A random valid exchange round-trips.
         std::string name(1 + rng() % 64, 'x');
@@ -370,7 +377,7 @@ TEST(LegacyCodec, RandomBytesNeverCrashAndValidMessagesRoundTrip) {
         EXPECT_EQ(back->interval_s, reg.interval_s);
         EXPECT_EQ(back->probes, reg.probes);
         const std::uint64_t token = 1 + rng() % (rng() % 2 ? 1000 : UINT64_MAX - 1);
-        const std::string probe = legacy::format_probe(token);
+        const std::string probe = probe_text(token);
         const Bytes reply = reply_to(name, probe);
         EXPECT_EQ(reply.size(), name.size() + 1 + 246);
         const auto parsed = legacy::parse_reply(reply);
@@ -412,7 +419,7 @@ protected:
             legacy::Registration{std::move(name), interval_s, probes}, random, sink);
     }
     void probe(std::uint64_t token) {
-        const Bytes b = bytes(legacy::format_probe(token));
+        const Bytes b = bytes(probe_text(token));
         session->on_probe(b, clock.now());
     }
     // Steps the session's timer like the event loop would, up to `until`.
@@ -460,7 +467,7 @@ TEST_F(LegacyPeerTest, AnswersEachProbeWithTheOldClientsBytes) {
                   "peer1:" + t);
         EXPECT_TRUE(std::all_of(r.begin() + 6 + static_cast<long>(t.size()), r.end(),
                                 [](std::uint8_t b) { return b == 0; }));
-        EXPECT_EQ(r, reply_to("peer1", legacy::format_probe(token)));
+        EXPECT_EQ(r, reply_to("peer1", probe_text(token)));
     }
     EXPECT_EQ(session->replies(), 12u);
     EXPECT_TRUE(session->probed());
@@ -615,7 +622,7 @@ public:
     }
     void peer_event(const PeerEvent& e) override {
         const Peer& p = e.peer;
-        events.push_back({clock_.now(), e.kind, e.previous, p.name, p.protocol, p.state, p.address,
+        events.push_back({clock_.now(), e.kind, e.previous, std::string(p.name), p.protocol, p.state, p.address,
                           p.since, p.missed, e.reason});
     }
     std::vector<Sent> sent;
@@ -646,7 +653,7 @@ struct PeerSnap {
 std::vector<PeerSnap> snapshot(const PeerTable& table) {
     std::vector<PeerSnap> out;
     table.for_each([&](PeerTable::Slot, const Peer& p) {
-        out.push_back({p.name, p.protocol, p.session, p.address, p.route, p.interval, p.probes,
+        out.push_back({std::string(p.name), p.protocol, p.session, p.address, *p.route, p.interval, p.probes,
                        p.state, p.since, p.seq_sent, p.seq_acked, p.missed, p.probes_sent,
                        p.acks_received});
     });
@@ -684,7 +691,7 @@ protected:
         server->on_legacy_reply(b, from, clock.now());
     }
     void reply(std::string_view name, std::uint64_t token, const Address& from) {
-        reply_bytes(reply_to(name, legacy::format_probe(token)), from);
+        reply_bytes(reply_to(name, probe_text(token)), from);
     }
 
     // Registers `name` from kPeerHost with an old client answering on kPeerProbe.
@@ -751,7 +758,7 @@ protected:
             const auto it = clients.find(s.to);
             if (it == clients.end() || !it->second.answering) continue;
             in_flight.emplace(s.at + it->second.delay,
-                              Flight{legacy::format_reply(it->second.name, s.bytes), s.to});
+                              Flight{reply_to(it->second.name, text(s.bytes)), s.to});
         }
     }
 
@@ -803,7 +810,7 @@ TEST_F(LegacyServerTest, RegistrationCreatesALegacyPeerAndIsNeverAnswered) {
     const Peer& p = peer("peer1");
     EXPECT_EQ(p.protocol, Protocol::legacy);
     EXPECT_EQ(p.address, kPeerProbe);  // the registration's IP, port 5002
-    EXPECT_EQ(p.route, probe_route);
+    EXPECT_EQ(*p.route, probe_route);
     EXPECT_EQ(p.interval, 2s);
     EXPECT_EQ(p.probes, 3);
     EXPECT_EQ(p.state, PeerState::up);

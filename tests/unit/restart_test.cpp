@@ -190,7 +190,7 @@ public:
         post(now() + kLatency, to, false, Bytes(data.begin(), data.end()));
     }
     void peer_event(const PeerEvent& e) override {
-        server_events.push_back({now(), e.kind, e.peer.name});
+        server_events.push_back({now(), e.kind, std::string(e.peer.name)});
     }
 
     // Runs every agent and the server (when there is one) up to `until`.

@@ -54,7 +54,7 @@ public:
                                   .body = kap::Ack{p.seq, p.tx_time, it->second.incarnation}})});
     }
     void peer_event(const PeerEvent& e) override {
-        events.push_back({clock.now(), e.kind, e.previous, e.peer.name, e.peer.state, e.reason});
+        events.push_back({clock.now(), e.kind, e.previous, std::string(e.peer.name), e.peer.state, e.reason});
     }
 
     // Registers `name` from `from` through CHALLENGE and ACCEPT.

@@ -83,7 +83,7 @@ public:
 
     void peer_event(const PeerEvent& e) override {
         const Peer& p = e.peer;
-        events.push_back({clock_.now(), e.kind, e.previous, p.name, p.state, p.session, p.missed,
+        events.push_back({clock_.now(), e.kind, e.previous, std::string(p.name), p.state, p.session, p.missed,
                           p.seq_sent, p.since, p.address, e.reason, e.previous_address});
     }
 
@@ -117,7 +117,7 @@ struct PeerSnap {
 std::vector<PeerSnap> snapshot(const PeerTable& table) {
     std::vector<PeerSnap> out;
     table.for_each([&](PeerTable::Slot, const Peer& p) {
-        out.push_back({p.name, p.session, p.incarnation, p.address, p.route, p.interval, p.probes,
+        out.push_back({std::string(p.name), p.session, p.incarnation, p.address, *p.route, p.interval, p.probes,
                        p.state, p.since, p.seq_sent, p.seq_acked, p.missed, p.rtt, p.probes_sent,
                        p.acks_received});
     });
@@ -433,7 +433,7 @@ TEST_F(ServerTest, RegisterWithCookieIsAccepted) {
     EXPECT_EQ(p.session, a.msg.session);
     EXPECT_EQ(p.incarnation, r.incarnation);
     EXPECT_EQ(p.address, kAlpha);
-    EXPECT_EQ(p.route, route);
+    EXPECT_EQ(*p.route, route);
     EXPECT_EQ(p.interval, 500ms);
     EXPECT_EQ(p.probes, 4);
     EXPECT_EQ(p.state, PeerState::up);
@@ -1151,7 +1151,7 @@ TEST_F(ServerTest, SameIncarnationFromANewAddressIsAMove) {
     EXPECT_EQ(e.session, session);
     EXPECT_NE(e.reason.find(kAlpha.to_string()), std::string::npos) << e.reason;
     EXPECT_EQ(peer("alpha").address, moved);
-    EXPECT_EQ(peer("alpha").route, other_route);
+    EXPECT_EQ(*peer("alpha").route, other_route);
 
     const std::size_t to_old = probes_to(kAlpha).size();
     const std::size_t before = sink.sent.size();
