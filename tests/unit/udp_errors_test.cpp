@@ -1,7 +1,7 @@
 // ICMP errors on UdpSocket (IP_RECVERR), on loopback: a datagram to a port
 // nobody listens on comes back as "port unreachable" in the error queue, with
-// the destination and the start of the datagram; and the error it leaves
-// pending does not cost the next datagram sent.
+// the destination and the start of the datagram; and the errors such
+// datagrams leave pending cost no other datagram sent.
 #include <gtest/gtest.h>
 #include <poll.h>
 #include <sys/epoll.h>
@@ -78,6 +78,35 @@ TEST(UdpErrors, APendingErrorDoesNotCostTheNextDatagram) {
         ++got;
     });
     EXPECT_EQ(got, 1U);
+}
+
+// On loopback the ICMP error for a datagram to a closed port is there before
+// sendmmsg moves to the next datagram of the batch, and fails it (sendmmsg
+// then returns a short count). A BYE 8 to a dead peer, with an error still
+// pending from its last probe, must not cost the live peers after it theirs.
+TEST(UdpErrors, DatagramsToClosedPortsInABatchCostNoOtherDatagram) {
+    auto sender = UdpSocket::bind(loopback(0));
+    auto receiver = UdpSocket::bind(loopback(0));
+    ASSERT_TRUE(sender && receiver);
+    const std::uint8_t one[] = {1};
+    ASSERT_TRUE(sender->send_to(loopback(closed_port()), one));
+    ASSERT_TRUE(wait_for(sender->fd(), POLLERR));  // an error is pending
+
+    const Address nobody = loopback(closed_port());
+    std::vector<OutDatagram> batch;
+    for (std::uint8_t n = 0; n < 12; ++n) {
+        OutDatagram& d = batch.emplace_back();
+        d.to = n % 3 == 0 ? nobody : receiver->local();
+        d.data[0] = n;
+        d.size = 1;
+    }
+    EXPECT_EQ(sender->send_batch(batch), batch.size());
+    EXPECT_EQ(sender->send_errors(), 0U);
+
+    std::vector<std::uint8_t> got;
+    while (got.size() < 8 && wait_for(receiver->fd(), POLLIN))
+        receiver->receive_batch([&](const UdpSocket::Received& r) { got.push_back(r.data[0]); });
+    EXPECT_EQ(got, (std::vector<std::uint8_t>{1, 2, 4, 5, 7, 8, 10, 11}));
 }
 
 }  // namespace
