@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <utility>
 
 namespace keepalive {
@@ -91,21 +92,45 @@ Address host_of(Address a) {
 
 }  // namespace
 
+void PeerTable::reserve(std::size_t n) {
+    slots_.reserve(n);
+    free_.reserve(n);
+    by_session_.reserve(n);
+    by_name_.reserve(n);
+    per_host_.reserve(n);
+}
+
+std::size_t PeerTable::capacity() const {
+    return std::min(
+        {slots_.capacity(), free_.capacity(), by_session_.capacity() / 2, by_name_.capacity() / 2});
+}
+
 PeerTable::Slot PeerTable::insert(Peer peer) {
-    Slot slot;
-    if (!free_.empty()) {
-        slot = free_.back();
-        free_.pop_back();
-    } else {
-        slot = static_cast<Slot>(slots_.size());
-        slots_.emplace_back();
+    // Whatever may allocate comes first, and is undone if a later part throws;
+    // from the first change of a slot or an index on, nothing throws, so the
+    // indexes and counts cannot get out of step.
+    const auto [host, new_host] = per_host_.try_emplace(host_of(peer.address), 0);
+    try {
+        by_session_.reserve(counts_.total + 1);
+        by_name_.reserve(counts_.total + 1);
+        if (free_.empty()) {
+            // free_ must hold every slot, so that erase() never allocates.
+            free_.reserve(slots_.size() + 1);
+            slots_.emplace_back();
+            free_.push_back(static_cast<Slot>(slots_.size() - 1));
+        }
+    } catch (...) {
+        if (new_host) per_host_.erase(host);
+        throw;
     }
+    const Slot slot = free_.back();
+    free_.pop_back();
     Entry& e = slots_[slot];
     e.peer = std::move(peer);
     e.used = true;
     index_session(slot);
     index_name(slot);
-    ++per_host_[host_of(e.peer.address)];
+    ++host->second;
     ++counts_.total;
     ++counts_.by_state[static_cast<std::size_t>(e.peer.state)];
     return slot;
@@ -176,10 +201,11 @@ void PeerTable::set_session(Slot slot, std::uint32_t session) {
 void PeerTable::set_address(Slot slot, const Address& address) {
     Peer& p = slots_[slot].peer;
     if (!p.address.same_host(address)) {
+        // The new host's entry first: if it cannot be made, nothing changed.
+        ++per_host_[host_of(address)];
         if (const auto it = per_host_.find(host_of(p.address));
             it != per_host_.end() && --it->second == 0)
             per_host_.erase(it);
-        ++per_host_[host_of(address)];
     }
     p.address = address;
 }

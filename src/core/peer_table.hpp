@@ -29,7 +29,15 @@ public:
     using Slot = std::uint32_t;
     static constexpr Slot kNone = UINT32_MAX;
 
-    // Inserts a peer whose name and session are not yet in the table.
+    // Room for `n` peers: up to that many, insert() never grows the table's
+    // slots or indexes, so filling the table cannot fail half-way for want of
+    // memory. Never shrinks. Throws std::bad_alloc, leaving the table as it was.
+    void reserve(std::size_t n);
+    // How many peers fit without growing the slots and indexes.
+    std::size_t capacity() const;
+
+    // Inserts a peer whose name and session are not yet in the table. Strong
+    // guarantee: if it throws (std::bad_alloc past capacity()), nothing changed.
     Slot insert(Peer peer);
     void erase(Slot slot);
 

@@ -128,7 +128,9 @@ ServerCore::ServerCore(const PeerLimits& limits, RandomSource& random, ServerSin
       epoch_(random.next_u64()),
       wheel_(now),
       unknown_session_budget_(draw_hash_key()),
-      handshake_budget_(draw_hash_key()) {}
+      handshake_budget_(draw_hash_key()) {
+    reserve(limits_.max_peers);
+}
 
 void ServerCore::on_datagram(std::span<const std::uint8_t> data, const Address& from,
                              const Route& route, TimePoint now) {

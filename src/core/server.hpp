@@ -110,8 +110,21 @@ public:
     std::optional<TimePoint> next_deadline() const { return wheel_.next_wakeup(); }
 
     // New limits apply to new registrations; granted intervals are promises
-    // the peers rely on, so existing sessions keep theirs.
-    void set_limits(const PeerLimits& limits) { limits_ = limits; }
+    // the peers rely on, so existing sessions keep theirs. Reserves room for
+    // max_peers first (see reserve()); if that throws, nothing changed.
+    void set_limits(const PeerLimits& limits) {
+        reserve(limits.max_peers);
+        limits_ = limits;
+    }
+    // Room for `peers` peers in the table and the timer wheel, taken at
+    // construction and when max_peers grows: a table filling up to max_peers
+    // never grows them, and a full one answers REJECT "server full", never
+    // std::bad_alloc. Throws std::bad_alloc (nothing changed) if the memory
+    // cannot be had.
+    void reserve(std::size_t peers) {
+        table_.reserve(peers);
+        wheel_.reserve(peers);
+    }
 
     // With keys, every KAP/1 datagram must carry a valid AUTH trailer under one
     // of them (anything else is dropped as unauthenticated and never answered),
@@ -168,11 +181,16 @@ public:
     void doubt_receive(TimePoint now) {
         if (now > receive_doubt_) receive_doubt_ = now;
     }
+    // The daemon had no room to send some datagrams at `now` (a full socket
+    // buffer, ENOBUFS): a probe sent at `now` or before and unanswered is no
+    // evidence against its peer either, on the same terms as doubt_receive().
+    void doubt_send(TimePoint now) { doubt_receive(now + Duration(1)); }
     // Unanswered probes not counted against their peers: because of
-    // doubt_receive(), or because the server itself sent the probe so late
-    // (it was stopped or starved) that its peer had less than half a probe
-    // step to answer before the verdict. Either way at most kMaxWithheld in a
-    // row per peer, which extends that peer's detection by as many probes.
+    // doubt_receive() or doubt_send(), or because the server itself sent the
+    // probe so late (it was stopped or starved) that its peer had less than
+    // half a probe step to answer before the verdict. Either way at most
+    // kMaxWithheld in a row per peer, which extends that peer's detection by
+    // as many probes.
     std::uint64_t verdicts_withheld() const { return verdicts_withheld_; }
 
     const PeerTable& peers() const { return table_; }

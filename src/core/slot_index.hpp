@@ -66,6 +66,13 @@ public:
         return true;
     }
 
+    // Room for `n` entries: up to that many, insert() allocates nothing (and cannot throw).
+    void reserve(std::size_t n) {
+        std::size_t cells = std::max<std::size_t>(16, cells_.size());
+        while (cells < 2 * n) cells *= 2;
+        if (cells > cells_.size()) rehash(cells);
+    }
+
     std::size_t size() const { return size_; }
     std::size_t capacity() const { return cells_.size(); }
 
@@ -96,8 +103,10 @@ private:
         cells_[i] = Cell{hash, slot};
     }
 
-    void grow() {
-        std::vector<Cell> old(std::max<std::size_t>(16, cells_.size() * 2));
+    void grow() { rehash(std::max<std::size_t>(16, cells_.size() * 2)); }
+
+    void rehash(std::size_t cells) {
+        std::vector<Cell> old(cells);
         old.swap(cells_);
         for (const Cell& c : old)
             if (c.slot != kNone) place(c.hash, c.slot);

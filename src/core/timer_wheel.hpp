@@ -52,6 +52,11 @@ public:
     // `start`) fires on the next advance(). Throws std::length_error if 2^32-1
     // entries are already pending, and std::bad_alloc when the pool cannot grow.
     Handle schedule(TimePoint deadline, std::uint64_t payload);
+    // Room for `n` pending entries: up to that many, schedule() and advance() allocate nothing.
+    void reserve(std::size_t n) {
+        entries_.reserve(n);
+        due_.reserve(n);
+    }
 
     // Removes a pending entry, also one due but not yet fired by an advance()
     // currently running. Returns false (and does nothing) if `h` is invalid or

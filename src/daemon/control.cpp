@@ -115,7 +115,8 @@ void ControlServer::on_accept() {
             pause_accepting();
             return;
         }
-        UniqueFd fd(::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
+        UniqueFd fd(
+            loop_.sys().accept4(listen_fd_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
         if (!fd) {
             if (errno == EMFILE || errno == ENFILE) {
                 // Out of descriptors. An idle client's is the cheapest to
@@ -123,7 +124,7 @@ void ControlServer::on_accept() {
                 if (make_room()) continue;
                 ++refused_no_fd_;
                 reserve_fd_.reset();
-                UniqueFd(::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+                UniqueFd(loop_.sys().accept4(listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC));
                 reserve_fd_ = open_reserve();
                 if (!reserve_fd_) {
                     pause_accepting();  // nothing left to give back: wait, never spin
@@ -136,7 +137,17 @@ void ControlServer::on_accept() {
         const int raw = fd.get();
         clients_.emplace(
             raw, Client{std::move(fd), {}, {}, {}, 0, false, false, next_serial_++, loop_.now()});
-        loop_.add_fd(raw, EPOLLIN, [this, raw](std::uint32_t events) { on_client(raw, events); });
+        try {
+            loop_.add_fd(raw, EPOLLIN,
+                         [this, raw](std::uint32_t events) { on_client(raw, events); });
+        } catch (const std::system_error&) {
+            // epoll cannot watch one more fd (ENOMEM, or ENOSPC past the
+            // user's max_user_watches): refuse this one and wait a little.
+            clients_.erase(raw);
+            ++refused_no_fd_;
+            pause_accepting();
+            return;
+        }
     }
 }
 
@@ -151,7 +162,7 @@ void ControlServer::on_client(int fd, std::uint32_t events) {
     if (c.idle) {
         // Only a hang-up (or stray bytes) can wake an idle client.
         char sink[kMaxRequest];
-        const ssize_t n = ::recv(fd, sink, sizeof sink, MSG_DONTWAIT);
+        const ssize_t n = loop_.sys().recv(fd, sink, sizeof sink, MSG_DONTWAIT);
         if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) close_client(fd);
         return;
     }
@@ -168,7 +179,7 @@ void ControlServer::wake() {
 
 void ControlServer::read_request(int fd, Client& c) {
     char buf[kMaxRequest];
-    const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    const ssize_t n = loop_.sys().recv(fd, buf, sizeof buf, 0);
     if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
         close_client(fd);
         return;
@@ -195,7 +206,7 @@ void ControlServer::write_answer(int fd, Client& c) {
     }
     while (c.written < c.out.size()) {
         const ssize_t n =
-            ::send(fd, c.out.data() + c.written, c.out.size() - c.written, MSG_NOSIGNAL);
+            loop_.sys().send(fd, c.out.data() + c.written, c.out.size() - c.written, MSG_NOSIGNAL);
         if (n < 0) {
             if (errno == EAGAIN || errno == EINTR) return;
             close_client(fd);  // the reader went away
@@ -207,7 +218,7 @@ void ControlServer::write_answer(int fd, Client& c) {
     // Bytes left unread when a unix socket closes reach the client as a
     // reset instead of the end of the answer: discard them first.
     char sink[kMaxRequest];
-    for (int i = 0; i < 16 && ::recv(fd, sink, sizeof sink, MSG_DONTWAIT) > 0; ++i) {
+    for (int i = 0; i < 16 && loop_.sys().recv(fd, sink, sizeof sink, MSG_DONTWAIT) > 0; ++i) {
     }
     close_client(fd);
 }

@@ -43,7 +43,8 @@ public:
     ControlServer& operator=(const ControlServer&) = delete;
 
     const std::string& path() const { return path_; }
-    // Connections closed unanswered because the daemon was out of file descriptors.
+    // Connections closed unanswered because the daemon was out of file
+    // descriptors (or epoll could watch no more).
     std::uint64_t refused_no_fd() const { return refused_no_fd_; }
 
     // A producer for an answer that is already whole.

@@ -9,6 +9,7 @@
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
+#include <new>
 #include <stdexcept>
 #include <utility>
 
@@ -77,10 +78,6 @@ std::optional<Duration> time_asleep() {
     return boot - before;
 }
 
-void notify(const std::string& state) {
-    sd_notify(0, state.c_str());
-}
-
 // The peer table is saved this long after the first change (memfd, and the
 // state file without an fd store), so a burst of changes is one write.
 constexpr Duration kStateSaveDelay = std::chrono::seconds(2);
@@ -137,13 +134,29 @@ std::string monotonic_usec(TimePoint now) {
         std::chrono::duration_cast<std::chrono::microseconds>(now.time_since_epoch()).count());
 }
 
+class SystemdNotifier final : public sys::Notifier {
+public:
+    int notify(const std::string& state) override { return sd_notify(0, state.c_str()); }
+    int notify_with_fds(const std::string& state, std::span<const int> fds) override {
+        return sd_pid_notify_with_fds(0, 0, state.c_str(), fds.data(),
+                                      static_cast<unsigned>(fds.size()));
+    }
+};
+
 }  // namespace
 
-Daemon::Daemon(Config config, Logger& log, const ClockSource& clock, RandomSource& random)
+sys::Notifier& systemd_notifier() {
+    static SystemdNotifier notifier;
+    return notifier;
+}
+
+Daemon::Daemon(Config config, Logger& log, const ClockSource& clock, RandomSource& random,
+               sys::Ops& ops, sys::Notifier& notifier)
     : config_(std::move(config)),
       log_(log),
       clock_(clock),
-      loop_(clock),
+      notifier_(notifier),
+      loop_(clock, ops),
       core_(config_.peers, random, *this, clock.now()),
       started_(clock.now()),
       state_(state_file_path(config_), fd_store_available(), log),
@@ -242,7 +255,7 @@ void Daemon::adopt_passed_fds() {
                       name);
             continue;
         }
-        auto socket = UdpSocket::adopt(UniqueFd(fd));
+        auto socket = UdpSocket::adopt(UniqueFd(fd), loop_.sys());
         if (!socket) throw std::runtime_error(socket.error());
         // One the previous process bound and left in the fd store, with the
         // datagrams that arrived meanwhile still queued.
@@ -311,8 +324,8 @@ void Daemon::keep_in_fd_store(Listener& listener) {
     for (const auto& [prefix, k] : kStoredSocketPrefixes)
         if (k == kind) name = fmt::format("{}{}-{}", prefix, getpid(), next_listener_id_);
     const std::string message = "FDSTORE=1\nFDNAME=" + name;
-    int fds[1] = {listener.socket.fd()};
-    if (sd_pid_notify_with_fds(0, 0, message.c_str(), fds, 1) > 0) listener.fd_store_name = name;
+    const int fds[1] = {listener.socket.fd()};
+    if (notifier_.notify_with_fds(message, fds) > 0) listener.fd_store_name = name;
 }
 
 std::vector<Daemon::Endpoint> Daemon::endpoints(const Config& config) {
@@ -338,7 +351,7 @@ Result<bool, std::string> Daemon::reconcile_listeners(const std::vector<Endpoint
                                                 l.second.socket.local() == e.address);
         });
         if (open) continue;
-        auto socket = UdpSocket::bind(e.address);
+        auto socket = UdpSocket::bind(e.address, loop_.sys());
         if (!socket) return Err{socket.error()};  // `opened` closes what this attempt bound
         opened.emplace_back(e, std::move(*socket));
     }
@@ -349,6 +362,7 @@ Result<bool, std::string> Daemon::reconcile_listeners(const std::vector<Endpoint
             if (!it->second.fd_store_name.empty())
                 notify("FDSTOREREMOVE=1\nFDNAME=" + it->second.fd_store_name);
             flush(it->first);
+            outbox_.erase(it->first);
             loop_.remove_fd(it->second.socket.fd());
             it = listeners_.erase(it);
         } else {
@@ -366,6 +380,7 @@ void Daemon::add_listener(std::optional<Endpoint> configured, UdpSocket socket,
                           std::string fd_store_name) {
     const std::uint32_t id = next_listener_id_++;
     const int fd = socket.fd();
+    outbox_[id].reserve(UdpSocket::kBatchSize);
     auto& l = listeners_
                   .emplace(id, Listener{std::move(configured), std::move(socket),
                                         std::move(fd_store_name)})
@@ -472,18 +487,38 @@ void Daemon::after_work() {
     wake_watchers_ = false;
 }
 
-void Daemon::flush(std::uint32_t id) {
-    auto& queue = outbox_[id];
-    if (queue.empty()) return;
-    if (auto it = listeners_.find(id); it != listeners_.end())
-        it->second.socket.send_batch(queue);
-    else
+void Daemon::flush(std::uint32_t id) noexcept {
+    const auto out = outbox_.find(id);
+    if (out == outbox_.end() || out->second.empty()) return;
+    auto& queue = out->second;
+    if (auto it = listeners_.find(id); it != listeners_.end()) {
+        UdpSocket& socket = it->second.socket;
+        const std::uint64_t no_room_before = socket.send_no_room();
+        socket.send_batch(queue);
+        // A probe this host had no room to send is no evidence against its
+        // peer: its missing ACK does not count, as after a receive overflow.
+        if (socket.send_no_room() != no_room_before) core_.doubt_send(loop_.now());
+    } else {
         unroutable_ += queue.size();
+    }
     queue.clear();
 }
 
-void Daemon::send(const Route& route, const Address& to, std::span<const std::uint8_t> data) {
-    auto& queue = outbox_[route.socket];
+void Daemon::notify(const std::string& state) {
+    // Nothing to do about a failure but count it: the manager may be gone.
+    if (notifier_.notify(state) < 0) ++notify_failures_;
+}
+
+// Allocates nothing: each listener's queue was reserved for a whole batch
+// when it opened, and is flushed when it holds one.
+void Daemon::send(const Route& route, const Address& to,
+                  std::span<const std::uint8_t> data) noexcept {
+    const auto out = outbox_.find(route.socket);
+    if (out == outbox_.end()) {
+        ++unroutable_;  // its socket was closed by a reload
+        return;
+    }
+    auto& queue = out->second;
     OutDatagram& d = queue.emplace_back();
     d.to = to;
     d.from = route.local;
@@ -529,7 +564,21 @@ PeerCounts Daemon::counts() const {
     return core_.peers().counts() + targets_->counts();
 }
 
+// The one handler of the running daemon that may meet an exception (the
+// new configuration's sockets, hooks or targets failing to set up): it is
+// reported, and the daemon goes on with what it has.
 void Daemon::reload() {
+    try {
+        reload_config();
+    } catch (const std::exception& e) {
+        log_.logf(LOG_ERR, "reload failed: {}", e.what());
+        notify("READY=1");
+        status_dirty_ = true;
+        after_work();
+    }
+}
+
+void Daemon::reload_config() {
     const TimePoint now = loop_.now();
     notify("RELOADING=1\n" + monotonic_usec(now));
     log_.logf(LOG_INFO, "reloading {}", config_.source);
@@ -546,6 +595,8 @@ void Daemon::reload() {
     } else if (fresh->control_socket != config_.control_socket &&
                !(new_control = try_control_server(fresh->control_socket, failed))) {
         // logged by try_control_server
+    } else if (!reserve_peers(fresh->peers.max_peers, failed)) {
+        // logged by reserve_peers
     } else if (auto r = reconcile_listeners(endpoints(*fresh)); !r) {
         failed(r.error());  // new_control, if any, unlinks its path as it goes
     } else {
@@ -574,6 +625,20 @@ void Daemon::reload() {
     notify("READY=1");
     status_dirty_ = true;
     after_work();
+}
+
+// Room for a larger max_peers is taken before anything changes, so that
+// the table never has to grow while it fills (ServerCore::reserve). Room
+// already taken is kept if the reload fails later: it only costs memory.
+bool Daemon::reserve_peers(std::uint32_t max_peers,
+                           const std::function<void(const std::string&)>& failed) {
+    try {
+        core_.reserve(max_peers);
+        return true;
+    } catch (const std::bad_alloc&) {
+        failed(fmt::format("no memory for max_peers = {}", max_peers));
+        return false;
+    }
 }
 
 std::unique_ptr<ControlServer> Daemon::try_control_server(
@@ -692,14 +757,23 @@ nlohmann::json Daemon::status() const {
                           std::chrono::duration<double>(loop_.now() - started_).count()};
     auto j = status_json(core_, counts(), info);
     std::uint64_t send_errors = 0;
+    std::uint64_t send_no_room = 0;
+    std::uint64_t receive_errors = 0;
     std::uint64_t overflow_drops = 0;
     for (const auto& [id, l] : listeners_) {
         send_errors += l.socket.send_errors();
+        send_no_room += l.socket.send_no_room();
+        receive_errors += l.socket.receive_errors();
         overflow_drops += l.socket.overflow_drops();
     }
     auto& d = j["daemon"];
     d["send_errors"] = send_errors;
+    // Of those, the datagrams this host had no room for (EAGAIN, ENOBUFS):
+    // their verdicts are withheld, as after a receive overflow.
+    d["send_no_room"] = send_no_room;
+    d["receive_errors"] = receive_errors;
     d["unroutable"] = unroutable_;
+    d["notify_failures"] = notify_failures_;
     d["auth"] = auth_json(config_.auth);
     // Datagrams the kernel dropped because the daemon did not read them in
     // time, and the verdicts withheld for that reason.
@@ -720,6 +794,8 @@ nlohmann::json Daemon::status() const {
         {"iterations_over_20ms", stats_.over_20ms},
         {"timer_lag_us", duration_cast<microseconds>(last_lag_).count()},
         {"max_timer_lag_us", duration_cast<microseconds>(stats_.max_lag).count()},
+        {"interrupted_waits", loop_.interrupted_waits()},
+        {"timerfd_failures", loop_.timerfd_failures()},
         {"suspended_us", duration_cast<microseconds>(sleep_.total()).count()},
     };
     return j;
@@ -735,24 +811,27 @@ void Daemon::LoopStats::record(Duration busy) {
     over_20ms += busy > std::chrono::milliseconds(20) ? 1 : 0;
 }
 
-int Daemon::run() {
+void Daemon::start() {
     log_.logf(LOG_INFO, "keepalived {} ready: listening on {}; {}", KEEPALIVE_VERSION,
               fmt::join(listen_addresses(), ", "), auth_summary(config_.auth));
     notify("READY=1");
     notify_status();
     after_work();  // arms the wheel: restored peers are probed without waiting for a datagram
-    // After READY nothing a peer sends may stop the daemon: a handler that
-    // throws is logged (rate-limited) and the loop goes on.
-    while (!stopping_) {
-        try {
-            const Duration before = thread_cpu_time();
-            loop_.run_once(std::nullopt);
-            stats_.record(thread_cpu_time() - before);
-        } catch (const std::exception& e) {
-            log_.log_limited("handler", LOG_ERR, fmt::format("event handler failed: {}", e.what()),
-                             clock_.now());
-        }
-    }
+}
+
+// After READY nothing a peer sends may stop the daemon. There is no
+// catch-all here: the handlers count and log what fails (a send, a full
+// table, a bad datagram) instead of throwing, and the peer table's storage
+// is reserved up to max_peers, so a full table is a REJECT, not bad_alloc.
+void Daemon::run_once(std::optional<Duration> timeout) {
+    const Duration before = thread_cpu_time();
+    loop_.run_once(timeout);
+    stats_.record(thread_cpu_time() - before);
+}
+
+int Daemon::run() {
+    start();
+    while (!stopping_) run_once(std::nullopt);
     return 0;
 }
 

@@ -22,21 +22,39 @@
 #include "daemon/watch.hpp"
 #include "daemon/targets.hpp"
 #include "net/event_loop.hpp"
+#include "net/sys.hpp"
 #include "net/udp_socket.hpp"
 
 namespace keepalive {
+
+// sd_notify(3) and the fd store, through libsystemd.
+sys::Notifier& systemd_notifier();
 
 class Daemon final : private ServerSink {
 public:
     // Binds every configured address, the sockets passed by systemd socket
     // activation, and the control socket; throws std::runtime_error on failure.
-    Daemon(Config config, Logger& log, const ClockSource& clock, RandomSource& random);
+    // Every epoll, timerfd and socket call of the running daemon goes through
+    // `ops`, every message to the service manager through `notifier` (both
+    // must outlive the daemon): tests drive it in-process with a fake clock
+    // and inject system call failures.
+    Daemon(Config config, Logger& log, const ClockSource& clock, RandomSource& random,
+           sys::Ops& ops = sys::system(), sys::Notifier& notifier = systemd_notifier());
     ~Daemon() override;
     Daemon(const Daemon&) = delete;
     Daemon& operator=(const Daemon&) = delete;
 
-    // Sends READY=1 and serves until SIGTERM/SIGINT; returns the exit code.
+    // start(), then run_once(nullopt) until SIGTERM/SIGINT; returns the exit code.
     int run();
+    // Sends READY=1 and arms the wheel: call once, before the first run_once().
+    void start();
+    // One iteration of the event loop (EventLoop::run_once). Never throws:
+    // after READY every handler counts and logs its failures.
+    void run_once(std::optional<Duration> timeout);
+    // A stop was asked for (signal, or "shutdown-for-good"): run() returns.
+    bool stopping() const { return stopping_; }
+    // The `keepalivectl status --json` answer, as the control socket gives it.
+    nlohmann::json status() const;
 
 private:
     // What a socket's datagrams are: KAP/1, or the Go module's registrations
@@ -77,16 +95,20 @@ private:
     bool resume_reads();
     void on_send_errors(std::uint32_t id);
     void after_work();
-    void flush(std::uint32_t id);
+    void flush(std::uint32_t id) noexcept;
     void reload();
+    void reload_config();
     // for_good: BYE 5 and the saved state discarded; else BYE 8 when the
     // sessions are saved for the next process.
     void stop(bool for_good = false);
     void notify_status();
     PeerCounts counts() const;
     ControlServer::Producer control_request(std::string_view request);
-    nlohmann::json status() const;
+    void notify(const std::string& state);
     std::unique_ptr<ControlServer> make_control_server(const std::string& path);
+    // False after calling `failed` if there is no memory for `max_peers` peers.
+    bool reserve_peers(std::uint32_t max_peers,
+                       const std::function<void(const std::string&)>& failed);
     // The new server, or nullptr after calling `failed` with the reason.
     std::unique_ptr<ControlServer> try_control_server(
         const std::string& path, const std::function<void(const std::string&)>& failed);
@@ -95,19 +117,22 @@ private:
     DaemonStats stats() const;
     void write_metrics_file();
 
-    void send(const Route& route, const Address& to, std::span<const std::uint8_t> data) override;
+    void send(const Route& route, const Address& to,
+              std::span<const std::uint8_t> data) noexcept override;
     void peer_event(const PeerEvent& event) override;
 
     Config config_;
     Logger& log_;
     const ClockSource& clock_;
+    sys::Notifier& notifier_;
+    std::uint64_t notify_failures_ = 0;
     EventLoop loop_;
     ServerCore core_;
     TimePoint started_;
 
     std::map<std::uint32_t, Listener> listeners_;
     std::uint32_t next_listener_id_ = 1;
-    std::map<std::uint32_t, std::vector<OutDatagram>> outbox_;
+    std::map<std::uint32_t, std::vector<OutDatagram>> outbox_;  // one queue per listener
     std::uint64_t unroutable_ = 0;
     std::vector<std::uint32_t> backlogged_;  // listeners with datagrams left unread
 

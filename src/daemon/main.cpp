@@ -5,6 +5,7 @@
 
 #include <cstdio>
 #include <exception>
+#include <memory>
 #include <string>
 
 #include "core/random.hpp"
@@ -96,19 +97,30 @@ int main(int argc, char** argv) {
     }
 
     Logger log(target);
+    SystemClock clock;
+    SystemRandom random;
+    std::unique_ptr<Daemon> daemon;
     try {
         auto config = load_config(config_path);
         if (!config) {
             log.log(LOG_ERR, config.error().to_string());
             return 1;
         }
-        SystemClock clock;
-        SystemRandom random;
-        Daemon daemon(std::move(*config), log, clock, random);
-        return daemon.run();
+        daemon = std::make_unique<Daemon>(std::move(*config), log, clock, random);
     } catch (const std::exception& e) {
         log.logf(LOG_ERR, "cannot start: {}", e.what());
         sd_notifyf(0, "STATUS=cannot start: %s", e.what());
+        return 1;
+    }
+    try {
+        return daemon->run();
+    } catch (const std::exception& e) {
+        // After READY the handlers count and log what fails instead of
+        // throwing: this is a bug. Exit, and let the service manager restart
+        // us with the sessions saved, rather than run on in a state nobody
+        // checked.
+        log.logf(LOG_CRIT, "fatal: {}", e.what());
+        sd_notifyf(0, "STATUS=fatal: %s", e.what());
         return 1;
     }
 }

@@ -48,17 +48,18 @@ int to_epoll_timeout(std::optional<Duration> timeout) {
 
 }  // namespace
 
-EventLoop::EventLoop(const ClockSource& clock) : clock_(clock), now_(clock.now()) {
-    epoll_fd_.reset(epoll_create1(EPOLL_CLOEXEC));
+EventLoop::EventLoop(const ClockSource& clock, sys::Ops& ops)
+    : clock_(clock), ops_(ops), now_(clock.now()) {
+    epoll_fd_.reset(ops_.epoll_create1(EPOLL_CLOEXEC));
     if (!epoll_fd_) throw_errno("epoll_create1");
     // The injected clock is steady_clock (CLOCK_MONOTONIC) in production, so its time points can
     // be handed to a CLOCK_MONOTONIC timerfd as absolute deadlines.
-    timer_fd_.reset(timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
+    timer_fd_.reset(ops_.timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
     if (!timer_fd_) throw_errno("timerfd_create");
     epoll_event ev{};
     ev.events = EPOLLIN;
     ev.data.u64 = kTimerToken;
-    if (epoll_ctl(epoll_fd_.get(), EPOLL_CTL_ADD, timer_fd_.get(), &ev) < 0)
+    if (ops_.epoll_ctl(epoll_fd_.get(), EPOLL_CTL_ADD, timer_fd_.get(), &ev) < 0)
         throw_errno("epoll_ctl(timerfd)");
     sigemptyset(&signal_mask_);
 }
@@ -74,7 +75,7 @@ void EventLoop::add_fd(int fd, std::uint32_t events, IoHandler handler) {
     epoll_event ev{};
     ev.events = events;
     ev.data.u64 = make_token(fd, serial);
-    if (epoll_ctl(epoll_fd_.get(), EPOLL_CTL_ADD, fd, &ev) < 0) throw_errno("epoll_ctl(ADD)");
+    if (ops_.epoll_ctl(epoll_fd_.get(), EPOLL_CTL_ADD, fd, &ev) < 0) throw_errno("epoll_ctl(ADD)");
     io_.emplace(fd, IoSource{serial, std::make_shared<IoHandler>(std::move(handler))});
 }
 
@@ -85,7 +86,7 @@ void EventLoop::modify_fd(int fd, std::uint32_t events) {
     epoll_event ev{};
     ev.events = events;
     ev.data.u64 = make_token(fd, it->second.serial);
-    if (epoll_ctl(epoll_fd_.get(), EPOLL_CTL_MOD, fd, &ev) < 0) throw_errno("epoll_ctl(MOD)");
+    if (ops_.epoll_ctl(epoll_fd_.get(), EPOLL_CTL_MOD, fd, &ev) < 0) throw_errno("epoll_ctl(MOD)");
 }
 
 void EventLoop::remove_fd(int fd) {
@@ -93,7 +94,7 @@ void EventLoop::remove_fd(int fd) {
     if (it == io_.end()) return;
     // Failure (EBADF after an early close) leaves nothing to undo: a closed fd has already left
     // the epoll set.
-    epoll_ctl(epoll_fd_.get(), EPOLL_CTL_DEL, fd, nullptr);
+    ops_.epoll_ctl(epoll_fd_.get(), EPOLL_CTL_DEL, fd, nullptr);
     io_.erase(it);
 }
 
@@ -120,12 +121,18 @@ std::optional<TimePoint> EventLoop::earliest_deadline() const {
 
 void EventLoop::sync_timerfd() {
     const auto earliest = earliest_deadline();
-    if (earliest == armed_deadline_) return;
+    if (earliest == armed_deadline_ && !timerfd_stale_) return;
     itimerspec spec{};
     if (earliest) spec.it_value = to_timespec(*earliest);
-    if (timerfd_settime(timer_fd_.get(), TFD_TIMER_ABSTIME, &spec, nullptr) < 0)
-        throw_errno("timerfd_settime");
     ++timerfd_arms_;
+    // Never thrown from the running loop: the deadline stays unsynced, and run_once() caps its
+    // wait and tries again.
+    if (ops_.timerfd_settime(timer_fd_.get(), TFD_TIMER_ABSTIME, &spec) < 0) {
+        ++timerfd_failures_;
+        timerfd_stale_ = true;
+        return;
+    }
+    timerfd_stale_ = false;
     armed_deadline_ = earliest;
 }
 
@@ -145,7 +152,7 @@ void EventLoop::on_signal(int signo, std::function<void()> handler) {
         epoll_event ev{};
         ev.events = EPOLLIN;
         ev.data.u64 = kSignalToken;
-        if (epoll_ctl(epoll_fd_.get(), EPOLL_CTL_ADD, fd.get(), &ev) < 0)
+        if (ops_.epoll_ctl(epoll_fd_.get(), EPOLL_CTL_ADD, fd.get(), &ev) < 0)
             throw_errno("epoll_ctl(signalfd)");
         signal_fd_ = std::move(fd);
     } else if (signalfd(signal_fd_.get(), &mask, 0) < 0) {
@@ -168,10 +175,17 @@ std::size_t EventLoop::run_once(std::optional<Duration> timeout) {
             wait_ms = 0;
     }
 
+    if (timerfd_stale_ && earliest_deadline()) {
+        const int cap = to_epoll_timeout(kRearmRetry);
+        if (wait_ms < 0 || wait_ms > cap) wait_ms = cap;
+    }
+
     std::array<epoll_event, kMaxEvents> events;
-    int n = epoll_wait(epoll_fd_.get(), events.data(), kMaxEvents, wait_ms);
+    int n = ops_.epoll_wait(epoll_fd_.get(), events.data(), kMaxEvents, wait_ms);
     if (n < 0) {
-        if (errno != EINTR) throw_errno("epoll_wait");
+        // EINTR, or (never seen on a valid epoll fd) another error: nothing was collected, so
+        // nothing is lost; level-triggered fds are reported again by the next wait.
+        ++interrupted_waits_;
         n = 0;
     }
     now_ = clock_.now();
@@ -222,7 +236,7 @@ std::size_t EventLoop::dispatch_signals() {
     std::size_t ran = 0;
     std::array<signalfd_siginfo, 16> infos;
     for (;;) {
-        const ssize_t r = read(signal_fd_.get(), infos.data(), sizeof infos);
+        const ssize_t r = ops_.read(signal_fd_.get(), infos.data(), sizeof infos);
         if (r < 0) {
             if (errno == EINTR) continue;
             break;  // EAGAIN: all pending signals consumed
@@ -244,7 +258,7 @@ void EventLoop::drain_timerfd() {
     // Due timers are found by comparing deadlines with now_, not by this count; reading only
     // clears the readiness.
     std::uint64_t expirations;
-    while (read(timer_fd_.get(), &expirations, sizeof expirations) < 0 && errno == EINTR) {
+    while (ops_.read(timer_fd_.get(), &expirations, sizeof expirations) < 0 && errno == EINTR) {
     }
 }
 

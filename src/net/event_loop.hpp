@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "core/clock.hpp"
+#include "net/sys.hpp"
 #include "net/unique_fd.hpp"
 
 namespace keepalive {
@@ -25,8 +26,9 @@ namespace keepalive {
 // Not thread-safe: every member, stop() included, must be called from the loop's thread.
 class EventLoop {
 public:
-    // `clock` must outlive the loop. Throws std::system_error if epoll/timerfd creation fails.
-    explicit EventLoop(const ClockSource& clock);
+    // `clock` and `ops` must outlive the loop; every epoll, timerfd and read call goes through
+    // `ops`. Throws std::system_error if epoll/timerfd creation fails.
+    explicit EventLoop(const ClockSource& clock, sys::Ops& ops = sys::system());
     // Closes the loop's own descriptors (not the registered fds). Signals registered with
     // on_signal() stay blocked: unblocking could deliver a pending one with its default action.
     ~EventLoop();
@@ -69,6 +71,9 @@ public:
     // of ready fds, then of received signals, then of every timer whose deadline <= now() in
     // deadline order. A timer is disarmed just before its handler runs; a handler that re-arms
     // its own timer to a deadline <= now() runs again on the next iteration, not this one.
+    // An interrupted wait (EINTR) is an iteration that found nothing ready: what was ready stays
+    // ready for the next one. A timerfd that cannot be armed is counted and retried every
+    // iteration, the wait meanwhile capped so that no timer is late by more than kRearmRetry.
     // Exceptions from handlers propagate. Returns the number of handlers run.
     std::size_t run_once(std::optional<Duration> timeout);
     // Calls run_once(nullopt) until stop(). Returns at once if stop() was called before.
@@ -81,6 +86,14 @@ public:
     TimePoint now() const { return now_; }
     // How many times timerfd_settime() was called (arming and disarming), for tests.
     std::uint64_t timerfd_arms() const { return timerfd_arms_; }
+    // Waits cut short by a signal (EINTR), and timerfd_settime() failures, since construction.
+    std::uint64_t interrupted_waits() const { return interrupted_waits_; }
+    std::uint64_t timerfd_failures() const { return timerfd_failures_; }
+    // The system calls the loop makes, for its users' own (sockets, control socket).
+    sys::Ops& sys() const { return ops_; }
+
+    // The longest wait while the timerfd could not be armed.
+    static constexpr Duration kRearmRetry = std::chrono::milliseconds(10);
 
 private:
     struct IoSource {
@@ -99,6 +112,7 @@ private:
     void drain_timerfd();
 
     const ClockSource& clock_;
+    sys::Ops& ops_;
     UniqueFd epoll_fd_;
     UniqueFd timer_fd_;
     UniqueFd signal_fd_;
@@ -111,6 +125,9 @@ private:
     std::vector<TimerId> due_;                 // scratch for dispatch_timers()
     std::optional<TimePoint> armed_deadline_;  // what the timerfd is set to
     std::uint64_t timerfd_arms_ = 0;
+    bool timerfd_stale_ = false;  // the last timerfd_settime() failed
+    std::uint64_t interrupted_waits_ = 0;
+    std::uint64_t timerfd_failures_ = 0;
 
     sigset_t signal_mask_{};
     std::unordered_map<int, std::shared_ptr<std::function<void()>>> signal_handlers_;

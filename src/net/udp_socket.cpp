@@ -112,8 +112,9 @@ struct UdpSocket::Buffers {
     std::array<std::array<std::uint8_t, kReceiveBufferSize>, kBatchSize> data;
 };
 
-UdpSocket::UdpSocket(UniqueFd fd, int family, bool v6only, Address local)
+UdpSocket::UdpSocket(UniqueFd fd, int family, bool v6only, Address local, sys::Ops& ops)
     : fd_(std::move(fd)),
+      ops_(&ops),
       family_(family),
       v6only_(v6only),
       local_(local),
@@ -123,7 +124,8 @@ UdpSocket::UdpSocket(UdpSocket&&) noexcept = default;
 UdpSocket& UdpSocket::operator=(UdpSocket&&) noexcept = default;
 UdpSocket::~UdpSocket() = default;
 
-Result<UdpSocket, std::string> UdpSocket::finish_setup(UniqueFd fd, std::string_view what) {
+Result<UdpSocket, std::string> UdpSocket::finish_setup(UniqueFd fd, std::string_view what,
+                                                       sys::Ops& ops) {
     sockaddr_storage ss{};
     socklen_t len = sizeof ss;
     if (getsockname(fd.get(), reinterpret_cast<sockaddr*>(&ss), &len) < 0)
@@ -149,10 +151,10 @@ Result<UdpSocket, std::string> UdpSocket::finish_setup(UniqueFd fd, std::string_
     // never saw may have been sent after all.
     if (!set_int_option(fd.get(), SOL_SOCKET, SO_RXQ_OVFL, 1))
         return Err{error_text("cannot enable SO_RXQ_OVFL on", what, errno)};
-    return UdpSocket(std::move(fd), family, v6only != 0, *local);
+    return UdpSocket(std::move(fd), family, v6only != 0, *local, ops);
 }
 
-Result<UdpSocket, std::string> UdpSocket::bind(const Address& local) {
+Result<UdpSocket, std::string> UdpSocket::bind(const Address& local, sys::Ops& ops) {
     const std::string name = local.to_string();
     const int family = local.family() == Address::Family::v4 ? AF_INET : AF_INET6;
     UniqueFd fd(socket(family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
@@ -166,10 +168,10 @@ Result<UdpSocket, std::string> UdpSocket::bind(const Address& local) {
     const socklen_t len = local.to_sockaddr(ss);
     if (::bind(fd.get(), reinterpret_cast<const sockaddr*>(&ss), len) < 0)
         return Err{error_text("cannot bind a UDP socket to", name, errno)};
-    return finish_setup(std::move(fd), name);
+    return finish_setup(std::move(fd), name, ops);
 }
 
-Result<UdpSocket, std::string> UdpSocket::adopt(UniqueFd fd) {
+Result<UdpSocket, std::string> UdpSocket::adopt(UniqueFd fd, sys::Ops& ops) {
     const std::string name = "fd " + std::to_string(fd.get());
     int type = 0;
     int protocol = 0;
@@ -186,7 +188,7 @@ Result<UdpSocket, std::string> UdpSocket::adopt(UniqueFd fd) {
         return Err{error_text("cannot make non-blocking:", name, errno)};
     if (fcntl(fd.get(), F_SETFD, FD_CLOEXEC) < 0)
         return Err{error_text("cannot set FD_CLOEXEC on", name, errno)};
-    return finish_setup(std::move(fd), name);
+    return finish_setup(std::move(fd), name, ops);
 }
 
 socklen_t UdpSocket::destination(const Address& to, sockaddr_storage& sa) const {
@@ -223,7 +225,7 @@ std::size_t UdpSocket::receive_batch(const std::function<void(const Received&)>&
             rx.msgs[i].msg_len = 0;
         }
         const int r =
-            recvmmsg(fd_.get(), rx.msgs.data(), static_cast<unsigned>(want), MSG_DONTWAIT, nullptr);
+            ops_->recvmmsg(fd_.get(), rx.msgs.data(), static_cast<unsigned>(want), MSG_DONTWAIT);
         if (r < 0) {
             if (errno == EINTR) continue;
             // A pending ICMP error or similar: count it; epoll reports the socket again if
@@ -260,7 +262,7 @@ std::size_t UdpSocket::receive_batch(const std::function<void(const Received&)>&
     return delivered;
 }
 
-std::size_t UdpSocket::send_batch(std::span<const OutDatagram> batch) {
+std::size_t UdpSocket::send_batch(std::span<const OutDatagram> batch) noexcept {
     auto& tx = buffers_->tx;
     std::size_t sent = 0;
     std::size_t pending = 0;
@@ -270,8 +272,8 @@ std::size_t UdpSocket::send_batch(std::span<const OutDatagram> batch) {
         std::size_t i = 0;
         bool retried = false;
         while (i < pending) {
-            const int r =
-                sendmmsg(fd_.get(), &tx.msgs[i], static_cast<unsigned>(pending - i), MSG_DONTWAIT);
+            const int r = ops_->sendmmsg(fd_.get(), &tx.msgs[i], static_cast<unsigned>(pending - i),
+                                         MSG_DONTWAIT);
             if (r > 0) {
                 sent += static_cast<std::size_t>(r);
                 i += static_cast<std::size_t>(r);
@@ -284,10 +286,12 @@ std::size_t UdpSocket::send_batch(std::span<const OutDatagram> batch) {
                 retried = true;
                 continue;
             }
-            if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-                // The socket buffer is full: nothing more fits now, so drop the rest rather
-                // than fail one syscall per datagram.
+            if (r < 0 &&
+                (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS || errno == ENOMEM)) {
+                // The socket buffer (or the device queue, or memory) is full: nothing more fits
+                // now, so drop the rest rather than fail one syscall per datagram.
                 send_errors_ += pending - i;
+                send_no_room_ += pending - i;
                 buffer_full = true;
                 break;
             }
@@ -299,7 +303,12 @@ std::size_t UdpSocket::send_batch(std::span<const OutDatagram> batch) {
     };
 
     for (const OutDatagram& d : batch) {
-        if (buffer_full || d.size > kMaxPayload) {
+        if (buffer_full) {
+            ++send_errors_;
+            ++send_no_room_;
+            continue;
+        }
+        if (d.size > kMaxPayload) {
             ++send_errors_;
             continue;
         }
@@ -373,7 +382,7 @@ std::size_t UdpSocket::drain_errors(const std::function<void(const SendError&)>&
         h.msg_iovlen = 1;
         h.msg_control = control.bytes;
         h.msg_controllen = kControlSize;
-        const ssize_t n = recvmsg(fd_.get(), &h, MSG_ERRQUEUE | MSG_DONTWAIT);
+        const ssize_t n = ops_->recvmsg(fd_.get(), &h, MSG_ERRQUEUE | MSG_DONTWAIT);
         if (n < 0) {
             if (errno == EINTR) continue;
             break;  // EAGAIN: drained
@@ -420,8 +429,8 @@ bool UdpSocket::send_to(const Address& to, std::span<const std::uint8_t> data) {
     }
     ssize_t r;
     do {
-        r = sendto(fd_.get(), data.data(), data.size(), MSG_DONTWAIT,
-                   reinterpret_cast<const sockaddr*>(&ss), len);
+        r = ops_->sendto(fd_.get(), data.data(), data.size(), MSG_DONTWAIT,
+                         reinterpret_cast<const sockaddr*>(&ss), len);
     } while (r < 0 && errno == EINTR);
     if (r < 0) {
         ++send_errors_;

@@ -16,6 +16,7 @@
 
 #include "core/address.hpp"
 #include "core/result.hpp"
+#include "net/sys.hpp"
 #include "net/unique_fd.hpp"
 
 namespace keepalive {
@@ -40,12 +41,13 @@ public:
 
     // Creates a socket bound to `local` (port 0 picks one; IPv6 sockets are IPV6_V6ONLY), with
     // CLOEXEC, NONBLOCK, pktinfo enabled and a receive buffer of up to 1 MiB. The error text names
-    // the address and the system error.
-    static Result<UdpSocket, std::string> bind(const Address& local);
+    // the address and the system error. The socket's datagram calls go through `ops`, which
+    // must outlive it.
+    static Result<UdpSocket, std::string> bind(const Address& local, sys::Ops& ops = sys::system());
     // Takes over an already bound UDP socket (e.g. from socket activation): makes it CLOEXEC and
     // non-blocking and enables pktinfo. A dual-stack IPv6 socket (IPV6_V6ONLY=0) is supported;
     // its IPv4 peers appear as IPv4 addresses. Fails if `fd` is not a UDP socket.
-    static Result<UdpSocket, std::string> adopt(UniqueFd fd);
+    static Result<UdpSocket, std::string> adopt(UniqueFd fd, sys::Ops& ops = sys::system());
 
     // A moved-from socket may only be destroyed or assigned to.
     UdpSocket(UdpSocket&&) noexcept;
@@ -90,12 +92,16 @@ public:
     // many were handed to the kernel. A datagram that cannot be sent (kernel error, size over
     // kMaxPayload, address family the socket cannot reach) is counted in send_errors() and
     // skipped; when the socket buffer is full (EAGAIN) the rest of the batch is counted and
-    // dropped. Never throws.
-    std::size_t send_batch(std::span<const OutDatagram> batch);
+    // dropped; ENOBUFS and ENOMEM (the host's own queues or memory) count as a full buffer too.
+    // Never throws.
+    std::size_t send_batch(std::span<const OutDatagram> batch) noexcept;
     // One datagram of any size, no source address. Failures are counted in send_errors().
     bool send_to(const Address& to, std::span<const std::uint8_t> data);
 
     std::uint64_t send_errors() const { return send_errors_; }
+    // Of send_errors(), the datagrams that never left because this host had no room for them
+    // (EAGAIN, ENOBUFS, ENOMEM): no evidence about where they were going.
+    std::uint64_t send_no_room() const { return send_no_room_; }
     std::uint64_t receive_errors() const { return receive_errors_; }
     // Datagrams the kernel dropped because this socket's receive queue was
     // full (SO_RXQ_OVFL), as last reported with a received datagram.
@@ -104,17 +110,20 @@ public:
 private:
     struct Buffers;
 
-    UdpSocket(UniqueFd fd, int family, bool v6only, Address local);
-    static Result<UdpSocket, std::string> finish_setup(UniqueFd fd, std::string_view what);
+    UdpSocket(UniqueFd fd, int family, bool v6only, Address local, sys::Ops& ops);
+    static Result<UdpSocket, std::string> finish_setup(UniqueFd fd, std::string_view what,
+                                                       sys::Ops& ops);
     // Fills `sa` with the destination for `to`; 0 if this socket cannot reach that family.
     socklen_t destination(const Address& to, struct sockaddr_storage& sa) const;
 
     UniqueFd fd_;
+    sys::Ops* ops_;
     int family_;
     bool v6only_;
     Address local_;
     std::unique_ptr<Buffers> buffers_;
     std::uint64_t send_errors_ = 0;
+    std::uint64_t send_no_room_ = 0;
     std::uint64_t receive_errors_ = 0;
     std::uint64_t overflow_drops_ = 0;
 };
