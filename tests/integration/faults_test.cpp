@@ -14,9 +14,11 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -85,6 +87,7 @@ public:
             why_not_ = "needs ip (iproute2) and nft (nftables)";
             return;
         }
+        remove_leftovers();
         const RunResult r = run({ip_, "netns", "add", daemon_ns_});
         if (!r.status.exited_with(0)) {
             why_not_ = "cannot create a network namespace: " + r.err;
@@ -126,6 +129,18 @@ public:
     std::string nft(const std::string& command) { return must(in_daemon_ns({nft_, command})).out; }
 
 private:
+    // Namespaces of an earlier run of this test that was killed before it
+    // could remove them: named after a process that no longer exists.
+    void remove_leftovers() {
+        std::error_code ec;
+        for (const auto& entry : std::filesystem::directory_iterator("/run/netns", ec)) {
+            const std::string name = entry.path().filename().string();
+            if (!name.starts_with("kfd") && !name.starts_with("kfp")) continue;
+            const pid_t pid = std::atoi(name.c_str() + 3);
+            if (pid > 0 && ::kill(pid, 0) != 0 && errno == ESRCH) run({ip_, "netns", "del", name});
+        }
+    }
+
     Strings in(const std::string& ns, Strings argv) const {
         Strings out{ip_, "netns", "exec", ns};
         out.insert(out.end(), argv.begin(), argv.end());
