@@ -497,10 +497,14 @@ void ServerCore::on_due(Slot slot, TimePoint deadline, TimePoint now) {
         case PeerState::degraded:
         case PeerState::suspect: {
             const bool unanswered = p.seq_sent > p.seq_acked;
-            // Its ACK may be one we lost. Not forever, though: a server
-            // that keeps losing datagrams must still find dead peers.
-            const bool doubtful =
-                unanswered && receive_doubt_ > p.last_probe_at && p.withheld < kMaxWithheld;
+            // Its ACK may be one we lost; or we sent the probe so late (the
+            // daemon was stopped, starved or suspended) that its peer had
+            // less than half a step to answer before this verdict. Not
+            // forever, though: a server that keeps losing datagrams or
+            // running late must still find dead peers.
+            const bool rushed = now - p.last_probe_at < probe_step(p) / 2;
+            const bool doubtful = unanswered && (receive_doubt_ > p.last_probe_at || rushed) &&
+                                  p.withheld < kMaxWithheld;
             if (p.seq_sent > 0 && !doubtful) p.health.probe_outcome(unanswered, limits_.health);
             if (unanswered) {
                 if (doubtful) {

@@ -77,7 +77,7 @@ public:
     static constexpr Duration kUnansweredForgetAfter = std::chrono::minutes(1);
     static constexpr std::uint8_t kUnansweredLegacyProbes = 3;
     // Unanswered probes in a row not counted against a peer because the
-    // server doubted its own reception; past this they count regardless.
+    // server doubted its own reception or timing; past this they count regardless.
     static constexpr std::uint8_t kMaxWithheld = 3;
 
     ServerCore(const PeerLimits& limits, RandomSource& random, ServerSink& sink, TimePoint now);
@@ -168,7 +168,11 @@ public:
     void doubt_receive(TimePoint now) {
         if (now > receive_doubt_) receive_doubt_ = now;
     }
-    // Unanswered probes not counted against their peers because of doubt_receive().
+    // Unanswered probes not counted against their peers: because of
+    // doubt_receive(), or because the server itself sent the probe so late
+    // (it was stopped or starved) that its peer had less than half a probe
+    // step to answer before the verdict. Either way at most kMaxWithheld in a
+    // row per peer, which extends that peer's detection by as many probes.
     std::uint64_t verdicts_withheld() const { return verdicts_withheld_; }
 
     const PeerTable& peers() const { return table_; }

@@ -177,6 +177,13 @@ void print_status(const nlohmann::json& j) {
     for (const auto& a : d.at("listen"))
         listen += (listen.empty() ? "" : ", ") + a.get<std::string>();
     fmt::print("listen:   {}\n", listen);
+    // How late the daemon ran its probes (it was stopped, starved or
+    // suspended), and the verdicts it withheld for that or for lost datagrams.
+    if (d.contains("loop") && d.at("loop").contains("timer_lag_us"))
+        fmt::print("loop:     lag {} now, {} at worst; {} verdicts withheld\n",
+                   format_rtt(d.at("loop").at("timer_lag_us")),
+                   format_rtt(d.at("loop").at("max_timer_lag_us")),
+                   d.value("verdicts_withheld", std::uint64_t{0}));
     fmt::print("received: {} datagrams, {} dropped\n",
                j.at("datagrams_received").get<std::uint64_t>(),
                j.at("datagrams_dropped").get<std::uint64_t>());

@@ -11,6 +11,8 @@
 #include <filesystem>
 #include <system_error>
 
+#include "daemon/control_request.hpp"
+
 namespace keepalive {
 namespace {
 
@@ -172,12 +174,10 @@ void ControlServer::read_request(int fd, Client& c) {
         return;
     }
     if (n > 0) c.in.append(buf, static_cast<std::size_t>(n));
-    const auto nl = c.in.find('\n');
-    if (nl == std::string::npos) {
-        if (c.in.size() >= kMaxRequest) close_client(fd);
-        return;
-    }
-    c.producer = handler_(std::string_view(c.in).substr(0, nl));
+    const RequestFraming framed = frame_request(c.in, kMaxRequest);
+    if (framed.state == RequestFraming::State::too_long) close_client(fd);
+    if (framed.state != RequestFraming::State::complete) return;
+    c.producer = handler_(framed.line);
     loop_.modify_fd(fd, EPOLLOUT);
 }
 

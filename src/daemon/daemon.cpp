@@ -6,7 +6,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <charconv>
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
@@ -14,6 +13,7 @@
 #include <utility>
 
 #include "core/duration.hpp"
+#include "daemon/control_request.hpp"
 #include "daemon/status_json.hpp"
 #include "daemon/textfile.hpp"
 
@@ -27,6 +27,9 @@ constexpr int kBatchesPerWakeup = 8;
 // Batches read from a socket still backlogged when probes fall due: enough
 // to empty a full receive queue.
 constexpr int kDrainBatches = 64;
+
+// STATUS= is sent again for a worse loop lag only past this much more.
+constexpr Duration kLagReportStep = std::chrono::milliseconds(1);
 
 // How soon log records the journal (or stderr) could not take are tried again.
 constexpr Duration kLogRetry = std::chrono::milliseconds(20);
@@ -58,6 +61,20 @@ Duration thread_cpu_time() {
     timespec ts{};
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
     return std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec);
+}
+
+// CLOCK_BOOTTIME minus CLOCK_MONOTONIC (see SleepDetector); nullopt when the
+// thread was held up between the readings for too long to trust them.
+std::optional<Duration> time_asleep() {
+    const auto read = [](clockid_t id) {
+        timespec ts{};
+        clock_gettime(id, &ts);
+        return std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec);
+    };
+    const Duration before = read(CLOCK_MONOTONIC);
+    const Duration boot = read(CLOCK_BOOTTIME);
+    if (read(CLOCK_MONOTONIC) - before > std::chrono::milliseconds(1)) return std::nullopt;
+    return boot - before;
 }
 
 void notify(const std::string& state) {
@@ -145,6 +162,19 @@ Daemon::Daemon(Config config, Logger& log, const ClockSource& clock, RandomSourc
         last_wheel_fire_ = loop_.now();
         last_lag_ = std::max(Duration::zero(), loop_.now() - wheel_deadline_);
         stats_.max_lag = std::max(stats_.max_lag, last_lag_);
+        // The machine slept: ACKs that came meanwhile were lost with it,
+        // through no fault of their peers.
+        if (const auto asleep = time_asleep())
+            if (const auto slept = sleep_.observe(*asleep)) {
+                core_.doubt_receive(loop_.now());
+                log_.logf(LOG_WARNING,
+                          "the machine was suspended for {}: unanswered probes sent before "
+                          "are not counted against their peers",
+                          format_duration(std::chrono::round<milliseconds>(*slept)));
+            }
+        // STATUS= shows the worst lag; it is told again once that has grown by a quarter.
+        if (stats_.max_lag > reported_lag_ + reported_lag_ / 4 + kLagReportStep)
+            status_dirty_ = true;
         // ACKs that came before the probes fell due are read before any
         // verdict, even when a wake-up's budget left them in the queue or
         // reads were deferred to this step.
@@ -489,7 +519,9 @@ std::unique_ptr<ControlServer> Daemon::make_control_server(const std::string& pa
 }
 
 void Daemon::notify_status() {
-    notify("STATUS=" + summary_line(counts()));
+    reported_lag_ = stats_.max_lag;
+    notify(fmt::format("STATUS={}; loop lag max {:.1f} ms", summary_line(counts()),
+                       std::chrono::duration<double, std::milli>(reported_lag_).count()));
     status_dirty_ = false;
 }
 
@@ -620,40 +652,35 @@ void Daemon::write_metrics_file() {
     loop_.arm_timer(metrics_timer_, loop_.now() + config_.metrics.interval);
 }
 
-ControlServer::Producer Daemon::control_request(std::string_view request) {
-    if (request == "metrics") {
-        // A few peers per piece: the streaming server asks for the next only
-        // when the client can take it.
-        auto text = std::make_shared<MetricsText>(core_, stats());
-        return [text](std::string& out) { return text->next(out); };
-    }
-    if (request == "watch" || request.starts_with("watch ")) {
-        std::optional<std::uint64_t> since;
-        if (request.size() > 6) {
-            std::uint64_t v = 0;
-            const auto text = request.substr(6);
-            const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
-            if (ec != std::errc{} || end != text.data() + text.size())
-                return ControlServer::whole(to_line({{"error", "bad watch request"}}));
-            since = v;
+ControlServer::Producer Daemon::control_request(std::string_view line) {
+    const auto request = parse_control_request(line);
+    if (!request) return ControlServer::whole(to_line({{"error", request.error()}}));
+    switch (request->kind) {
+        case ControlRequest::Kind::metrics: {
+            // A few peers per piece: the streaming server asks for the next only
+            // when the client can take it.
+            auto text = std::make_shared<MetricsText>(core_, stats());
+            return [text](std::string& out) { return text->next(out); };
         }
-        if (auto stream = watchers_.open(since)) return std::move(*stream);
-        return ControlServer::whole(to_line(
-            {{"error", fmt::format("too many watchers (at most {})", Watchers::kMaxWatchers)}}));
-    }
-    if (request == "peers")
-        return peers_stream(
-            core_, [this] { return loop_.now(); }, targets_->peer_rows(loop_.now()));
-    if (request == "targets")
-        return ControlServer::whole(to_line(targets_->targets_json(loop_.now())));
-    if (request == "status") return ControlServer::whole(to_line(status()));
-    if (request == "shutdown-for-good") {
-        // Stops when the answer is written, so that it goes out before the loop ends.
-        return [this](std::string& out) {
-            stop(true);
-            out = to_line({{"stopping", true}});
-            return false;
-        };
+        case ControlRequest::Kind::watch:
+            if (auto stream = watchers_.open(request->since)) return std::move(*stream);
+            return ControlServer::whole(
+                to_line({{"error",
+                          fmt::format("too many watchers (at most {})", Watchers::kMaxWatchers)}}));
+        case ControlRequest::Kind::peers:
+            return peers_stream(
+                core_, [this] { return loop_.now(); }, targets_->peer_rows(loop_.now()));
+        case ControlRequest::Kind::targets:
+            return ControlServer::whole(to_line(targets_->targets_json(loop_.now())));
+        case ControlRequest::Kind::status:
+            return ControlServer::whole(to_line(status()));
+        case ControlRequest::Kind::shutdown_for_good:
+            // Stops when the answer is written, so that it goes out before the loop ends.
+            return [this](std::string& out) {
+                stop(true);
+                out = to_line({{"stopping", true}});
+                return false;
+            };
     }
     return ControlServer::whole(to_line({{"error", "unknown request"}}));
 }
@@ -691,7 +718,9 @@ nlohmann::json Daemon::status() const {
         {"iterations_over_1ms", stats_.over_1ms},
         {"iterations_over_5ms", stats_.over_5ms},
         {"iterations_over_20ms", stats_.over_20ms},
+        {"timer_lag_us", duration_cast<microseconds>(last_lag_).count()},
         {"max_timer_lag_us", duration_cast<microseconds>(stats_.max_lag).count()},
+        {"suspended_us", duration_cast<microseconds>(sleep_.total()).count()},
     };
     return j;
 }

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/server.hpp"
+#include "core/sleep_detector.hpp"
 #include "daemon/config.hpp"
 #include "daemon/control.hpp"
 #include "daemon/event_ring.hpp"
@@ -142,7 +143,9 @@ private:
     LoopStats stats_;
     EventLoop::TimerId watchdog_timer_;
     EventLoop::TimerId metrics_timer_;
-    Duration last_lag_{};  // how late wheel_timer_ ran last time
+    Duration last_lag_{};      // how late wheel_timer_ ran last time
+    Duration reported_lag_{};  // the worst lag as STATUS= last showed it
+    SleepDetector sleep_;      // read on each wheel firing
     Duration watchdog_period_{};
     bool status_dirty_ = true;
     bool stopping_ = false;

@@ -1805,6 +1805,44 @@ TEST_F(ServerTest, ADeadPeerIsFoundEvenWhileTheServerKeepsDoubting) {
     EXPECT_EQ(sink.events.back().at, first_unanswered + (2 + ServerCore::kMaxWithheld) * 200ms);
 }
 
+// The daemon was stopped (SIGSTOP, a starved or paused VM) for 1.5 s and came
+// back 2 ms before one of the peer's probe times: the probe it sends at once
+// has 2 ms to be answered, and this peer needs 30.
+TEST_F(ServerTest, AProbeTheServerSentTooLateToBeAnsweredIsNoEvidence) {
+    responders[kAlpha] = Responder{0x1111, 30ms, true};
+    add_peer("p", kAlpha, 100, 1);
+    run_for(1s);
+    ASSERT_EQ(peer("p").state, PeerState::up);
+    const TimePoint last = probes_to(kAlpha).back().at;
+    const std::size_t events_before = sink.events.size();
+
+    const std::size_t before = sink.sent.size();
+    clock.set(last + 1598ms);
+    server->on_timer(clock.now());
+    dispatch(before);
+    ASSERT_EQ(probes_to(kAlpha).back().at, last + 1598ms);
+    run_for(1s);
+    EXPECT_EQ(peer("p").state, PeerState::up);
+    EXPECT_EQ(sink.events.size(), events_before) << sink.events.back().reason;
+    EXPECT_EQ(server->verdicts_withheld(), 1u);
+}
+
+TEST_F(ServerTest, APeerThatDiedWhileTheServerWasStoppedIsDownOneProbeLater) {
+    responders[kAlpha] = Responder{0x1111, 30ms, true};
+    add_peer("p", kAlpha, 100, 2);
+    run_for(1s);
+    const TimePoint last = probes_to(kAlpha).back().at;
+    responders[kAlpha].answering = false;
+
+    clock.set(last + 1598ms);
+    server->on_timer(clock.now());
+    run_for(1s);
+    ASSERT_EQ(peer("p").state, PeerState::down);
+    EXPECT_EQ(server->verdicts_withheld(), 1u);
+    // The rushed probe (sent at +1598 ms) was not counted: the two after it were.
+    EXPECT_EQ(sink.events.back().at, last + 1600ms + 2 * 100ms);
+}
+
 TEST_F(ServerTest, OversizedDatagramsCountAsReceived) {
     const auto before = server->datagrams_received();
     server->count_dropped_datagram(Drop::bad_length);
