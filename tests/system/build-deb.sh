@@ -8,7 +8,8 @@
 # and any build directory, i.e. one holding meson-private) with
 # packaging/debian copied to ./debian, then dpkg-buildpackage -us -uc -b.
 # Nothing is written to SRC_DIR. The cache key hashes every file the package
-# is built from (tests/ is not part of it); OUT_DIR keeps only the newest key.
+# is built from (tests/ and .ci/ are not part of it); OUT_DIR keeps only the
+# newest key.
 # A lock makes concurrent callers wait for one build and share it.
 #
 # usage: build-deb.sh SRC_DIR OUT_DIR
@@ -19,7 +20,7 @@ src=$(cd "$1" && pwd)
 mkdir -p "$2"
 out=$(cd "$2" && pwd)
 
-key=$(cd "$src" && tar --exclude=./.git --exclude=./debian --exclude=./tests \
+key=$(cd "$src" && tar --exclude=./.git --exclude=./.ci --exclude=./debian --exclude=./tests \
         --exclude-tag-all=meson-private --sort=name --mtime=@0 --owner=0 --group=0 -cf - . |
       sha256sum | cut -c1-16)
 dir=$out/$key
