@@ -203,10 +203,18 @@ TEST(Spoofing, RandomCookiesFromThousandsOfAddressesCreateNothingAndAmplifyNothi
               << "; bytes sent / bytes received = " << ratio << "; RSS " << rss_before << " -> "
               << rss_after << " KiB" << std::endl;
 
+    // A flood can make the daemon busy enough to shed: a newcomer is then told
+    // "busy" before its cookie is even looked at.
+    const auto shed = [&](const json& s) {
+        return s.at("daemon").at("load").at("registrations_shed").get<std::uint64_t>();
+    };
+    const std::uint64_t shed_delta = shed(s2) - shed(s1);
+    std::cout << "shed as busy: " << shed_delta << std::endl;
+
     ASSERT_GT(received, sent_total / 2) << "the daemon read too little to judge";
-    EXPECT_EQ(delta("stale_cookie"), received);
-    // Every REGISTER is answered with one CHALLENGE or counted as rate-limited:
-    // this also proves the capture saw every answer.
+    EXPECT_EQ(delta("stale_cookie") + shed_delta, received);
+    // Every REGISTER is answered with one CHALLENGE (or REJECT busy) or counted
+    // as rate-limited: this also proves the capture saw every answer.
     EXPECT_EQ(replies + delta("rate_limited"), received);
     EXPECT_LE(largest, request_size);
     EXPECT_LE(ratio, 1.0);

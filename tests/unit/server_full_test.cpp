@@ -7,6 +7,8 @@
 
 #include <cstdlib>
 #include <new>
+#include <string>
+#include <vector>
 
 #include "test_support.hpp"
 
@@ -168,9 +170,19 @@ TEST(ServerFullReload, RaisingMaxPeersReservesRoom) {
     EXPECT_GE(server.peers().capacity(), 5000u);
 }
 
+// Peer::name is a view: the table copies its bytes into its name arena.
+const std::string& name_of(int i) {
+    static const std::vector<std::string> names = [] {
+        std::vector<std::string> v;
+        for (int n = 0; n < 64; ++n) v.push_back(fmt::format("peer-with-a-long-name-{}", n));
+        return v;
+    }();
+    return names.at(static_cast<std::size_t>(i));
+}
+
 Peer make_peer(int i) {
     Peer p;
-    p.name = fmt::format("peer-with-a-long-name-{}", i);  // its own allocation
+    p.name = name_of(i);
     p.session = static_cast<std::uint32_t>(1000 + i);
     p.address = source(i);
     return p;
