@@ -472,7 +472,7 @@ void ServerCore::on_bye(const kap::Message& m, const Address& from, const Route&
     }
     if (p.state == PeerState::left) return;  // a repeated goodbye
     change_state(slot, PeerState::left, EventKind::left, "peer said goodbye", now);
-    schedule(slot, now + limits_.forget_after);
+    schedule(slot, now + forget_after(p));
 }
 
 void ServerCore::answer_unknown_session(const Address& from, const Route& route, TimePoint now) {
@@ -664,7 +664,7 @@ void ServerCore::forget(Slot slot) {
     Peer& p = table_.at(slot);
     wheel_.cancel(p.timer);
     emit(EventKind::forgotten, p.state, slot,
-         fmt::format("forgotten after {} {}", format_duration(limits_.forget_after),
+         fmt::format("forgotten after {} {}", format_duration(forget_after(p)),
                      to_string(p.state)));
     if (p.protocol == Protocol::legacy) --legacy_peers_;
     table_.erase(slot);
