@@ -10,9 +10,10 @@
 namespace keepalive {
 namespace {
 
-Peer peer_named(std::string name) {
+// Peer::name is a view: `name` must outlive the peer (here, a literal).
+Peer peer_named(std::string_view name) {
     Peer p;
-    p.name = std::move(name);
+    p.name = name;
     p.session = 0xabcd;
     return p;
 }
