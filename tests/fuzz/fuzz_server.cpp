@@ -120,7 +120,7 @@ struct Harness final : ServerSink {
                 evidence.erase(std::string(p.name));
                 break;
             case EventKind::degraded:
-                if (!answering(prev) || p.state != PeerState::degraded) violated("degraded");
+                if (!prev || !answering(*prev) || p.state != PeerState::degraded) violated("degraded");
                 break;
             case EventKind::damped:  // a recovery held back: the peer stays where it was
                 if (p.state != prev) violated("damped");
