@@ -263,6 +263,27 @@ int watch(const std::string& path, const std::string& since, bool json) {
     return 1;
 }
 
+// One exchange with the daemon: whatever goes wrong is one line on stderr
+// and exit status 1.
+template <typename Exchange>
+int reporting_failures(Exchange&& exchange) {
+    try {
+        return exchange();
+    } catch (const Failure& f) {
+        std::fprintf(stderr, "keepalivectl: %s\n", f.message.c_str());
+    } catch (const nlohmann::json::exception& e) {
+        std::fprintf(stderr, "keepalivectl: unexpected reply from keepalived: %s\n", e.what());
+    }
+    return 1;
+}
+
+// The daemon's JSON answer to `request`; an error answer is a Failure.
+nlohmann::json ask_json(const std::string& path, const std::string& request) {
+    auto reply = nlohmann::json::parse(ask(path, request));
+    if (reply.contains("error")) throw Failure{"keepalived: " + reply["error"].get<std::string>()};
+    return reply;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -305,18 +326,11 @@ int main(int argc, char** argv) {
     if (optind < argc && std::string_view(argv[optind]) == "shutdown") {
         if (optind + 1 != argc || !for_good)
             return usage_error("shutdown needs --for-good (systemctl stop keeps the sessions)");
-        try {
-            const auto reply = nlohmann::json::parse(ask(socket_path, "shutdown-for-good"));
-            if (reply.contains("error"))
-                throw Failure{"keepalived: " + reply["error"].get<std::string>()};
+        return reporting_failures([&] {
+            ask_json(socket_path, "shutdown-for-good");
             fmt::print("keepalived is shutting down for good\n");
             return 0;
-        } catch (const Failure& f) {
-            std::fprintf(stderr, "keepalivectl: %s\n", f.message.c_str());
-        } catch (const nlohmann::json::exception& e) {
-            std::fprintf(stderr, "keepalivectl: unexpected reply from keepalived: %s\n", e.what());
-        }
-        return 1;
+        });
     }
     if (optind + 1 != argc)
         return usage_error(
@@ -332,7 +346,7 @@ int main(int argc, char** argv) {
     if (command == "watch") return watch(socket_path, since, json);
     if (command == "metrics" && json) return usage_error("metrics has no --json form");
 
-    try {
+    return reporting_failures([&] {
         if (command == "metrics") {
             // Text, not JSON; only an error reply is a JSON object.
             const std::string text = ask(socket_path, command);
@@ -344,9 +358,7 @@ int main(int argc, char** argv) {
             std::fwrite(text.data(), 1, text.size(), stdout);
             return std::fflush(stdout) == 0 ? 0 : 1;
         }
-        auto reply = nlohmann::json::parse(ask(socket_path, command));
-        if (reply.contains("error"))
-            throw Failure{"keepalived: " + reply["error"].get<std::string>()};
+        auto reply = ask_json(socket_path, command);
         // The daemon streams peers in table order; people read them by name.
         if (command == "peers") {
             auto& peers = reply.at("peers");
@@ -364,10 +376,5 @@ int main(int argc, char** argv) {
         else
             print_status(reply);
         return 0;
-    } catch (const Failure& f) {
-        std::fprintf(stderr, "keepalivectl: %s\n", f.message.c_str());
-    } catch (const nlohmann::json::exception& e) {
-        std::fprintf(stderr, "keepalivectl: unexpected reply from keepalived: %s\n", e.what());
-    }
-    return 1;
+    });
 }
