@@ -269,8 +269,8 @@ Measured run(const Options& o, bool floor) {
     const std::size_t total = o.peers + o.up_before;
     DaemonProcess::Options d;
     d.binary = floor ? o.floor : o.daemon;
-    d.max_peers = total + 1000;
-    d.max_per_host = total + 1000;
+    d.max_peers = total + o.overload_peers + 1000;
+    d.max_per_host = total + o.overload_peers + 1000;
     d.stand_in = floor;
     d.peers_config = o.peers_config;
     if (!floor) d.extra_args = o.daemon_args;
