@@ -24,7 +24,12 @@ void LoadShedder::roll(TimePoint now) {
     // iteration is never longer than a window apart from the next.
     const double fraction =
         std::chrono::duration<double>(busy_) / std::chrono::duration<double>(kWindow);
-    judge(fraction, overflowed_);
+    // An overflow while newcomers' REGISTERs outnumber the probes is a
+    // registration burst: shedding would only send every peer of it to a
+    // longer backoff, without easing the load the daemon already holds.
+    const bool burst = registers_ > probes_;
+    judge(fraction, overflowed_ && !burst);
+    last_overflowed_ = overflowed_;
     if (windows == 1)
         pace(fraction);
     else
@@ -34,12 +39,16 @@ void LoadShedder::roll(TimePoint now) {
     busy_ = Duration{};
     overflowed_ = false;
     probes_ = 0;
+    registers_ = 0;
     added_ = 0;
 }
 
-// Room for half the headroom below the threshold, at the last window's cost
-// per probe (which includes the ACK, and the handshakes of that window: an
-// overestimate while peers register, the safe side).
+// Room for half the headroom below the threshold, at the cost per probe of
+// the recent windows. A window's cost per probe includes the ACK and the
+// handshakes of that window: while a fleet registers, several times the
+// steady cost, which would admit it a few thousand a second and send the rest
+// to a backoff of tens of seconds. The lowest recent cost leaves that out; the
+// headroom, measured with the handshakes, still shrinks the room as they cost.
 void LoadShedder::pace(double fraction) {
     if (busy_percent_ == 0) {
         room_ = std::numeric_limits<double>::infinity();
@@ -50,8 +59,9 @@ void LoadShedder::pace(double fraction) {
         return;
     }
     const double cost = fraction / static_cast<double>(probes_);  // share of a second per probe
+    cost_ = cost_ > 0 ? std::min(cost, cost_ * kCostRise) : cost;
     const double headroom = busy_percent_ / 100.0 - fraction;
-    room_ = headroom > 0 && cost > 0 ? headroom / cost / 2 : 0;
+    room_ = headroom > 0 && cost_ > 0 ? headroom / cost_ / 2 : 0;
 }
 
 void LoadShedder::judge(double fraction, bool overflowed) {

@@ -284,8 +284,9 @@ void ServerCore::on_register(const kap::Message& m, const Address& from, const R
 }
 
 bool ServerCore::shed_new_name(std::string_view name, Duration interval, TimePoint now) {
-    if (shedder_.has_room(interval, now) || table_.find_name(name) != PeerTable::kNone)
-        return false;
+    if (table_.find_name(name) != PeerTable::kNone) return false;
+    shedder_.note_register();
+    if (shedder_.has_room(interval, now)) return false;
     ++registrations_shed_;
     return true;
 }
