@@ -24,17 +24,19 @@ void LoadShedder::roll(TimePoint now) {
     // iteration is never longer than a window apart from the next.
     const double fraction =
         std::chrono::duration<double>(busy_) / std::chrono::duration<double>(kWindow);
-    // An overflow while newcomers' REGISTERs outnumber the probes is a
-    // registration burst: shedding would only send every peer of it to a
-    // longer backoff, without easing the load the daemon already holds.
+    // A window in which newcomers' REGISTERs outnumber the probes is a
+    // registration burst: its overflow and its handshakes' CPU say nothing
+    // of the load held. Shedding would send every peer of it to a longer
+    // backoff; pacing, which leaves no room after a window over the
+    // threshold, is enough.
     const bool burst = registers_ > probes_;
-    judge(fraction, overflowed_ && !burst);
+    judge(fraction, overflowed_, !burst);
     last_overflowed_ = overflowed_;
     if (windows == 1)
         pace(fraction);
     else
         room_ = kRoomUnknownCost;  // idle windows: nothing to go by
-    for (std::uint64_t i = 1; i < windows && shedding_; ++i) judge(0, false);
+    for (std::uint64_t i = 1; i < windows && shedding_; ++i) judge(0, false, true);
     window_start_ += windows * kWindow;
     busy_ = Duration{};
     overflowed_ = false;
@@ -64,7 +66,7 @@ void LoadShedder::pace(double fraction) {
     room_ = headroom > 0 && cost_ > 0 ? headroom / cost_ / 2 : 0;
 }
 
-void LoadShedder::judge(double fraction, bool overflowed) {
+void LoadShedder::judge(double fraction, bool overflowed, bool may_start) {
     last_fraction_ = fraction;
     last_overflowed_ = overflowed;
     if (busy_percent_ == 0) {
@@ -74,7 +76,7 @@ void LoadShedder::judge(double fraction, bool overflowed) {
     const double enter = busy_percent_ / 100.0;
     const double leave =
         (busy_percent_ > kHysteresisPercent ? busy_percent_ - kHysteresisPercent : 0) / 100.0;
-    if (fraction >= enter || overflowed) {
+    if ((fraction >= enter || overflowed) && (may_start || shedding_)) {
         if (!shedding_) ++episodes_;
         shedding_ = true;
         calm_ = 0;

@@ -13,8 +13,9 @@
 // A registration storm is not an overload: handshakes inflate a window's CPU
 // per probe, and a fleet registering at once overflows any receive queue. So
 // the cost per probe is the lowest of the recent windows (allowed to rise by
-// kCostRise a window), and an overflow in a window that read more REGISTERs
-// than it sent probes paces newcomers but does not shed.
+// kCostRise a window), and a window that read more newcomers' REGISTERs than
+// it sent probes does not start shedding, however busy or overflowed: pacing
+// alone answers it (no room after a window over the threshold).
 #pragma once
 
 #include <algorithm>
@@ -92,7 +93,7 @@ public:
 
 private:
     void roll(TimePoint now);
-    void judge(double fraction, bool overflowed);
+    void judge(double fraction, bool overflowed, bool may_start);
     void pace(double fraction);
     static double rate_of(Duration interval) {
         return 1.0 / std::max(std::chrono::duration<double>(interval).count(), 1e-3);

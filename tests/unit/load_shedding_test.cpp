@@ -149,9 +149,10 @@ TEST(LoadShedder, HandshakesDoNotShrinkThePaceOfTheWindowsAfter) {
 }
 
 // A fleet registering at once overflows the receive queue whatever the
-// daemon's capacity: that overflow paces but does not shed. One among
+// daemon's capacity, and its handshakes may take most of a second: that
+// window admits no one in the next but starts no shedding. An overflow among
 // the probes of the peers held is over capacity, and sheds.
-TEST(LoadShedder, AnOverflowInARegistrationBurstDoesNotShed) {
+TEST(LoadShedder, ARegistrationBurstPacesButDoesNotShed) {
     FakeClock clock{kStart};
     LoadShedder s(75, clock.now());
     for (int i = 0; i < 10'000; ++i) s.note_probe();
@@ -163,11 +164,25 @@ TEST(LoadShedder, AnOverflowInARegistrationBurstDoesNotShed) {
     EXPECT_TRUE(s.last_overflowed());
     EXPECT_GT(s.room(), 0);
 
+    // The handshakes took 90% of the window: no room in the next, no episode.
+    for (int i = 0; i < 10'000; ++i) s.note_probe();
+    for (int i = 0; i < 50'000; ++i) s.note_register();
+    s.note_busy(900ms, kStart + 1500ms);
+    clock.set(kStart + 2s);
+    EXPECT_FALSE(s.shedding(clock.now()));
+    EXPECT_FALSE(s.has_room(1s, clock.now()));
+    // A calmer window (20%) gives room again.
+    for (int i = 0; i < 10'000; ++i) s.note_probe();
+    s.note_busy(200ms, kStart + 2500ms);
+    clock.set(kStart + 3s);
+    EXPECT_TRUE(s.has_room(1s, clock.now()));
+    EXPECT_EQ(s.episodes(), 0u);
+
     for (int i = 0; i < 100'000; ++i) s.note_probe();
     for (int i = 0; i < 5'000; ++i) s.note_register();
-    s.note_overflow(kStart + 1200ms);
-    s.note_busy(400ms, kStart + 1500ms);
-    clock.set(kStart + 2s);
+    s.note_overflow(kStart + 3200ms);
+    s.note_busy(400ms, kStart + 3500ms);
+    clock.set(kStart + 4s);
     EXPECT_TRUE(s.shedding(clock.now()));
     EXPECT_EQ(s.episodes(), 1u);
 }
