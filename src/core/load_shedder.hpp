@@ -64,7 +64,9 @@ public:
     }
     bool shedding() const { return shedding_; }
     // Whether a new peer probed every `interval` fits in this window's pace;
-    // admit() takes it from there.
+    // admit() takes it from there. The server admits at a newcomer's first
+    // REGISTER, before the CHALLENGE: one that comes back with its cookie is
+    // turned away only while shedding.
     bool has_room(Duration interval, TimePoint now) {
         roll(now);
         if (busy_percent_ == 0) return true;

@@ -1,6 +1,7 @@
 // Shedding load over capacity: the signal (LoadShedder) with its hysteresis,
 // and ServerCore answering new registrations REJECT diag 9 (busy) while it
 // lasts, serving the peers it holds. Fake clock throughout.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <string>
@@ -272,6 +273,30 @@ TEST_F(ShedRegistrationsTest, AdmissionResumesOnlyAfterThreeCalmSeconds) {
     EXPECT_EQ(d.peer("newcomer").state, PeerState::up);
     EXPECT_EQ(d.server->registrations_shed(), 2u);
     EXPECT_EQ(d.server->load().episodes(), 1u);
+}
+
+// The pace is taken at a newcomer's first REGISTER: a peer challenged is
+// admitted when it comes back with its cookie, even if the newcomers after it
+// used up the window's room (a storm's handshakes are not spent for nothing).
+TEST_F(ShedRegistrationsTest, APeerChallengedIsAdmittedWithItsCookie) {
+    const Address from = addr("10.0.0.9:4000");
+    kap::Register r{++nonce, 0x1111, 100, 3, {}, "early"};
+    d.server->on_datagram(encode({.body = r}), from, d.route, d.clock.now());
+    ASSERT_EQ(kap::type_of(d.replies.back().msg), kap::Type::challenge);
+    r.cookie = std::get<kap::Challenge>(d.replies.back().msg.body).cookie;
+
+    // No cost known yet: room for 10 000 probes/s, 1 000 peers at 100 ms; "early" took one.
+    for (int i = 0; i < 999; ++i)
+        ASSERT_EQ(kap::type_of(first_reply(
+                      fmt::format("n{}", i),
+                      addr(fmt::format("10.1.{}.{}:4000", i / 200, i % 200 + 1).c_str()))),
+                  kap::Type::challenge);
+    EXPECT_EQ(first_reply("late", addr("10.2.0.1:4000")).diag, kap::Diag::busy);
+
+    d.server->on_datagram(encode({.body = r}), from, d.route, d.clock.now());
+    EXPECT_EQ(kap::type_of(d.replies.back().msg), kap::Type::accept);
+    EXPECT_EQ(d.peer("early").state, PeerState::up);
+    EXPECT_EQ(d.server->registrations_shed(), 1u);
 }
 
 TEST_F(ShedRegistrationsTest, ReceiveOverflowShedsAndZeroTurnsItOff) {
