@@ -285,8 +285,11 @@ bool ServerCore::shed_new_name(std::string_view name, Duration interval, bool fi
     if (table_.find_name(name) != PeerTable::kNone) return false;
     shedder_.note_register();
     // The room is taken at the first REGISTER; the one with the cookie that
-    // follows is turned away only while shedding.
-    if (first_contact ? shedder_.admit(interval, now) : !shedder_.shedding(now)) return false;
+    // follows is turned away only while shedding. The source is not proven
+    // yet, so the interval counts as what the limits would grant: a forged
+    // REGISTER asking for 1 ms must not take the room of a thousand peers.
+    const Duration granted = std::clamp(interval, limits_.min_interval, limits_.max_interval);
+    if (first_contact ? shedder_.admit(granted, now) : !shedder_.shedding(now)) return false;
     ++registrations_shed_;
     return true;
 }
