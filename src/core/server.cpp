@@ -174,7 +174,7 @@ void ServerCore::on_register(const kap::Message& m, const Address& from, const R
     }
     // Over capacity, a newcomer is told to come back later before it costs a
     // handshake; a peer the table holds (its session lost, or moved) is served.
-    if (shed_new_name(reg.name, milliseconds(reg.interval_ms), now)) {
+    if (shed_new_name(reg.name, milliseconds(reg.interval_ms), reg.cookie == kap::Cookie{}, now)) {
         handshake_reply(route, from,
                         {.diag = kap::Diag::busy, .session = 0, .body = kap::Reject{reg.nonce}},
                         now);
@@ -220,11 +220,8 @@ void ServerCore::on_register(const kap::Message& m, const Address& from, const R
             reject(kap::Diag::server_full);
             return;
         }
-        if (!shedder_.admit(interval, now)) {
-            ++registrations_shed_;
-            reject(kap::Diag::busy);
-            return;
-        }
+        // Paced before the CHALLENGE (shed_new_name), so that a storm's
+        // handshakes are spent only on the peers the pace admits.
         slot = admit({.name = reg.name,
                       .protocol = Protocol::kap1,
                       .incarnation = reg.incarnation,
@@ -286,9 +283,13 @@ void ServerCore::on_register(const kap::Message& m, const Address& from, const R
                static_cast<std::uint32_t>(duration_cast<milliseconds>(interval).count()), probes}});
 }
 
-bool ServerCore::shed_new_name(std::string_view name, Duration interval, TimePoint now) {
-    if (shedder_.has_room(interval, now) || table_.find_name(name) != PeerTable::kNone)
-        return false;
+bool ServerCore::shed_new_name(std::string_view name, Duration interval, bool first_contact,
+                               TimePoint now) {
+    if (table_.find_name(name) != PeerTable::kNone) return false;
+    shedder_.note_register();
+    // The room is taken at the first REGISTER; the one with the cookie that
+    // follows is turned away only while shedding.
+    if (first_contact ? shedder_.admit(interval, now) : !shedder_.shedding(now)) return false;
     ++registrations_shed_;
     return true;
 }

@@ -218,7 +218,7 @@ private:
     void on_register(const kap::Message& m, const Address& from, const Route& route, TimePoint now);
     // Over capacity, or no room left in this second's pace for a newcomer
     // probed every `interval`, and `name` is not in the table: counted, and true.
-    bool shed_new_name(std::string_view name, Duration interval, TimePoint now);
+    bool shed_new_name(std::string_view name, Duration interval, bool first_contact, TimePoint now);
     void on_ack(const kap::Message& m, const Address& from, const Route& route, TimePoint now);
     void on_bye(const kap::Message& m, const Address& from, const Route& route, TimePoint now);
     struct NewPeer {
