@@ -158,6 +158,15 @@ void ServerCore::on_datagram(std::span<const std::uint8_t> data, const Address& 
     }
 }
 
+// Two passes: the index cells first, then (the cells now in cache, or on
+// their way) the records they point to.
+void ServerCore::prefetch(std::span<const std::span<const std::uint8_t>> batch) const {
+    for (const auto& d : batch)
+        if (const std::uint32_t session = kap::peek_session(d)) table_.prefetch_session_index(session);
+    for (const auto& d : batch)
+        if (const std::uint32_t session = kap::peek_session(d)) table_.prefetch_session_peer(session);
+}
+
 void ServerCore::reply(const Route& route, const Address& to, const kap::Message& m) {
     std::array<std::uint8_t, kap::kMaxDatagramSize> buf;
     const std::size_t n = kap::encode(m, buf, auth_ ? auth_->active() : nullptr);

@@ -88,6 +88,12 @@ public:
     // One received KAP/1 datagram; `route` names the socket and local address it came to.
     void on_datagram(std::span<const std::uint8_t> data, const Address& from, const Route& route,
                      TimePoint now);
+    // A hint for a batch of received datagrams about to go to on_datagram():
+    // brings the session index cells and peer records their lookups read into
+    // the cache first, so that a batch's cache misses overlap instead of each
+    // lookup waiting for its own. Changes nothing; any bytes are fine.
+    void prefetch(std::span<const std::span<const std::uint8_t>> batch) const;
+
     // Datagrams of the Go module's text protocol (see core/legacy.hpp): a
     // registration that came to the legacy register socket, probes leaving by
     // `probe_route` to the registering host's `probe_port`; and a reply that
