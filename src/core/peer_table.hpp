@@ -61,13 +61,14 @@ public:
     }
     void prefetch_session_peer(std::uint32_t session) const {
         const Slot s = by_session_.guess(SlotIndex::hash_u32(session));
-        if (s < slots_.size()) prefetch_peer(s);
+        if (s != kNone) prefetch_peer(s);
     }
     // The lines of a peer's record that a probe or an ACK reads.
     void prefetch_peer(Slot slot) const {
+        if (slot >= slots_.size()) return;
         const char* p = reinterpret_cast<const char*>(&slots_[slot]);
-        for (std::size_t off = 0; off < kHotPeerBytes; off += 64) __builtin_prefetch(p + off, 1);
-        __builtin_prefetch(p + kHotPeerBytes - 1, 1);  // records need not start on a line
+        for (std::size_t off = 0; off < kHotPeerBytes; off += 64) prefetch_read(p + off);
+        prefetch_read(p + kHotPeerBytes - 1);  // records need not start on a line
     }
 
     // Keep the indexes and counts right: every change of these goes through here.

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "core/keyed_hash.hpp"
+#include "core/prefetch.hpp"
 
 namespace keepalive {
 
@@ -43,7 +44,7 @@ public:
     // asking holds() (maybe another key's, or kNone), for prefetching that
     // slot's record once the cell is in cache.
     void prefetch(std::uint32_t hash) const {
-        if (!cells_.empty()) __builtin_prefetch(&cells_[hash & mask()]);
+        if (!cells_.empty()) prefetch_read(&cells_[hash & mask()]);
     }
     Slot guess(std::uint32_t hash) const {
         return find(hash, [](Slot) { return true; });
