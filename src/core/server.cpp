@@ -514,9 +514,12 @@ bool ServerCore::allowed(const Address& from) const {
 }
 
 void ServerCore::on_timer(TimePoint now) {
-    wheel_.advance(now, [&](std::uint64_t payload, TimePoint deadline) {
-        on_due(static_cast<Slot>(payload), deadline, now);
-    });
+    wheel_.advance(
+        now,
+        [&](std::uint64_t payload, TimePoint deadline) {
+            on_due(static_cast<Slot>(payload), deadline, now);
+        },
+        [&](std::uint64_t payload) { table_.prefetch_peer(static_cast<Slot>(payload)); });
 }
 
 // The heart of detection. A peer's timer fires at each probe time; the probe
