@@ -79,13 +79,15 @@ void BM_TimerWheelCancel(benchmark::State& state) {
 BENCHMARK(BM_TimerWheelCancel)->Arg(1'000'000)->Unit(benchmark::kMillisecond);
 
 // The daemon's pattern: advance 1 ms at a time until every timer has fired.
+// Arguments: timers, wheel slots (ServerCore's wheel has ServerCore::kWheelSlots).
 void BM_TimerWheelExpire(benchmark::State& state) {
     const auto n = static_cast<std::size_t>(state.range(0));
+    const auto slots = static_cast<std::size_t>(state.range(1));
     const auto deadlines = spread_deadlines(n);
     std::uint64_t fired = 0;
     for (auto _ : state) {
         state.PauseTiming();
-        auto wheel = std::make_unique<TimerWheel>(kStart);
+        auto wheel = std::make_unique<TimerWheel>(kStart, 1ms, slots);
         for (std::size_t i = 0; i < n; ++i) wheel->schedule(deadlines[i], i);
         state.ResumeTiming();
         for (TimePoint t = kStart; t <= kStart + 10s; t += 1ms)
@@ -94,7 +96,10 @@ void BM_TimerWheelExpire(benchmark::State& state) {
     benchmark::DoNotOptimize(fired);
     state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations() * n));
 }
-BENCHMARK(BM_TimerWheelExpire)->Arg(1'000'000)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_TimerWheelExpire)
+    ->Args({1'000'000, 4096})
+    ->Args({1'000'000, ServerCore::kWheelSlots})
+    ->Unit(benchmark::kMillisecond);
 
 // ---- codec ----------------------------------------------------------------
 

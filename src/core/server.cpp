@@ -126,7 +126,7 @@ ServerCore::ServerCore(const PeerLimits& limits, RandomSource& random, ServerSin
       sink_(sink),
       cookies_(draw_secret(random)),
       epoch_(random.next_u64()),
-      wheel_(now),
+      wheel_(now, milliseconds(1), kWheelSlots),
       shedder_(limits.shed_busy_percent, now),
       unknown_session_budget_(draw_hash_key()),
       handshake_budget_(draw_hash_key()) {

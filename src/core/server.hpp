@@ -80,6 +80,11 @@ public:
     // Unanswered probes in a row not counted against a peer because the
     // server doubted its own reception or timing; past this they count regardless.
     static constexpr std::uint8_t kMaxWithheld = 3;
+    // The wheel's slots of 1 ms: a turn of 16.4 s holds a whole interval of
+    // up to 16 s, so a visited slot holds only entries due in this turn
+    // instead of being scanned again for later ones (at 1 M peers at 10 s,
+    // 244 entries a slot with 4096 slots, 59 % of them not yet due). 128 KiB.
+    static constexpr std::size_t kWheelSlots = 16384;
 
     ServerCore(const PeerLimits& limits, RandomSource& random, ServerSink& sink, TimePoint now);
     ServerCore(const ServerCore&) = delete;
