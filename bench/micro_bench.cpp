@@ -150,7 +150,8 @@ FilledTable& table_of(std::size_t n) {
     for (std::size_t i = 0; i < n; ++i) {
         Peer p;
         const std::string name = fmt::format("node-{}.example", i);
-        p.name = name;  // the table copies it
+        const PeerNameBuffer buffer(name);
+        p.name = buffer.name();  // the table copies it
         p.session = static_cast<std::uint32_t>(rng()) | 1;
         if (t->table.find_session(p.session) != PeerTable::kNone) continue;
         p.address = Address::v4(0x0a000000u + static_cast<std::uint32_t>(i), 7000);

@@ -1,6 +1,9 @@
 // One monitored peer and the events its state machine reports.
 #pragma once
 
+#include <fmt/format.h>
+
+#include <array>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -65,7 +68,51 @@ struct NetworkError {
     TimePoint at{};
 };
 
-// One record per peer, 168 bytes (the table holds up to millions): what
+// A peer's name in 8 bytes instead of a view's 16 (the table holds one per
+// peer): a pointer to a length byte followed by the name's bytes, in storage
+// its owner keeps alive (the table's name arena for a peer in the table, a
+// PeerNameBuffer elsewhere). Reads as a std::string_view.
+class PeerName {
+public:
+    PeerName() = default;  // ""
+    // `counted`: a length byte, then that many bytes.
+    explicit PeerName(const char* counted) : counted_(counted) {}
+
+    std::string_view view() const { return {data(), size()}; }
+    operator std::string_view() const { return view(); }
+    const char* data() const { return counted_ + 1; }
+    std::size_t size() const { return static_cast<unsigned char>(*counted_); }
+    bool empty() const { return size() == 0; }
+    const char* begin() const { return data(); }
+    const char* end() const { return data() + size(); }
+    // The length byte and the bytes, as stored.
+    const char* counted() const { return counted_; }
+
+    friend bool operator==(const PeerName& a, std::string_view b) { return a.view() == b; }
+    friend bool operator==(const PeerName& a, const PeerName& b) { return a.view() == b.view(); }
+
+private:
+    static constexpr char kEmpty[1] = {0};
+    const char* counted_ = kEmpty;
+};
+
+// Storage for one PeerName of up to 255 bytes, with no allocation.
+class PeerNameBuffer {
+public:
+    PeerNameBuffer() = default;
+    explicit PeerNameBuffer(std::string_view name) { assign(name); }
+    PeerNameBuffer(const PeerNameBuffer&) = delete;  // a PeerName points in here
+    PeerNameBuffer& operator=(const PeerNameBuffer&) = delete;
+
+    // Throws std::length_error past 255 bytes.
+    PeerName assign(std::string_view name);
+    PeerName name() const { return PeerName(bytes_.data()); }
+
+private:
+    std::array<char, 256> bytes_{};
+};
+
+// One record per peer, 160 bytes (the table holds up to millions): what
 // a probe and an ACK touch comes first, in the first cache line; what only
 // events and status read follows; what few peers ever have (flap history,
 // loss window, last error) is boxed out of line.
@@ -97,7 +144,7 @@ struct Peer {
     TimePoint since{};                // when the current state began
     // In the table, its own copy (PeerTable::insert); elsewhere (a target),
     // storage its owner keeps alive.
-    std::string_view name;
+    PeerName name;
     FlapDamper damper;
     Boxed<NetworkError> last_error;  // none if no error was seen
 };
@@ -127,3 +174,11 @@ struct PeerEvent {
 };
 
 }  // namespace keepalive
+
+template <>
+struct fmt::formatter<keepalive::PeerName> : fmt::formatter<std::string_view> {
+    template <typename Context>
+    auto format(const keepalive::PeerName& n, Context& ctx) const {
+        return fmt::formatter<std::string_view>::format(n.view(), ctx);
+    }
+};

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <stdexcept>
 #include <utility>
 
 namespace keepalive {
@@ -59,6 +60,13 @@ std::string_view to_string(EventKind k) {
             return "damped";
     }
     return "?";
+}
+
+PeerName PeerNameBuffer::assign(std::string_view name) {
+    if (name.size() >= bytes_.size()) throw std::length_error("peer name longer than 255 bytes");
+    bytes_[0] = static_cast<char>(name.size());
+    std::copy(name.begin(), name.end(), bytes_.begin() + 1);
+    return this->name();
 }
 
 bool valid_peer_name(std::string_view name) {
@@ -125,7 +133,7 @@ PeerTable::Slot PeerTable::insert(Peer peer) {
             free_.push_back(static_cast<Slot>(slots_.size() - 1));
         }
         if (peer.route) route = intern_route(*peer.route);
-        if (names_.size() + name.size() > names_.capacity()) {
+        if (names_.size() + 1 + name.size() > names_.capacity()) {
             moved_name.assign(name);
             rebuild_names(name.size());
             name = moved_name;
@@ -158,7 +166,7 @@ void PeerTable::erase(Slot slot) {
         per_host_.erase(it);
     --counts_.total;
     --counts_.by_state[static_cast<std::size_t>(p.state)];
-    live_name_bytes_ -= p.name.size();
+    live_name_bytes_ -= 1 + p.name.size();
     p = Peer{};  // release what its boxes hold now
     used_[slot] = false;
     free_.push_back(slot);
@@ -172,20 +180,22 @@ const Route* PeerTable::intern_route(const Route& route) {
 }
 
 void PeerTable::append_name(Slot slot, std::string_view name) {
+    const std::size_t at = names_.size();
+    names_.push_back(static_cast<char>(name.size()));
     names_.insert(names_.end(), name.begin(), name.end());
-    slots_[slot].name = std::string_view(names_.data() + names_.size() - name.size(), name.size());
-    live_name_bytes_ += name.size();
+    slots_[slot].name = PeerName(names_.data() + at);
+    live_name_bytes_ += 1 + name.size();
 }
 
 void PeerTable::rebuild_names(std::size_t room) {
     std::vector<char> fresh;
-    fresh.reserve(std::max<std::size_t>(4096, 2 * (live_name_bytes_ + room)));
+    fresh.reserve(std::max<std::size_t>(4096, 2 * (live_name_bytes_ + 1 + room)));
     for (Slot s = 0; s < slots_.size(); ++s) {
         if (!used_[s]) continue;
         Peer& p = slots_[s];
         const std::size_t at = fresh.size();
-        fresh.insert(fresh.end(), p.name.begin(), p.name.end());
-        p.name = std::string_view(fresh.data() + at, p.name.size());
+        fresh.insert(fresh.end(), p.name.counted(), p.name.end());
+        p.name = PeerName(fresh.data() + at);
     }
     names_ = std::move(fresh);
 }

@@ -126,7 +126,8 @@ private:
     std::vector<Peer> slots_;
     std::vector<bool> used_;
     std::vector<Slot> free_;
-    // Every peer's name, back to back; Peer::name points in here. Erased names
+    // Every peer's name, back to back, each after its length byte; Peer::name
+    // points at that byte. Erased names
     // leave holes until the buffer is full: then it is rebuilt with the live
     // names only, at twice their size, and the names are pointed at the copy.
     std::vector<char> names_;

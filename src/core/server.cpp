@@ -301,7 +301,8 @@ bool ServerCore::shed_new_name(std::string_view name, Duration interval, TimePoi
 
 PeerTable::Slot ServerCore::admit(NewPeer n, TimePoint now) {
     Peer p;
-    p.name = n.name;  // the table keeps its own copy
+    PeerNameBuffer name;
+    p.name = name.assign(n.name);  // the table keeps its own copy
     p.protocol = n.protocol;
     if (n.protocol == Protocol::legacy) ++legacy_peers_;
     p.session = new_session_id();

@@ -52,7 +52,8 @@ Result<ServerCore::Restored, std::string> ServerCore::restore(
             continue;
         }
         Peer p;
-        p.name = r.name;
+        PeerNameBuffer name;
+        p.name = name.assign(r.name);  // the table keeps its own copy
         p.protocol = r.protocol;
         p.session = r.session;
         p.incarnation = r.incarnation;

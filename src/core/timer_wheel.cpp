@@ -80,6 +80,22 @@ void TimerWheel::link(std::uint32_t index, std::size_t slot) {
     s.tail = index;
 }
 
+void TimerWheel::link_front(std::uint32_t index, std::size_t slot) {
+    Entry& e = entries_[index];
+    Slot& s = slots_[slot];
+    e.slot = static_cast<std::uint32_t>(slot);
+    e.state = State::linked;
+    e.prev = nil;
+    e.next = s.head;
+    if (s.head == nil) {
+        s.tail = index;
+        occupied_[slot >> 6] |= std::uint64_t{1} << (slot & 63);
+    } else {
+        entries_[s.head].prev = index;
+    }
+    s.head = index;
+}
+
 void TimerWheel::unlink(std::uint32_t index) {
     Entry& e = entries_[index];
     Slot& s = slots_[e.slot];
@@ -108,7 +124,7 @@ void TimerWheel::release(std::uint32_t index) {
     --size_;
 }
 
-TimerWheel::Handle TimerWheel::schedule(TimePoint deadline, std::uint64_t payload) {
+TimerWheel::Handle TimerWheel::schedule(TimePoint deadline, std::uint32_t payload) {
     std::uint32_t index = free_head_;
     if (index != nil) {
         free_head_ = entries_[index].next;
@@ -122,7 +138,6 @@ TimerWheel::Handle TimerWheel::schedule(TimePoint deadline, std::uint64_t payloa
     Entry& e = entries_[index];
     e.deadline = deadline;
     e.payload = payload;
-    e.seq = next_seq_++;
     // A deadline in an already passed tick goes into the current slot: the
     // next advance() visits it first and fires it since deadline <= now.
     link(index, slot_of_tick(std::max(tick_of(deadline), cur_tick_)));
@@ -215,7 +230,8 @@ void TimerWheel::collect_slot(std::size_t slot, TimePoint now) {
         if (e.deadline <= now) {
             unlink(i);
             e.state = State::due;
-            due_.push_back(Due{e.deadline, e.seq, e.payload, i, e.generation});
+            due_.push_back(Due{e.deadline, e.payload, i, e.generation,
+                               static_cast<std::uint32_t>(due_.size())});
         }
         i = next;
     }
@@ -256,10 +272,15 @@ void TimerWheel::collect_due(TimePoint now) {
         ++pos;
     }
 
-    // Slots are usually collected in order already (one slot, schedule
-    // order); sort only when needed.
+    // Entries of one deadline are in one slot, in schedule order: each was
+    // appended to the list of its deadline's tick, or of the current tick if
+    // that had passed, and an advance() collects every entry due by then
+    // before the current tick moves again (end_advance puts back what did not
+    // fire ahead of anything scheduled since). So collection order breaks
+    // deadline ties as schedule order would. Slots are usually collected in
+    // order already (one slot); sort only when needed.
     const auto before = [](const Due& a, const Due& b) {
-        return a.deadline != b.deadline ? a.deadline < b.deadline : a.seq < b.seq;
+        return a.deadline != b.deadline ? a.deadline < b.deadline : a.order < b.order;
     };
     if (!std::is_sorted(due_.begin(), due_.end(), before)) {
         std::sort(due_.begin(), due_.end(), before);
@@ -282,12 +303,14 @@ bool TimerWheel::take_due(const Due& d) {
 
 void TimerWheel::end_advance() noexcept {
     // Only non-empty when fn (or collecting) threw: put back what did not fire.
-    // They are due, so the current slot is where the next advance() looks first.
-    for (std::size_t i = fire_pos_; i < due_.size(); ++i) {
-        const Due& d = due_[i];
+    // They are due, so the current slot is where the next advance() looks
+    // first; at its front, in firing order, so that they stay ahead of the
+    // entries fn scheduled (later ones, maybe with the same deadline).
+    for (std::size_t i = due_.size(); i > fire_pos_; --i) {
+        const Due& d = due_[i - 1];
         const Entry& e = entries_[d.index];
         if (e.generation == d.generation && e.state == State::due) {
-            link(d.index, slot_of_tick(cur_tick_));
+            link_front(d.index, slot_of_tick(cur_tick_));
         }
     }
     due_.clear();

@@ -9,7 +9,9 @@
 // exactly at an aligned deadline.
 //
 // Not thread-safe. No allocation after the entry pool has grown to the
-// largest number of simultaneously pending entries.
+// largest number of simultaneously pending entries. An entry is 32 bytes
+// (the daemon keeps one per peer); its payload is a 32-bit tag, such as the
+// index of the caller's record.
 #pragma once
 
 #include <chrono>
@@ -52,7 +54,7 @@ public:
     // before the wheel's current time (the latest `now` given to advance(), or
     // `start`) fires on the next advance(). Throws std::length_error if 2^32-1
     // entries are already pending, and std::bad_alloc when the pool cannot grow.
-    Handle schedule(TimePoint deadline, std::uint64_t payload);
+    Handle schedule(TimePoint deadline, std::uint32_t payload);
     // Room for `n` pending entries: up to that many, schedule() and advance() allocate nothing.
     void reserve(std::size_t n) {
         entries_.reserve(n);
@@ -69,7 +71,7 @@ public:
     std::optional<TimePoint> deadline(Handle h) const;
 
     // Fires every entry whose deadline <= now by calling fn(payload, deadline)
-    // (payload is std::uint64_t, deadline a TimePoint), in deadline order, ties
+    // (payload is std::uint32_t, deadline a TimePoint), in deadline order, ties
     // in schedule order. The entry is no longer pending when fn runs.
     // fn may schedule and cancel freely, including cancelling entries that are
     // due but not yet fired in this call (they then do not fire). Entries
@@ -123,29 +125,32 @@ private:
         due,     // taken out of its slot by a running advance(), not yet fired
     };
 
+    // No schedule order is stored: entries of one deadline are always in one
+    // slot's list (see collect_due), appended in schedule order.
     struct Entry {
         TimePoint deadline;
-        std::uint64_t payload = 0;
-        std::uint64_t seq = 0;  // schedule order, breaks deadline ties
+        std::uint32_t payload = 0;
         std::uint32_t next = nil;
         std::uint32_t prev = nil;
         std::uint32_t slot = 0;
         std::uint32_t generation = 0;
         State state = State::free;
     };
+    static_assert(sizeof(Entry) == 32);
 
     struct Slot {
         std::uint32_t head = nil;
         std::uint32_t tail = nil;
     };
 
-    // An entry collected by advance(), with what firing it needs.
+    // An entry collected by advance(), with what firing it needs. `order`
+    // is its place in collection order, which breaks deadline ties.
     struct Due {
         TimePoint deadline;
-        std::uint64_t seq;
-        std::uint64_t payload;
+        std::uint32_t payload;
         std::uint32_t index;
         std::uint32_t generation;
+        std::uint32_t order;
     };
 
     // Ends an advance() even when fn throws.
@@ -162,6 +167,7 @@ private:
     bool live(Handle h) const;
     std::size_t next_occupied(std::size_t from) const;
     void link(std::uint32_t index, std::size_t slot);
+    void link_front(std::uint32_t index, std::size_t slot);
     void unlink(std::uint32_t index);
     void release(std::uint32_t index);
 
@@ -180,7 +186,6 @@ private:
     std::uint64_t mask_;
     TimePoint now_;
     std::int64_t cur_tick_;  // tick_of(now_)
-    std::uint64_t next_seq_ = 0;
     std::uint32_t free_head_ = nil;
     std::size_t size_ = 0;
     bool advancing_ = false;

@@ -12,7 +12,7 @@ using std::chrono::microseconds;
 
 nlohmann::json peer_json(const Peer& p, TimePoint now) {
     return {
-        {"name", p.name},
+        {"name", p.name.view()},
         {"address", p.address.to_string()},
         {"protocol", to_string(p.protocol)},
         {"state", to_string(p.state)},

@@ -86,7 +86,7 @@ void TargetSet::apply(const std::vector<TargetConfig>& wanted) {
         if (it == targets_.end()) {
             auto t = std::make_unique<Target>();
             t->config = c;
-            t->peer.name = t->config.name;  // a view: the config outlives it
+            t->peer.name = t->name.assign(t->config.name);
             t->peer.protocol = Protocol::tcp;
             t->peer.address = c.address;
             t->peer.interval = c.interval;
@@ -102,7 +102,7 @@ void TargetSet::apply(const std::vector<TargetConfig>& wanted) {
             const std::string was = describe_config(t.config);
             close(t);
             t.config = c;
-            t.peer.name = t.config.name;
+            t.peer.name = t.name.assign(t.config.name);
             t.peer.address = c.address;
             t.peer.interval = c.interval;
             t.peer.probes = c.probes;
@@ -296,7 +296,7 @@ nlohmann::json TargetSet::targets_json(TimePoint now) {
         refresh(t);
         const Peer& p = t.peer;
         list.push_back({
-            {"name", p.name},
+            {"name", p.name.view()},
             {"address", p.address.to_string()},
             {"state", to_string(p.state)},
             {"reason", t.reason},

@@ -54,6 +54,7 @@ private:
     struct Target {
         TargetConfig config;
         Peer peer;
+        PeerNameBuffer name;  // peer.name points in here
         UniqueFd fd;
         Link link = Link::waiting;
         std::optional<TimePoint> wake_at;  // next attempt (waiting) or give-up (connecting)

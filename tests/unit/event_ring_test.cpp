@@ -5,15 +5,19 @@
 
 #include <gtest/gtest.h>
 
+#include <deque>
+
 #include "daemon/watch.hpp"
 
 namespace keepalive {
 namespace {
 
-// Peer::name is a view: `name` must outlive the peer (here, a literal).
+// Peer::name points into storage that must outlive the peer: kept here for
+// the test's life.
 Peer peer_named(std::string_view name) {
+    static std::deque<PeerNameBuffer> names;
     Peer p;
-    p.name = name;
+    p.name = names.emplace_back(name).name();
     p.session = 0xabcd;
     return p;
 }

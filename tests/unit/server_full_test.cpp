@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include <cstdlib>
+#include <deque>
 #include <new>
 #include <string>
 #include <vector>
@@ -170,14 +171,15 @@ TEST(ServerFullReload, RaisingMaxPeersReservesRoom) {
     EXPECT_GE(server.peers().capacity(), 5000u);
 }
 
-// Peer::name is a view: the table copies its bytes into its name arena.
-const std::string& name_of(int i) {
-    static const std::vector<std::string> names = [] {
-        std::vector<std::string> v;
-        for (int n = 0; n < 64; ++n) v.push_back(fmt::format("peer-with-a-long-name-{}", n));
+// Peer::name points into storage that outlives the peer; the table copies
+// its bytes into its name arena.
+PeerName name_of(int i) {
+    static const std::deque<PeerNameBuffer> names = [] {
+        std::deque<PeerNameBuffer> v;
+        for (int n = 0; n < 64; ++n) v.emplace_back(fmt::format("peer-with-a-long-name-{}", n));
         return v;
     }();
-    return names.at(static_cast<std::size_t>(i));
+    return names.at(static_cast<std::size_t>(i)).name();
 }
 
 Peer make_peer(int i) {

@@ -306,11 +306,12 @@ const Address kGamma = addr("[2001:db8::9]:40001");
 
 TEST(PeerTable, IndexesAndCountsFollowChanges) {
     PeerTable t;
+    const PeerNameBuffer na("a"), nb("b"), nc("c");  // the peers' names point in here
     Peer a;
-    a.name = "a";
+    a.name = na.name();
     a.session = 10;
     Peer b;
-    b.name = "b";
+    b.name = nb.name();
     b.session = 20;
     const auto sa = t.insert(a);
     const auto sb = t.insert(b);
@@ -342,7 +343,7 @@ TEST(PeerTable, IndexesAndCountsFollowChanges) {
     EXPECT_EQ(t.find_session(10), PeerTable::kNone);
     // The freed slot is reused.
     Peer c;
-    c.name = "c";
+    c.name = nc.name();
     c.session = 30;
     EXPECT_EQ(t.insert(c), sa);
     EXPECT_EQ(summary_line(t.counts()), "2 peers: 2 up, 0 suspect, 0 down, 0 left");

@@ -432,6 +432,25 @@ TEST(TimerWheel, ThrowingCallbackKeepsUnfiredEntries) {
     EXPECT_EQ(payloads(advance_to(w, t0 + 10ms)), (std::vector<std::uint64_t>{3, 4}));
 }
 
+// Ties keep schedule order across a throw: what did not fire goes back ahead
+// of what the callback scheduled before throwing, even with the same deadline.
+TEST(TimerWheel, ThrowingCallbackKeepsTieOrder) {
+    TimerWheel w(t0);
+    const TimePoint d = t0 + 3ms;
+    for (std::uint64_t i = 1; i <= 3; ++i) {
+        w.schedule(d, i);
+    }
+    EXPECT_THROW(w.advance(t0 + 5ms,
+                           [&](std::uint64_t p, TimePoint) {
+                               if (p == 1) {
+                                   w.schedule(d, 4);  // already due, scheduled after 2 and 3
+                                   throw std::runtime_error("boom");
+                               }
+                           }),
+                 std::runtime_error);
+    EXPECT_EQ(payloads(advance_to(w, t0 + 5ms)), (std::vector<std::uint64_t>{2, 3, 4}));
+}
+
 TEST(TimerWheel, NestedAdvanceThrowsAndLeavesOuterCallIntact) {
     TimerWheel w(t0);
     for (std::uint64_t i = 1; i <= 3; ++i) {
