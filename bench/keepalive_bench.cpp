@@ -44,6 +44,9 @@ struct Options {
     std::size_t peers_per_socket = 2500;
     std::size_t threads = 2;
     bool storm = false;
+    // Paced: registration ends when every peer is in, those told busy included
+    // (else a peer told busy counts as done and retries during the window).
+    bool all_registered = false;
     std::size_t register_window = 512;
     double silence_fraction = 0.01;
     double silence_at_s = 1;
@@ -158,7 +161,8 @@ private:
             for (std::size_t i = 0; i < fleets_.size(); ++i) {
                 if (registering || (fds[i].revents & POLLIN) != 0) fleets_[i]->service(registering);
                 fleets_[i]->retry_busy();
-                all_done = all_done && fleets_[i]->registration_done();
+                all_done = all_done && fleets_[i]->registration_done() &&
+                           (!options_.all_registered || fleets_[i]->waiting_busy() == 0);
                 acks += fleets_[i]->stats().acks;
             }
             std::size_t admitted = 0;
@@ -575,6 +579,9 @@ constexpr const char* kUsage =
     "  --storm                register all at once, retrying with the agent's backoff\n"
     "                         (1 s doubling to 30 s, jittered; REJECT diag 9 = try later)\n"
     "  --register-window N    paced: handshakes in flight, all sockets together (default 512)\n"
+    "  --all-registered       paced: start the warm-up only when the peers told busy\n"
+    "                         (REJECT diag 9) are registered too; by default they count\n"
+    "                         as done and go on retrying during the window\n"
     "  --up-before N          peers registered and up before the others (default 0)\n"
     "  --register-timeout S   stop waiting for registration after S seconds (default 300;\n"
     "                         the run goes on, registration_complete says so)\n"
@@ -647,6 +654,8 @@ int main(int argc, char** argv) {
                 o.warmup_s = std::stod(value());
             } else if (arg == "--storm") {
                 o.storm = true;
+            } else if (arg == "--all-registered") {
+                o.all_registered = true;
             } else if (arg == "--register-window") {
                 o.register_window = std::max<std::size_t>(1, std::stoul(value()));
             } else if (arg == "--up-before") {

@@ -79,13 +79,15 @@ void BM_TimerWheelCancel(benchmark::State& state) {
 BENCHMARK(BM_TimerWheelCancel)->Arg(1'000'000)->Unit(benchmark::kMillisecond);
 
 // The daemon's pattern: advance 1 ms at a time until every timer has fired.
+// Arguments: timers, wheel slots (ServerCore's wheel has ServerCore::kWheelSlots).
 void BM_TimerWheelExpire(benchmark::State& state) {
     const auto n = static_cast<std::size_t>(state.range(0));
+    const auto slots = static_cast<std::size_t>(state.range(1));
     const auto deadlines = spread_deadlines(n);
     std::uint64_t fired = 0;
     for (auto _ : state) {
         state.PauseTiming();
-        auto wheel = std::make_unique<TimerWheel>(kStart);
+        auto wheel = std::make_unique<TimerWheel>(kStart, 1ms, slots);
         for (std::size_t i = 0; i < n; ++i) wheel->schedule(deadlines[i], i);
         state.ResumeTiming();
         for (TimePoint t = kStart; t <= kStart + 10s; t += 1ms)
@@ -94,7 +96,10 @@ void BM_TimerWheelExpire(benchmark::State& state) {
     benchmark::DoNotOptimize(fired);
     state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations() * n));
 }
-BENCHMARK(BM_TimerWheelExpire)->Arg(1'000'000)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_TimerWheelExpire)
+    ->Args({1'000'000, 4096})
+    ->Args({1'000'000, ServerCore::kWheelSlots})
+    ->Unit(benchmark::kMillisecond);
 
 // ---- codec ----------------------------------------------------------------
 
@@ -235,6 +240,7 @@ struct Server {
         limits.min_interval = 1ms;
         limits.max_peers = static_cast<std::uint32_t>(n);
         limits.max_per_host = static_cast<std::uint32_t>(n);
+        limits.shed_busy_percent = 0;  // all at one instant: pacing would turn most away
         core = std::make_unique<ServerCore>(limits, random, sink, now);
         sink.capture = true;
         for (std::size_t i = 0; i < n; ++i) {
@@ -319,6 +325,36 @@ void BM_ServerCoreAck(benchmark::State& state) {
     state.SetItemsProcessed(static_cast<std::int64_t>(acks));
 }
 BENCHMARK(BM_ServerCoreAck)
+    ->Arg(10'000)
+    ->Arg(100'000)
+    ->Arg(1'000'000)
+    ->Unit(benchmark::kMillisecond);
+
+// Per ACK as the daemon serves them: in batches of 64 (one recvmmsg), each
+// batch given to ServerCore::prefetch() first.
+void BM_ServerCoreAckPrefetched(benchmark::State& state) {
+    Server& s = server_of(static_cast<std::size_t>(state.range(0)));
+    std::mt19937_64 rng(4);
+    std::uint64_t acks = 0;
+    constexpr std::size_t kBatch = 64;
+    std::array<std::span<const std::uint8_t>, kBatch> views;
+    for (auto _ : state) {
+        state.PauseTiming();
+        s.sweep();
+        const auto batch = s.acks(rng);
+        state.ResumeTiming();
+        for (std::size_t i = 0; i < batch.size(); i += kBatch) {
+            const std::size_t n = std::min(kBatch, batch.size() - i);
+            for (std::size_t j = 0; j < n; ++j) views[j] = batch[i + j].view();
+            s.core->prefetch(std::span(views.data(), n));
+            for (std::size_t j = 0; j < n; ++j)
+                s.core->on_datagram(views[j], batch[i + j].from, s.route, s.now);
+        }
+        acks += batch.size();
+    }
+    state.SetItemsProcessed(static_cast<std::int64_t>(acks));
+}
+BENCHMARK(BM_ServerCoreAckPrefetched)
     ->Arg(10'000)
     ->Arg(100'000)
     ->Arg(1'000'000)

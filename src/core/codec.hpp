@@ -187,6 +187,15 @@ std::optional<std::uint32_t> auth_key_id(std::span<const std::uint8_t> datagram)
 // Bytes encode() would write, or 0 if the message is unencodable.
 std::size_t encoded_size(const Message&, bool with_auth = false);
 
+// The session field of a datagram's header, read without decoding or checking
+// anything else (0 if it is too short): a hint for prefetching, never a verdict.
+inline std::uint32_t peek_session(std::span<const std::uint8_t> datagram) {
+    if (datagram.size() < kHeaderSize) return 0;
+    const auto* h = datagram.data() + kHeaderSize - 4;
+    return std::uint32_t{h[0]} << 24 | std::uint32_t{h[1]} << 16 | std::uint32_t{h[2]} << 8 |
+           std::uint32_t{h[3]};
+}
+
 // Writes the datagram into `out`, returns its length, or 0 if `out` is too small or the message is
 // unencodable (e.g. name longer than 64). With `key`, sets AUTH and appends the trailer. Fields are
 // written as given (session, diag), without checking that the type uses them.

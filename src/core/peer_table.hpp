@@ -50,6 +50,23 @@ public:
     const Route* intern_route(const Route& route);
     Slot find_session(std::uint32_t session) const;
     Slot find_name(std::string_view name) const;
+    // Cache hints for find_session(session) and the record it finds, soon:
+    // first the index (prefetch_session_index), then, for the same sessions
+    // once that is likely in cache, the peer (prefetch_session_peer). Change nothing.
+    void prefetch_session_index(std::uint32_t session) const {
+        by_session_.prefetch(SlotIndex::hash_u32(session));
+    }
+    void prefetch_session_peer(std::uint32_t session) const {
+        const Slot s = by_session_.guess(SlotIndex::hash_u32(session));
+        if (s != kNone) prefetch_peer(s);
+    }
+    // The lines of a peer's record that a probe or an ACK reads.
+    void prefetch_peer(Slot slot) const {
+        if (slot >= slots_.size()) return;
+        const char* p = reinterpret_cast<const char*>(&slots_[slot]);
+        for (std::size_t off = 0; off < kHotPeerBytes; off += 64) prefetch_read(p + off);
+        prefetch_read(p + kHotPeerBytes - 1);  // records need not start on a line
+    }
 
     // Keep the indexes and counts right: every change of these goes through here.
     void set_state(Slot slot, PeerState state, TimePoint now);
@@ -92,6 +109,9 @@ public:
     }
 
 private:
+    // What a probe or an ACK reads of a record: its hot fields (peer.hpp) come first.
+    static constexpr std::size_t kHotPeerBytes = std::min<std::size_t>(sizeof(Peer), 160);
+
     void index_session(Slot slot);
     void unindex_session(std::uint32_t session);
     void index_name(Slot slot);

@@ -123,7 +123,7 @@ ServerCore::ServerCore(const PeerLimits& limits, RandomSource& random, ServerSin
       sink_(sink),
       cookies_(draw_secret(random)),
       epoch_(random.next_u64()),
-      wheel_(now),
+      wheel_(now, milliseconds(1), kWheelSlots),
       shedder_(limits.shed_busy_percent, now),
       unknown_session_budget_(draw_hash_key()),
       handshake_budget_(draw_hash_key()) {
@@ -153,6 +153,15 @@ void ServerCore::on_datagram(std::span<const std::uint8_t> data, const Address& 
             count(Drop::wrong_direction);
             break;
     }
+}
+
+// Two passes: the index cells first, then (the cells now in cache, or on
+// their way) the records they point to.
+void ServerCore::prefetch(std::span<const std::span<const std::uint8_t>> batch) const {
+    for (const auto& d : batch)
+        if (const std::uint32_t session = kap::peek_session(d)) table_.prefetch_session_index(session);
+    for (const auto& d : batch)
+        if (const std::uint32_t session = kap::peek_session(d)) table_.prefetch_session_peer(session);
 }
 
 void ServerCore::reply(const Route& route, const Address& to, const kap::Message& m) {
@@ -541,9 +550,12 @@ bool ServerCore::allowed(const Address& from) const {
 }
 
 void ServerCore::on_timer(TimePoint now) {
-    wheel_.advance(now, [&](std::uint64_t payload, TimePoint deadline) {
-        on_due(static_cast<Slot>(payload), deadline, now);
-    });
+    wheel_.advance(
+        now,
+        [&](std::uint64_t payload, TimePoint deadline) {
+            on_due(static_cast<Slot>(payload), deadline, now);
+        },
+        [&](std::uint64_t payload) { table_.prefetch_peer(static_cast<Slot>(payload)); });
 }
 
 // The heart of detection. A peer's timer fires at each probe time; the probe

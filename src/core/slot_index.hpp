@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "core/keyed_hash.hpp"
+#include "core/prefetch.hpp"
 
 namespace keepalive {
 
@@ -35,6 +36,18 @@ public:
         for (std::size_t i = hash & mask(); cells_[i].slot != kNone; i = (i + 1) & mask())
             if (cells_[i].hash == hash && holds(cells_[i].slot)) return cells_[i].slot;
         return kNone;
+    }
+
+    // Cache hints for a find() coming soon, so the misses of many lookups
+    // overlap: prefetch() asks for the cell the probe sequence of `hash`
+    // starts at; guess() returns the first slot stored under `hash` without
+    // asking holds() (maybe another key's, or kNone), for prefetching that
+    // slot's record once the cell is in cache.
+    void prefetch(std::uint32_t hash) const {
+        if (!cells_.empty()) prefetch_read(&cells_[hash & mask()]);
+    }
+    Slot guess(std::uint32_t hash) const {
+        return find(hash, [](Slot) { return true; });
     }
 
     // Adds `slot` under `hash`; the caller makes sure the key is not there yet.

@@ -193,9 +193,16 @@ std::optional<TimePoint> TimerWheel::next_wakeup() const {
     if (dist == slots_.size()) {
         return best;
     }
+    // In a slot ahead of the cursor no entry is due before the start of that
+    // slot's tick (overdue entries sit in the cursor's own slot), so one due
+    // right then is the earliest and the walk stops there. Probe deadlines
+    // are whole ticks, and a slot's list is in schedule order, so that is
+    // usually its first entry rather than the whole list.
+    const TimePoint lowest = dist > 0 ? tick_start(cur_tick_, dist) : TimePoint::min();
     TimePoint earliest = TimePoint::max();
     for (std::uint32_t i = slots_[(from + dist) & mask_].head; i != nil; i = entries_[i].next) {
         earliest = std::min(earliest, entries_[i].deadline);
+        if (earliest == lowest) break;
     }
 
     TimePoint wake;

@@ -18,6 +18,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <optional>
+#include <utility>
 #include <vector>
 
 #include "core/clock.hpp"
@@ -84,7 +85,14 @@ public:
     // Cost: O(ticks crossed, at most `slots`) + O(entries in the visited slots)
     // + O(k log k) for k fired entries.
     template <typename Fn>
-    void advance(TimePoint now, Fn&& fn);
+    void advance(TimePoint now, Fn&& fn) {
+        advance(now, std::forward<Fn>(fn), [](std::uint64_t) {});
+    }
+    // The same, and ahead(payload) sees each entry about to fire a few entries
+    // before fn does (a hint, e.g. to prefetch what fn will read; the entry
+    // may still be cancelled before its turn). ahead must not touch the wheel.
+    template <typename Fn, typename Ahead>
+    void advance(TimePoint now, Fn&& fn, Ahead&& ahead);
 
     // The earliest time at which advance() has something to do, or nullopt when
     // nothing is pending. Normally the earliest deadline rounded up to a tick
@@ -183,12 +191,17 @@ private:
     bool advancing_ = false;
 };
 
-template <typename Fn>
-void TimerWheel::advance(TimePoint now, Fn&& fn) {
+template <typename Fn, typename Ahead>
+void TimerWheel::advance(TimePoint now, Fn&& fn, Ahead&& ahead) {
+    // Far enough for a cache miss to be served meanwhile, near enough to
+    // stay in cache until its turn.
+    constexpr std::size_t look_ahead = 8;
     begin_advance();
     AdvanceScope scope{*this};
     collect_due(now);
+    for (std::size_t i = 0; i < look_ahead && i < due_.size(); ++i) ahead(due_[i].payload);
     while (fire_pos_ < due_.size()) {
+        if (fire_pos_ + look_ahead < due_.size()) ahead(due_[fire_pos_ + look_ahead].payload);
         const Due d = due_[fire_pos_++];
         if (take_due(d)) {
             fn(d.payload, d.deadline);

@@ -426,6 +426,9 @@ bool Daemon::read_socket(std::uint32_t id, int max_batches) {
     const std::uint64_t overflows_before = socket.overflow_drops();
     bool backlog = true;
     bool read_any = false;
+    const UdpSocket::BatchHint prefetch =
+        kind == Kind::kap1 ? UdpSocket::BatchHint([this](auto batch) { core_.prefetch(batch); })
+                           : UdpSocket::BatchHint();
     for (int i = 0; i < max_batches && backlog; ++i) {
         const std::size_t n = socket.receive_batch([&](const UdpSocket::Received& r) {
             if (r.truncated) {
@@ -449,7 +452,7 @@ bool Daemon::read_socket(std::uint32_t id, int max_batches) {
                     core_.on_legacy_reply(r.data, r.from, now);
                     break;
             }
-        });
+        }, UdpSocket::kBatchSize, prefetch);
         backlog = n == UdpSocket::kBatchSize;
         read_any = read_any || n > 0;
     }

@@ -206,7 +206,7 @@ socklen_t UdpSocket::destination(const Address& to, sockaddr_storage& sa) const 
 }
 
 std::size_t UdpSocket::receive_batch(const std::function<void(const Received&)>& fn,
-                                     std::size_t max) {
+                                     std::size_t max, const BatchHint& before) {
     auto& rx = buffers_->rx;
     std::size_t read_total = 0;
     std::size_t delivered = 0;
@@ -236,6 +236,13 @@ std::size_t UdpSocket::receive_batch(const std::function<void(const Received&)>&
         }
         const auto got = static_cast<std::size_t>(r);
         read_total += got;
+        if (before) {
+            std::array<std::span<const std::uint8_t>, kBatchSize> datagrams;
+            for (std::size_t i = 0; i < got; ++i)
+                datagrams[i] = {buffers_->data[i].data(),
+                                std::min<std::size_t>(rx.msgs[i].msg_len, kReceiveBufferSize)};
+            before(std::span(datagrams.data(), got));
+        }
         for (std::size_t i = 0; i < got; ++i) {
             msghdr& h = rx.msgs[i].msg_hdr;
             const auto from = Address::from_sockaddr(

@@ -71,8 +71,11 @@ public:
     // order. Returns how many were passed to `fn`: 0 when nothing was pending. `fn` may send on
     // this socket but must not call receive_batch() on it. Receive errors are counted in
     // receive_errors(), never thrown.
+    // `before`, if given, sees the data of every datagram one recvmmsg call
+    // read before `fn` sees the first of them (e.g. to prefetch what they will need).
+    using BatchHint = std::function<void(std::span<const std::span<const std::uint8_t>>)>;
     std::size_t receive_batch(const std::function<void(const Received&)>& fn,
-                              std::size_t max = kBatchSize);
+                              std::size_t max = kBatchSize, const BatchHint& before = {});
 
     // An ICMP error the kernel queued for a datagram this socket sent (IP_RECVERR and
     // IPV6_RECVERR are enabled on every socket).
