@@ -44,7 +44,7 @@ using std::chrono::duration_cast;
 // low 32 bits are the peer's index).
 class Fleet {
 public:
-    enum class Phase : std::uint8_t { idle, registering, accepted, rejected };
+    enum class Phase : std::uint8_t { idle, registering, accepted, rejected, left };
 
     struct SimPeer {
         std::string name;
@@ -172,7 +172,7 @@ public:
     // Paced, a peer told busy counts as done: it goes on registering again on
     // the agent's backoff (retry_busy) while the run goes on.
     bool registration_done() const {
-        return accepted_ + rejected_ + (storm_ ? 0 : waiting_busy_) == peers_.size();
+        return accepted_ + rejected_ + left_ + (storm_ ? 0 : waiting_busy_) == peers_.size();
     }
     std::size_t waiting_busy() const { return waiting_busy_; }
     // Paced: registers again the peers told busy whose backoff ran out.
@@ -207,6 +207,34 @@ public:
             peers_[i].silenced = true;
     }
     std::uint64_t busy_rejects() const { return busy_rejects_; }
+    // Peers [first, first + count) go away as an agent that stops: an accepted
+    // one says BYE diag 5 (seq: the highest PROBE it got), one still registering
+    // stops trying. Probes that arrive later are not answered.
+    void leave(std::size_t first, std::size_t count) {
+        for (std::size_t i = first; i < std::min(first + count, peers_.size()); ++i) {
+            SimPeer& p = peers_[i];
+            if (p.phase == Phase::accepted) {
+                queue({.diag = kap::Diag::shutting_down,
+                       .session = p.session,
+                       .body = kap::Bye{p.last_seq}});
+                sessions_.erase(p.session);
+                --accepted_;
+            } else if (p.phase == Phase::registering) {
+                if (p.busy) {
+                    p.busy = false;
+                    --waiting_busy_;
+                } else {
+                    --in_flight_;
+                }
+            } else if (p.phase != Phase::idle) {
+                continue;  // rejected for good, or gone already
+            }
+            p.phase = Phase::left;
+            ++left_;
+        }
+        flush();
+    }
+    std::size_t left() const { return left_; }
 
     const std::vector<SimPeer>& peers() const { return peers_; }
     const Stats& stats() const { return stats_; }
@@ -261,6 +289,10 @@ private:
 
     void feed_registrations(TimePoint now) {
         while (in_flight_ < window_ && next_ < peers_.size()) {
+            if (peers_[next_].phase == Phase::left) {
+                ++next_;
+                continue;
+            }
             send_register(next_, kap::Cookie{}, now);
             if (storm_) schedule_retry(peers_[next_], now);
             ++in_flight_;
@@ -440,6 +472,7 @@ private:
     std::size_t accepted_ = 0;
     std::size_t rejected_ = 0;
     std::size_t waiting_busy_ = 0;
+    std::size_t left_ = 0;
     TimePoint last_busy_scan_{};
     TimePoint last_retry_scan_{};
     bool storm_ = false;

@@ -8,11 +8,17 @@
 // paced (a window of handshakes in flight) or a storm (everyone at once, each
 // retrying with the agent's backoff). A fraction of the peers goes silent at a
 // chosen time; their detection error is read from the daemon's "is down" lines.
+//
+// Overload (--overload-peers): a second group of peers arrives during the
+// window, all at once with the agent's backoff, and leaves again (BYE) after a
+// while: the load goes back to normal, and the suspects of the seconds that
+// follow are counted.
 #include <poll.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
+#include <functional>
 #include <memory>
 #include <set>
 
@@ -50,7 +56,16 @@ struct Options {
     std::string log_dir;
     std::string peers_config;              // more lines for the daemon's [peers] table
     std::vector<std::string> daemon_args;  // more arguments for the daemon
+    std::size_t overload_peers = 0;        // a second group that arrives and leaves in the window
+    double overload_at_s = 2;              // seconds into the window
+    double overload_for_s = 30;
 };
+
+// Suspects after the overload are counted over this long (issue 11's target).
+constexpr double kAfterOverloadS = 5;
+
+// The overload group, as the main thread moves it on.
+enum class Overload : int { before, on, over };
 
 // What the fleet threads are asked to do; they look every few milliseconds.
 enum class Phase : int { registering_first, hold, registering, steady, silenced, stop };
@@ -58,9 +73,14 @@ enum class Phase : int { registering_first, hold, registering, steady, silenced,
 // A thread that plays the peers of several sockets.
 class FleetGroup {
 public:
-    FleetGroup(std::vector<std::unique_ptr<Fleet>> fleets, const Options& o,
-               std::atomic<Phase>& phase)
-        : fleets_(std::move(fleets)), options_(o), phase_(phase) {}
+    FleetGroup(std::vector<std::unique_ptr<Fleet>> fleets,
+               std::vector<std::unique_ptr<Fleet>> overload_fleets, const Options& o,
+               std::atomic<Phase>& phase, std::atomic<Overload>& overload)
+        : fleets_(std::move(fleets)),
+          overload_fleets_(std::move(overload_fleets)),
+          options_(o),
+          phase_(phase),
+          overload_(overload) {}
 
     void start() {
         thread_ = std::thread([this] { run(); });
@@ -73,17 +93,23 @@ public:
     TimePoint done_at() const { return done_at_; }
     std::uint64_t acks() const { return acks_.load(); }
     const std::vector<std::unique_ptr<Fleet>>& fleets() const { return fleets_; }
+    const std::vector<std::unique_ptr<Fleet>>& overload_fleets() const { return overload_fleets_; }
+    // Overload peers accepted so far (those that left included).
+    std::size_t overload_admitted() const { return overload_admitted_.load(); }
     // Per fleet: (peers up before, peers registering after), and how many of
     // the latter go silent (its last ones).
     std::vector<std::pair<std::size_t, std::size_t>> plan;
     std::vector<std::size_t> silenced;
-    std::size_t sockets = 1;  // in all groups: the registration window is shared
+    std::vector<std::size_t> overload_plan;  // peers per overload fleet
+    std::size_t sockets = 1;                 // in all groups: the registration window is shared
     std::size_t window_per_fleet = 1;
 
 private:
     void run() {
         std::vector<pollfd> fds;
         for (const auto& f : fleets_) fds.push_back({f->fd(), POLLIN, 0});
+        for (const auto& f : overload_fleets_) fds.push_back({f->fd(), POLLIN, 0});
+        Overload overload_seen = Overload::before;
         Phase seen = Phase::registering_first;
         window_per_fleet = std::max<std::size_t>(1, options_.register_window / sockets);
         for (auto& f : fleets_) f->set_registration(window_per_fleet, false);
@@ -111,6 +137,20 @@ private:
                 if (now_phase == Phase::stop) return;
                 seen = now_phase;
             }
+            const Overload overload = overload_.load();
+            if (overload != overload_seen) {
+                for (std::size_t i = 0; i < overload_fleets_.size(); ++i) {
+                    Fleet& f = *overload_fleets_[i];
+                    if (overload == Overload::on) {
+                        f.add(fmt::format("o{}-", f.local_port()), overload_plan[i],
+                              options_.interval_ms, options_.probes);
+                        f.set_registration(f.peers().size(), true);
+                    } else {
+                        f.leave(0, f.peers().size());
+                    }
+                }
+                overload_seen = overload;
+            }
             const int r = ::poll(fds.data(), fds.size(), 5);
             if (r < 0 && errno != EINTR) return;
             bool all_done = true;
@@ -121,6 +161,15 @@ private:
                 all_done = all_done && fleets_[i]->registration_done();
                 acks += fleets_[i]->stats().acks;
             }
+            std::size_t admitted = 0;
+            for (std::size_t i = 0; i < overload_fleets_.size(); ++i) {
+                Fleet& f = *overload_fleets_[i];
+                if (overload_seen == Overload::on || (fds[fleets_.size() + i].revents & POLLIN))
+                    f.service(overload_seen == Overload::on);
+                acks += f.stats().acks;
+                admitted += f.accepted();
+            }
+            if (overload_seen == Overload::on) overload_admitted_.store(admitted);
             acks_.store(acks);
             if (registering && all_done) {
                 registering = false;
@@ -135,8 +184,11 @@ private:
     }
 
     std::vector<std::unique_ptr<Fleet>> fleets_;
+    std::vector<std::unique_ptr<Fleet>> overload_fleets_;
     const Options& options_;
     std::atomic<Phase>& phase_;
+    std::atomic<Overload>& overload_;
+    std::atomic<std::size_t> overload_admitted_{0};
     std::thread thread_;
     std::atomic<bool> first_done_{false};
     std::atomic<bool> done_{false};
@@ -153,6 +205,7 @@ struct Measured {
     double wakeups_per_s = 0;
     double loop_iterations_per_s = 0;
     double register_seconds = 0;
+    bool registration_complete = true;
     std::uint64_t kernel_drops = 0;
     std::uint64_t kernel_drops_window = 0;
     std::uint64_t verdicts_withheld_window = 0;
@@ -174,6 +227,17 @@ struct Measured {
     std::size_t false_downs_window = 0;  // from the window's start on
     std::size_t false_suspects_window = 0;
     std::vector<double> detection_error_ms;
+    // The overload window (--overload-peers), and the kAfterOverloadS after it.
+    std::size_t overload_admitted = 0;
+    double overload_pairs_per_s = 0;
+    double overload_cpu_percent = 0;
+    std::uint64_t overload_kernel_drops = 0;
+    std::size_t false_suspects_overload = 0;
+    std::size_t false_downs_overload = 0;
+    std::size_t false_suspects_after_overload = 0;
+    std::size_t false_downs_after_overload = 0;
+    bool shedding_at_return = false;
+    std::uint64_t registrations_shed = 0;
     double cpu_per_pair_us() const {
         return acks > 0 ? cpu_s * 1e6 / static_cast<double>(acks) : 0;
     }
@@ -206,8 +270,8 @@ Measured run(const Options& o, bool floor) {
     const std::size_t total = o.peers + o.up_before;
     DaemonProcess::Options d;
     d.binary = floor ? o.floor : o.daemon;
-    d.max_peers = total + 1000;
-    d.max_per_host = total + 1000;
+    d.max_peers = total + o.overload_peers + 1000;
+    d.max_per_host = total + o.overload_peers + 1000;
     d.stand_in = floor;
     d.peers_config = o.peers_config;
     if (!floor) d.extra_args = o.daemon_args;
@@ -241,26 +305,43 @@ Measured run(const Options& o, bool floor) {
     std::atomic<Phase> phase{Phase::registering_first};
     std::vector<std::unique_ptr<FleetGroup>> groups;
     std::vector<std::vector<std::unique_ptr<Fleet>>> fleets(threads);
+    std::vector<std::vector<std::unique_ptr<Fleet>>> overload_fleets(threads);
+    std::vector<std::vector<std::size_t>> overload_plans(threads);
+    std::atomic<Overload> overload{Overload::before};
     std::vector<std::vector<std::pair<std::size_t, std::size_t>>> plans(threads);
     std::vector<std::vector<std::size_t>> silenced(threads);
     const auto share = [&](std::size_t n, std::size_t i) {
         return n / sockets + (i < n % sockets ? 1 : 0);
     };
+    const auto source_of = [](std::size_t i) {
+        return Address::v4(0x7f010000u | static_cast<std::uint32_t>((i / 250) << 8 | (i % 250 + 1)),
+                           0);
+    };
     const std::size_t to_silence =
         floor ? 0 : static_cast<std::size_t>(o.silence_fraction * static_cast<double>(o.peers));
     for (std::size_t i = 0; i < sockets; ++i) {
-        const auto source = Address::v4(
-            0x7f010000u | static_cast<std::uint32_t>((i / 250) << 8 | (i % 250 + 1)), 0);
-        auto f = std::make_unique<Fleet>(target.address(), o.seed * 7919 + i, source);
+        auto f = std::make_unique<Fleet>(target.address(), o.seed * 7919 + i, source_of(i));
         const std::size_t first = share(o.up_before, i);
         f->add(fmt::format("u{}-", i), first, o.interval_ms, o.probes);
         plans[i % threads].push_back({first, share(o.peers, i)});
         silenced[i % threads].push_back(share(to_silence, i));
         fleets[i % threads].push_back(std::move(f));
     }
+    // The overload group has sockets (and source addresses) of its own.
+    const std::size_t overload_peers = floor ? 0 : o.overload_peers;
+    const std::size_t overload_sockets =
+        (overload_peers + o.peers_per_socket - 1) / o.peers_per_socket;
+    for (std::size_t i = 0; i < overload_sockets; ++i) {
+        overload_fleets[i % threads].push_back(std::make_unique<Fleet>(
+            target.address(), o.seed * 7919 + sockets + i, source_of(sockets + i)));
+        overload_plans[i % threads].push_back(overload_peers / overload_sockets +
+                                              (i < overload_peers % overload_sockets ? 1 : 0));
+    }
     for (std::size_t t = 0; t < threads; ++t) {
-        groups.push_back(std::make_unique<FleetGroup>(std::move(fleets[t]), o, phase));
+        groups.push_back(std::make_unique<FleetGroup>(
+            std::move(fleets[t]), std::move(overload_fleets[t]), o, phase, overload));
         groups.back()->plan = plans[t];
+        groups.back()->overload_plan = overload_plans[t];
         groups.back()->silenced = silenced[t];
         groups.back()->sockets = sockets;
         groups.back()->start();
@@ -297,15 +378,19 @@ Measured run(const Options& o, bool floor) {
 
     const TimePoint reg_start = Clock::now();
     phase.store(Phase::registering);
-    wait_for(all([](const FleetGroup& g) { return g.done(); }), o.register_timeout_s,
-             "registration");
-    TimePoint reg_end = reg_start;
-    for (auto& g : groups) reg_end = std::max(reg_end, g->done_at());
+    // Past the timeout the run goes on and says how many registered.
+    const TimePoint reg_give_up = reg_start + seconds_of(o.register_timeout_s);
+    const auto registered_all = all([](const FleetGroup& g) { return g.done(); });
+    while (!registered_all() && Clock::now() < reg_give_up) std::this_thread::sleep_for(10ms);
+    m.registration_complete = registered_all();
+    TimePoint reg_end = m.registration_complete ? reg_start : Clock::now();
+    if (m.registration_complete)
+        for (auto& g : groups) reg_end = std::max(reg_end, g->done_at());
     m.register_seconds = std::chrono::duration<double>(reg_end - reg_start).count();
     phase.store(Phase::steady);
     // Past capacity not every peer comes up; the run goes on and says so.
     if (!floor) {
-        const TimePoint give_up = Clock::now() + 120s;
+        const TimePoint give_up = Clock::now() + (m.registration_complete ? 120s : 0s);
         while (up_count() < total && Clock::now() < give_up) std::this_thread::sleep_for(100ms);
         m.up_before_window = up_count();
     }
@@ -323,11 +408,46 @@ Measured run(const Options& o, bool floor) {
     const std::uint64_t acks0 = acks_now();
     const std::uint64_t drops0 = udp_socket_drops(target.port());
     const TimePoint t0 = Clock::now();
-    if (to_silence > 0) {
-        std::this_thread::sleep_for(seconds_of(o.silence_at_s));
-        phase.store(Phase::silenced);
+    // The window's events in time order: silence, overload on, overload over
+    // (back to normal) and kAfterOverloadS after that.
+    const double overload_off_s = o.overload_at_s + o.overload_for_s;
+    const double window_s = overload_peers > 0
+                                ? std::max(o.duration_s, overload_off_s + kAfterOverloadS)
+                                : o.duration_s;
+    struct Sample {
+        nlohmann::json status;
+        double cpu = 0;
+        std::uint64_t acks = 0, drops = 0;
+        TimePoint at{};
+    };
+    Sample on, off, after;
+    const auto sample = [&](Sample& x) {
+        x.at = Clock::now();
+        x.cpu = read_sched_times(target.pid()).running;
+        x.acks = acks_now();
+        x.drops = udp_socket_drops(target.port());
+        x.status = target.control("status");
+    };
+    std::vector<std::pair<double, std::function<void()>>> steps;
+    if (to_silence > 0) steps.push_back({o.silence_at_s, [&] { phase.store(Phase::silenced); }});
+    if (overload_peers > 0) {
+        steps.push_back({o.overload_at_s, [&] {
+                             sample(on);
+                             overload.store(Overload::on);
+                         }});
+        steps.push_back({overload_off_s, [&] {
+                             overload.store(Overload::over);
+                             sample(off);
+                         }});
+        steps.push_back({overload_off_s + kAfterOverloadS, [&] { sample(after); }});
     }
-    std::this_thread::sleep_until(t0 + seconds_of(o.duration_s));
+    std::stable_sort(steps.begin(), steps.end(),
+                     [](const auto& a, const auto& b) { return a.first < b.first; });
+    for (auto& [at, step] : steps) {
+        std::this_thread::sleep_until(t0 + seconds_of(at));
+        step();
+    }
+    std::this_thread::sleep_until(t0 + seconds_of(window_s));
     const TimePoint t1 = Clock::now();
     const double cpu1 = read_sched_times(target.pid()).running;
     const MemoryStatus mem1 = read_memory(target.pid());
@@ -385,6 +505,8 @@ Measured run(const Options& o, bool floor) {
                     ms_between(*p.first_unanswered + detection, it->second));
             }
         }
+    for (auto& g : groups)
+        for (const auto& f : g->overload_fleets()) m.busy_rejects += f->busy_rejects();
     // Each silenced peer makes one suspect and one down event; any beyond is false.
     m.silenced_down = std::min<std::size_t>(m.down_at_end, silenced_total);
     m.false_downs = m.downs > silenced_total ? m.downs - silenced_total : 0;
@@ -395,6 +517,41 @@ Measured run(const Options& o, bool floor) {
     };
     m.false_downs_window = over("down");
     m.false_suspects_window = over("suspect");
+    if (overload_peers > 0) {
+        for (auto& g : groups) m.overload_admitted += g->overload_admitted();
+        const double span = std::chrono::duration<double>(off.at - on.at).count();
+        m.overload_pairs_per_s = static_cast<double>(off.acks - on.acks) / span;
+        m.overload_cpu_percent = 100.0 * (off.cpu - on.cpu) / span;
+        m.overload_kernel_drops = off.drops - on.drops;
+        // A silenced peer's suspect event comes one interval after its first
+        // unanswered probe, its down event probes x interval after it.
+        const auto silenced_between = [&](TimePoint from, TimePoint to, Duration lag) {
+            std::size_t n = 0;
+            for (auto& g : groups)
+                for (const auto& f : g->fleets())
+                    for (const auto& p : f->peers())
+                        if (p.silenced && p.first_unanswered && *p.first_unanswered + lag >= from &&
+                            *p.first_unanswered + lag < to)
+                            ++n;
+            return n;
+        };
+        const Duration interval = std::chrono::milliseconds(o.interval_ms);
+        const auto false_between = [&](const Sample& a, const Sample& b, const char* kind,
+                                       Duration lag) -> std::size_t {
+            const std::size_t events = event_count(b.status, kind) - event_count(a.status, kind);
+            const std::size_t expected = silenced_between(a.at, b.at, lag);
+            return events > expected ? events - expected : 0;
+        };
+        m.false_suspects_overload = false_between(on, off, "suspect", interval);
+        m.false_downs_overload = false_between(on, off, "down", detection);
+        m.false_suspects_after_overload = false_between(off, after, "suspect", interval);
+        m.false_downs_after_overload = false_between(off, after, "down", detection);
+        if (off.status.contains("daemon") && off.status["daemon"].contains("load"))
+            m.shedding_at_return = off.status["daemon"]["load"].value("shedding", false);
+    }
+    if (status1.contains("daemon") && status1["daemon"].contains("load"))
+        m.registrations_shed =
+            status1["daemon"]["load"].value("registrations_shed", std::uint64_t{0});
     return m;
 }
 
@@ -419,6 +576,8 @@ constexpr const char* kUsage =
     "                         (1 s doubling to 30 s, jittered; REJECT diag 9 = try later)\n"
     "  --register-window N    paced: handshakes in flight, all sockets together (default 512)\n"
     "  --up-before N          peers registered and up before the others (default 0)\n"
+    "  --register-timeout S   stop waiting for registration after S seconds (default 300;\n"
+    "                         the run goes on, registration_complete says so)\n"
     "  --silence F            fraction of the peers that go silent (default 0.01)\n"
     "  --silence-at S         seconds into the window (default 1)\n"
     "  --peers-per-socket N   peers per UDP socket, one 127.1.x.y source each (default 2500)\n"
@@ -435,6 +594,10 @@ constexpr const char* kUsage =
     "                         'shed_busy_percent = 0' (repeatable)\n"
     "  --daemon-arg ARG       one more argument for the daemon, e.g. --log-target=journal\n"
     "                         (repeatable; detection error then is not measured)\n"
+    "  --overload-peers N     overload: N more peers arrive at once (the agent's backoff,\n"
+    "                         busy = later) --overload-at S into the window (default 2)\n"
+    "                         and leave (BYE) --overload-for S later (default 30); the\n"
+    "                         window lasts at least until 5 s after they left\n"
     "Runs the daemon, then the floor with the same fleet, each for the same window.\n";
 
 }  // namespace
@@ -512,6 +675,14 @@ int main(int argc, char** argv) {
                 o.seed = std::stoull(value());
             } else if (arg == "--daemon-arg") {
                 o.daemon_args.push_back(value());
+            } else if (arg == "--register-timeout") {
+                o.register_timeout_s = std::stod(value());
+            } else if (arg == "--overload-peers") {
+                o.overload_peers = std::stoul(value());
+            } else if (arg == "--overload-at") {
+                o.overload_at_s = std::max(0.0, std::stod(value()));
+            } else if (arg == "--overload-for") {
+                o.overload_for_s = std::max(0.0, std::stod(value()));
             } else if (arg == "--peers-config") {
                 o.peers_config += value() + "\n";
             } else if (!arg.empty() && arg[0] != '-' && i == argc - 1) {
@@ -573,6 +744,7 @@ int main(int argc, char** argv) {
             {"up_before_window", d.up_before_window},
             {"up_at_end", d.up_at_end},
             {"register_seconds", d.register_seconds},
+            {"registration_complete", d.registration_complete},
             {"busy_rejects", d.busy_rejects},
             {"kernel_drops", d.kernel_drops},
             {"kernel_drops_window", d.kernel_drops_window},
@@ -581,7 +753,27 @@ int main(int argc, char** argv) {
             {"longest_iteration_us", d.longest_iteration_us},
             {"receive_overflows", d.receive_overflows},
             {"verdicts_withheld", d.verdicts_withheld},
+            {"registrations_shed", d.registrations_shed},
         };
+        if (o.overload_peers > 0) {
+            const double per_s = 1000.0 / o.interval_ms;
+            j["overload"] = {
+                {"peers", o.overload_peers},
+                {"at_s", o.overload_at_s},
+                {"for_s", o.overload_for_s},
+                {"offered_pairs_per_s_before", static_cast<double>(total) * per_s},
+                {"offered_pairs_per_s", static_cast<double>(total + o.overload_peers) * per_s},
+                {"admitted", d.overload_admitted},
+                {"pairs_per_s", d.overload_pairs_per_s},
+                {"daemon_cpu_percent", d.overload_cpu_percent},
+                {"kernel_drops", d.overload_kernel_drops},
+                {"false_suspects", d.false_suspects_overload},
+                {"false_downs", d.false_downs_overload},
+                {"shedding_at_return", d.shedding_at_return},
+                {"false_downs_after", d.false_downs_after_overload},
+            };
+            j["false_suspects_after_overload"] = d.false_suspects_after_overload;
+        }
         if (o.json) {
             std::puts(j.dump().c_str());
         } else {
@@ -590,12 +782,17 @@ int main(int argc, char** argv) {
         }
         if (o.check) {
             std::string failed;
-            if (d.registered != total)
-                failed += fmt::format(" registered {} of {};", d.registered, total);
+            // Overload peers that were admitted stay in the table as "left".
+            if (d.registered != total + d.overload_admitted)
+                failed +=
+                    fmt::format(" registered {} of {};", d.registered, total + d.overload_admitted);
             if (d.silenced_down != d.silenced)
                 failed +=
                     fmt::format(" {} of {} silenced peers down;", d.silenced_down, d.silenced);
             if (d.false_downs != 0) failed += fmt::format(" {} false downs;", d.false_downs);
+            if (d.false_suspects_after_overload != 0)
+                failed += fmt::format(" {} false suspects after the overload;",
+                                      d.false_suspects_after_overload);
             if (!failed.empty()) {
                 std::fprintf(stderr, "keepalive-bench: check failed:%s\n", failed.c_str());
                 return 1;

@@ -1,7 +1,5 @@
 #include "core/health.hpp"
 
-#include <fmt/format.h>
-
 namespace keepalive {
 
 void LossWindow::record(bool lost, std::uint32_t size) {
@@ -35,35 +33,19 @@ void PeerHealth::reset() {
     srtt_ns_ = -1;
 }
 
-std::optional<std::string> PeerHealth::degraded_reason(const HealthPolicy& policy,
-                                                       bool degraded_now) const {
-    std::string why;
+HealthFigures PeerHealth::judge(const HealthPolicy& policy, bool degraded_now) const {
+    HealthFigures f{.lost = window_.lost(), .window = window_.size(), .rtt = smoothed_rtt()};
     if (policy.loss) {
         // Counted against the whole window from the first probe on, so a new
         // peer losing many of its first probes is caught before the window fills.
         const double limit = *policy.loss * policy.loss_window * (degraded_now ? 0.5 : 1.0);
-        if (window_.lost() > limit)
-            why = fmt::format("lost {} of the last {} probes", window_.lost(), window_.size());
+        f.loss_over = window_.lost() > limit;
     }
-    const auto srtt = smoothed_rtt();
-    if (policy.rtt && srtt) {
+    if (policy.rtt && f.rtt) {
         const Duration limit = degraded_now ? *policy.rtt * 4 / 5 : *policy.rtt;
-        if (*srtt > limit) {
-            if (!why.empty()) why += ", ";
-            why += fmt::format("round trip {:.1f} ms",
-                               std::chrono::duration<double, std::milli>(*srtt).count());
-        }
+        f.rtt_over = *f.rtt > limit;
     }
-    if (why.empty()) return std::nullopt;
-    return why;
-}
-
-std::string PeerHealth::describe() const {
-    std::string out = fmt::format("lost {} of the last {} probes", window_.lost(), window_.size());
-    if (const auto srtt = smoothed_rtt())
-        out += fmt::format(", round trip {:.1f} ms",
-                           std::chrono::duration<double, std::milli>(*srtt).count());
-    return out;
+    return f;
 }
 
 bool FlapDamper::recovered(TimePoint now, const HealthPolicy& policy) {

@@ -5,7 +5,6 @@
 
 #include <cstdint>
 #include <optional>
-#include <string>
 #include <vector>
 
 #include "core/boxed.hpp"
@@ -49,6 +48,17 @@ private:
     Boxed<Ring> ring_;
 };
 
+// A peer's health as an event reports it (degraded, recovered).
+struct HealthFigures {
+    std::uint32_t lost = 0;         // probes unanswered in the loss window
+    std::uint32_t window = 0;       // probes in the loss window
+    std::optional<Duration> rtt{};  // smoothed round trip
+    bool loss_over = false;         // degraded by loss
+    bool rtt_over = false;          // degraded by round trip
+    bool degraded() const { return loss_over || rtt_over; }
+    friend bool operator==(const HealthFigures&, const HealthFigures&) = default;
+};
+
 class PeerHealth {
 public:
     // One probe's fate, known when the next one is due.
@@ -57,12 +67,10 @@ public:
     // Forget the past: a new session, or a peer back from down.
     void reset();
 
-    // Why the peer is degraded under `policy`, or nullopt if it is healthy.
-    // `degraded_now` selects the thresholds: entering needs the high one,
-    // staying needs only more than the low one (hysteresis).
-    std::optional<std::string> degraded_reason(const HealthPolicy& policy, bool degraded_now) const;
-    // "loss 12/50, rtt 3.1 ms" for event reasons.
-    std::string describe() const;
+    // The peer's figures, and what is over its limit under `policy` (nothing
+    // if it is healthy). `degraded_now` selects the thresholds: entering needs
+    // the high one, staying needs only more than the low one (hysteresis).
+    HealthFigures judge(const HealthPolicy& policy, bool degraded_now) const;
 
     std::optional<Duration> smoothed_rtt() const {
         return srtt_ns_ < 0 ? std::nullopt : std::optional<Duration>(Duration(srtt_ns_));

@@ -9,6 +9,13 @@
 // of the last window (loop CPU per probe sent) it works out how many more
 // probes a second the loop can take before the threshold, and admits new
 // peers worth half of that per window.
+//
+// A registration storm is not an overload: handshakes inflate a window's CPU
+// per probe, and a fleet registering at once overflows any receive queue. So
+// the cost per probe is the lowest of the recent windows (allowed to rise by
+// kCostRise a window), and a window that read more newcomers' REGISTERs than
+// it sent probes does not start shedding, however busy or overflowed: pacing
+// alone answers it (no room after a window over the threshold).
 #pragma once
 
 #include <algorithm>
@@ -31,6 +38,8 @@ public:
     // the next window admits newcomers worth kRoomUnknownCost probes a second.
     static constexpr std::uint64_t kMinProbesToPace = 1000;
     static constexpr double kRoomUnknownCost = 10'000;
+    // How much the remembered cost per probe may rise from one window to the next.
+    static constexpr double kCostRise = 1.25;
 
     // busy_percent: shed from a window in which the loop was busy at least
     // this share of the time (1 .. 100), or whose receive queue overflowed;
@@ -55,7 +64,9 @@ public:
     }
     bool shedding() const { return shedding_; }
     // Whether a new peer probed every `interval` fits in this window's pace;
-    // admit() takes it from there.
+    // admit() takes it from there. The server admits at a newcomer's first
+    // REGISTER, before the CHALLENGE: one that comes back with its cookie is
+    // turned away only while shedding.
     bool has_room(Duration interval, TimePoint now) {
         roll(now);
         if (busy_percent_ == 0) return true;
@@ -68,6 +79,8 @@ public:
     }
     // One probe sent: its cost is what paces newcomers.
     void note_probe() { ++probes_; }
+    // One REGISTER read for a name the table does not hold (before its cookie).
+    void note_register() { ++registers_; }
     // New probes per second this window may still take.
     double room() const { return room_ - added_; }
 
@@ -75,12 +88,14 @@ public:
     double last_busy_fraction() const { return last_fraction_; }
     // Whether the last whole window saw an overflow.
     bool last_overflowed() const { return last_overflowed_; }
+    // The share of a second one probe costs, as pacing counts it (0: not known yet).
+    double cost_per_probe() const { return cost_; }
     // Times shedding began.
     std::uint64_t episodes() const { return episodes_; }
 
 private:
     void roll(TimePoint now);
-    void judge(double fraction, bool overflowed);
+    void judge(double fraction, bool overflowed, bool may_start);
     void pace(double fraction);
     static double rate_of(Duration interval) {
         return 1.0 / std::max(std::chrono::duration<double>(interval).count(), 1e-3);
@@ -96,6 +111,8 @@ private:
     bool last_overflowed_ = false;
     std::uint64_t episodes_ = 0;
     std::uint64_t probes_ = 0;        // sent in this window
+    std::uint64_t registers_ = 0;     // newcomers' REGISTERs read in this window
+    double cost_ = 0;                 // share of a second per probe, 0 until known
     double room_ = kRoomUnknownCost;  // probes/s newcomers may add in this window
     double added_ = 0;                // probes/s added this window
 };

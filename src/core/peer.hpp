@@ -8,6 +8,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <type_traits>
 
 #include "core/address.hpp"
 #include "core/boxed.hpp"
@@ -62,10 +63,15 @@ private:
 };
 
 // The latest network error seen for a peer: an ICMP error quoting a probe, or
-// a target's socket error, e.g. "port unreachable: host up, no agent".
+// a target's socket error. The daemon puts it in words
+// (daemon/event_text.hpp), e.g. "host up, no agent (ICMP port unreachable)".
 struct NetworkError {
-    std::string text;
+    enum class Source : std::uint8_t { icmp, socket };
+    Source source = Source::icmp;
+    int error = 0;                      // errno: ECONNREFUSED for ICMP port unreachable, ...
+    std::optional<Address> reporter{};  // icmp: the host that sent it, if known
     TimePoint at{};
+    friend bool operator==(const NetworkError&, const NetworkError&) = default;
 };
 
 // A peer's name in 8 bytes instead of a view's 16 (the table holds one per
@@ -164,14 +170,65 @@ enum class EventKind : std::uint8_t {
 inline constexpr std::size_t kEventKindCount = 10;
 std::string_view to_string(EventKind);
 
-// A state change, with a copy of the peer as it is after the change.
+// Why an event happened. The core reports the cause and the figures its
+// words need (see PeerEvent); the daemon puts them in words
+// (daemon/event_text.hpp), so that no event costs the core an allocation.
+enum class EventCause : std::uint8_t {
+    // KAP/1 and legacy peers (ServerCore).
+    registered,         // a new session
+    registered_legacy,  // a new legacy (Go module) peer
+    grant_changed,      // registered again with another grant: interval_before, probes_before
+    registered_again,   // back up by registering again
+    restarted,          // a new incarnation from the same host
+    taken_over,         // a new incarnation from another host: previous_address
+    moved,              // the same session from another address: previous_address
+    ack_received,
+    damping_ended,      // a damped peer answered for hold_down
+    recovered,          // degraded no more: health
+    degraded,           // health, with what is over its limit
+    damped,             // recoveries within hold_down
+    unanswered,         // missed probes in a row
+    detection_expired,  // error: the network error seen within the detection time, if any
+    icmp_refused,       // fast down on ICMP port unreachable: error
+    goodbye,            // BYE "shutting down"
+    forgotten,          // kept_for in state `previous`
+    // TCP targets (daemon/targets.hpp).
+    configured,
+    configuration_changed,  // detail: the old configuration
+    unconfigured,           // removed from the configuration
+    connected,
+    closed_by_service,
+    reset_by_host,
+    connection_reset,
+    no_answer_to_keepalives,
+    no_answer_to_connects,
+    unreachable,
+    connection_refused,
+    connection_failed,
+};
+inline constexpr std::size_t kEventCauseCount =
+    static_cast<std::size_t>(EventCause::connection_failed) + 1;
+
+// A state change, with the peer as it is after the change. Plain data: it
+// is made on the stack and costs no allocation.
 struct PeerEvent {
     EventKind kind;
-    std::optional<PeerState> previous;  // none for a new registration
+    std::optional<PeerState> previous{};  // none for a new registration
     const Peer& peer;
-    std::string reason;
-    std::optional<Address> previous_address;  // for `moved`: where the peer was
+    EventCause cause;
+    std::optional<Address> previous_address{};  // taken_over, moved: where the peer was
+    // The figures the cause's words need (see EventCause); the rest stay zero.
+    std::uint32_t count = 0;  // unanswered: probes missed; damped: recoveries
+    // grant_changed: the interval before; damped, damping_ended: hold_down;
+    // forgotten: how long it was kept.
+    Duration duration{};
+    std::uint8_t probes_before = 0;       // grant_changed
+    HealthFigures health{};               // degraded, recovered
+    std::optional<NetworkError> error{};  // detection_expired (if any), icmp_refused
+    // configuration_changed: text the daemon keeps alive during the call (never set by the core).
+    std::string_view detail{};
 };
+static_assert(std::is_trivially_copyable_v<PeerEvent>);
 
 }  // namespace keepalive
 

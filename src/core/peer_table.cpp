@@ -1,7 +1,5 @@
 #include "core/peer_table.hpp"
 
-#include <fmt/format.h>
-
 #include <algorithm>
 #include <stdexcept>
 #include <utility>
@@ -78,17 +76,6 @@ bool valid_peer_name(std::string_view name) {
         if (!ok) return false;
     }
     return true;
-}
-
-std::string summary_line(const PeerCounts& c) {
-    // Degraded only when there are some, so the line stays as it was where
-    // degraded detection is not configured.
-    const std::string degraded = c.in(PeerState::degraded) > 0
-                                     ? fmt::format(", {} degraded", c.in(PeerState::degraded))
-                                     : std::string();
-    return fmt::format("{} peer{}: {} up{}, {} suspect, {} down, {} left", c.total,
-                       c.total == 1 ? "" : "s", c.in(PeerState::up), degraded,
-                       c.in(PeerState::suspect), c.in(PeerState::down), c.in(PeerState::left));
 }
 
 namespace {

@@ -22,9 +22,6 @@ struct PeerCounts {
     std::size_t in(PeerState s) const { return by_state[static_cast<std::size_t>(s)]; }
 };
 
-// "3 peers: 2 up, 0 suspect, 1 down, 0 left"
-std::string summary_line(const PeerCounts&);
-
 class PeerTable {
 public:
     using Slot = std::uint32_t;

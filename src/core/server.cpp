@@ -1,11 +1,8 @@
 #include "core/server.hpp"
 
-#include <fmt/format.h>
-
 #include <algorithm>
 #include <utility>
 
-#include "core/duration.hpp"
 #include "core/legacy.hpp"
 
 namespace keepalive {
@@ -177,7 +174,7 @@ void ServerCore::on_register(const kap::Message& m, const Address& from, const R
     }
     // Over capacity, a newcomer is told to come back later before it costs a
     // handshake; a peer the table holds (its session lost, or moved) is served.
-    if (shed_new_name(reg.name, milliseconds(reg.interval_ms), now)) {
+    if (shed_new_name(reg.name, milliseconds(reg.interval_ms), reg.cookie == kap::Cookie{}, now)) {
         handshake_reply(route, from,
                         {.diag = kap::Diag::busy, .session = 0, .body = kap::Reject{reg.nonce}},
                         now);
@@ -223,11 +220,8 @@ void ServerCore::on_register(const kap::Message& m, const Address& from, const R
             reject(kap::Diag::server_full);
             return;
         }
-        if (!shedder_.admit(interval, now)) {
-            ++registrations_shed_;
-            reject(kap::Diag::busy);
-            return;
-        }
+        // Paced before the CHALLENGE (shed_new_name), so that a storm's
+        // handshakes are spent only on the peers the pace admits.
         slot = admit({.name = reg.name,
                       .protocol = Protocol::kap1,
                       .incarnation = reg.incarnation,
@@ -264,10 +258,16 @@ void ServerCore::on_register(const kap::Message& m, const Address& from, const R
         table_.set_state(slot, PeerState::up, now);
         p.since = now;  // a new session starts its time in "up" afresh
         if (other_host)
-            emit(EventKind::moved, previous, slot,
-                 fmt::format("taken over from {} by a new incarnation", was.to_string()), was);
+            emit({.kind = EventKind::moved,
+                  .previous = previous,
+                  .peer = p,
+                  .cause = EventCause::taken_over,
+                  .previous_address = was});
         else
-            emit(EventKind::restarted, previous, slot, "restarted (new incarnation)");
+            emit({.kind = EventKind::restarted,
+                  .previous = previous,
+                  .peer = p,
+                  .cause = EventCause::restarted});
     } else {
         // A retransmission, a peer that lost us, or a move: same session. The
         // handshake just proved the path, so probes in flight count as answered.
@@ -283,9 +283,13 @@ void ServerCore::on_register(const kap::Message& m, const Address& from, const R
                static_cast<std::uint32_t>(duration_cast<milliseconds>(interval).count()), probes}});
 }
 
-bool ServerCore::shed_new_name(std::string_view name, Duration interval, TimePoint now) {
-    if (shedder_.has_room(interval, now) || table_.find_name(name) != PeerTable::kNone)
-        return false;
+bool ServerCore::shed_new_name(std::string_view name, Duration interval, bool first_contact,
+                               TimePoint now) {
+    if (table_.find_name(name) != PeerTable::kNone) return false;
+    shedder_.note_register();
+    // The room is taken at the first REGISTER; the one with the cookie that
+    // follows is turned away only while shedding.
+    if (first_contact ? shedder_.admit(interval, now) : !shedder_.shedding(now)) return false;
     ++registrations_shed_;
     return true;
 }
@@ -304,8 +308,10 @@ PeerTable::Slot ServerCore::admit(NewPeer n, TimePoint now) {
     p.probes = n.probes;
     p.since = now;
     const Slot slot = table_.insert(std::move(p));
-    emit(EventKind::registered, std::nullopt, slot,
-         n.protocol == Protocol::legacy ? "registered (legacy protocol)" : "registered");
+    emit({.kind = EventKind::registered,
+          .peer = table_.at(slot),
+          .cause = n.protocol == Protocol::legacy ? EventCause::registered_legacy
+                                                  : EventCause::registered});
     return slot;
 }
 
@@ -317,22 +323,33 @@ void ServerCore::renew(Slot slot, Duration interval, std::uint8_t probes, const 
     p.missed = 0;
     if (p.interval != interval || p.probes != probes) {
         // A new grant changes what "down" means for this peer: say so.
-        const std::string was =
-            fmt::format("{} ms x {}", duration_cast<milliseconds>(p.interval).count(), p.probes);
+        const Duration interval_before = p.interval;
+        const std::uint8_t probes_before = p.probes;
         p.interval = interval;
         p.probes = probes;
-        emit(EventKind::registered, p.state, slot, "registered again (was " + was + ")");
+        emit({.kind = EventKind::registered,
+              .previous = p.state,
+              .peer = p,
+              .cause = EventCause::grant_changed,
+              .duration = interval_before,
+              .probes_before = probes_before});
     }
     if (*p.route != route) p.route = table_.intern_route(route);
     if (p.address != to) {
         const Address was = p.address;
         table_.set_address(slot, to);
-        emit(EventKind::moved, p.state, slot, "moved from " + was.to_string(), was);
+        emit({.kind = EventKind::moved,
+              .previous = p.state,
+              .peer = p,
+              .cause = EventCause::moved,
+              .previous_address = was});
     }
     // Degraded stays degraded (its health is judged by probes), and a damped
     // peer stays held: registering again is no proof that it stopped flapping.
     if (p.state != PeerState::up && p.state != PeerState::degraded && !p.damper.held())
-        change_state(slot, PeerState::up, EventKind::up, "registered again", now);
+        change_state(slot, PeerState::up,
+                     {.kind = EventKind::up, .peer = p, .cause = EventCause::registered_again},
+                     now);
 }
 
 // Legacy peers hold session ids too (the table indexes them) but no KAP/1
@@ -403,10 +420,12 @@ void ServerCore::recover(Slot slot, TimePoint now) {
     if (!p.damper.held() && p.damper.recovered(now, policy)) {
         p.damper.hold();
         p.damper.answered(now);
-        emit(EventKind::damped, p.state, slot,
-             fmt::format("damped: back {} times within {}; held down until it has answered for {}",
-                         p.damper.recent_flaps(), format_duration(*policy.hold_down),
-                         format_duration(*policy.hold_down)));
+        emit({.kind = EventKind::damped,
+              .previous = p.state,
+              .peer = p,
+              .cause = EventCause::damped,
+              .count = static_cast<std::uint32_t>(p.damper.recent_flaps()),
+              .duration = *policy.hold_down});
         schedule(slot, ceil_ms(now + p.interval));  // probed at its own rate while held
         return;
     }
@@ -415,14 +434,17 @@ void ServerCore::recover(Slot slot, TimePoint now) {
         if (!p.damper.released(now, policy)) return;
         p.damper.release();
         p.health.reset();
-        change_state(
-            slot, PeerState::up, EventKind::up,
-            "ack received; damping ended after answering for " + format_duration(*policy.hold_down),
-            now);
+        change_state(slot, PeerState::up,
+                     {.kind = EventKind::up,
+                      .peer = p,
+                      .cause = EventCause::damping_ended,
+                      .duration = *policy.hold_down},
+                     now);
         return;
     }
     p.health.reset();  // its sickness before it went down says nothing now
-    change_state(slot, PeerState::up, EventKind::up, "ack received", now);
+    change_state(slot, PeerState::up,
+                 {.kind = EventKind::up, .peer = p, .cause = EventCause::ack_received}, now);
     schedule(slot, ceil_ms(now + p.interval));
 }
 
@@ -434,12 +456,21 @@ void ServerCore::update_health(Slot slot, TimePoint now) {
     if (p.state == PeerState::suspect && p.missed > 0) return;
     if (p.state != PeerState::up && p.state != PeerState::degraded && p.state != PeerState::suspect)
         return;
-    const auto why = p.health.degraded_reason(limits_.health, degraded_now);
-    if (why && !degraded_now) {
-        change_state(slot, PeerState::degraded, EventKind::degraded, *why, now);
-    } else if (!why && p.state != PeerState::up) {
-        change_state(slot, PeerState::up, EventKind::up,
-                     degraded_now ? "recovered: " + p.health.describe() : "ack received", now);
+    const HealthFigures health = p.health.judge(limits_.health, degraded_now);
+    if (health.degraded() && !degraded_now) {
+        change_state(slot, PeerState::degraded,
+                     {.kind = EventKind::degraded,
+                      .peer = p,
+                      .cause = EventCause::degraded,
+                      .health = health},
+                     now);
+    } else if (!health.degraded() && p.state != PeerState::up) {
+        change_state(slot, PeerState::up,
+                     {.kind = EventKind::up,
+                      .peer = p,
+                      .cause = degraded_now ? EventCause::recovered : EventCause::ack_received,
+                      .health = health},
+                     now);
     }
 }
 
@@ -472,7 +503,8 @@ void ServerCore::on_bye(const kap::Message& m, const Address& from, const Route&
         return;
     }
     if (p.state == PeerState::left) return;  // a repeated goodbye
-    change_state(slot, PeerState::left, EventKind::left, "peer said goodbye", now);
+    change_state(slot, PeerState::left,
+                 {.kind = EventKind::left, .peer = p, .cause = EventCause::goodbye}, now);
     schedule(slot, now + forget_after(p));
 }
 
@@ -543,9 +575,12 @@ void ServerCore::on_due(Slot slot, TimePoint deadline, TimePoint now) {
                 // An ICMP error within the detection window tells why.
                 const bool icmp =
                     p.last_error && p.last_error->at + p.interval * p.probes >= deadline;
-                change_state(slot, PeerState::down, EventKind::down,
-                             icmp ? "detection time expired: " + p.last_error->text
-                                  : std::string("detection time expired"),
+                change_state(slot, PeerState::down,
+                             {.kind = EventKind::down,
+                              .peer = p,
+                              .cause = EventCause::detection_expired,
+                              .error = icmp ? std::optional<NetworkError>(*p.last_error.get())
+                                            : std::nullopt},
                              deadline);
                 probe_down(slot, deadline, now);
                 return;
@@ -553,10 +588,12 @@ void ServerCore::on_due(Slot slot, TimePoint deadline, TimePoint now) {
             // A degraded peer loses probes by definition: it stays degraded
             // rather than flapping to suspect and back with every loss.
             if (p.missed > 0 && p.state == PeerState::up)
-                change_state(
-                    slot, PeerState::suspect, EventKind::suspect,
-                    fmt::format("{} probe{} unanswered", p.missed, p.missed == 1 ? "" : "s"),
-                    deadline);
+                change_state(slot, PeerState::suspect,
+                             {.kind = EventKind::suspect,
+                              .peer = p,
+                              .cause = EventCause::unanswered,
+                              .count = p.missed},
+                             deadline);
             else if (p.missed == 0)
                 update_health(slot, deadline);
             send_probe(slot, now);
@@ -638,17 +675,10 @@ void ServerCore::shutdown(kap::Diag diag) {
     });
 }
 
-void ServerCore::change_state(Slot slot, PeerState state, EventKind kind, std::string reason,
-                              TimePoint at) {
-    const PeerState previous = table_.at(slot).state;
+void ServerCore::change_state(Slot slot, PeerState state, PeerEvent event, TimePoint at) {
+    event.previous = table_.at(slot).state;
     table_.set_state(slot, state, at);
-    emit(kind, previous, slot, std::move(reason));
-}
-
-void ServerCore::emit(EventKind kind, std::optional<PeerState> previous, Slot slot,
-                      std::string reason, std::optional<Address> previous_address) {
-    sink_.peer_event(
-        PeerEvent{kind, previous, table_.at(slot), std::move(reason), previous_address});
+    emit(event);
 }
 
 Duration ServerCore::probe_step(const Peer& p) {
@@ -664,9 +694,11 @@ void ServerCore::schedule(Slot slot, TimePoint deadline) {
 void ServerCore::forget(Slot slot) {
     Peer& p = table_.at(slot);
     wheel_.cancel(p.timer);
-    emit(EventKind::forgotten, p.state, slot,
-         fmt::format("forgotten after {} {}", format_duration(forget_after(p)),
-                     to_string(p.state)));
+    emit({.kind = EventKind::forgotten,
+          .previous = p.state,
+          .peer = p,
+          .cause = EventCause::forgotten,
+          .duration = forget_after(p)});
     if (p.protocol == Protocol::legacy) --legacy_peers_;
     table_.erase(slot);
 }

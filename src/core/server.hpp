@@ -218,7 +218,7 @@ private:
     void on_register(const kap::Message& m, const Address& from, const Route& route, TimePoint now);
     // Over capacity, or no room left in this second's pace for a newcomer
     // probed every `interval`, and `name` is not in the table: counted, and true.
-    bool shed_new_name(std::string_view name, Duration interval, TimePoint now);
+    bool shed_new_name(std::string_view name, Duration interval, bool first_contact, TimePoint now);
     void on_ack(const kap::Message& m, const Address& from, const Route& route, TimePoint now);
     void on_bye(const kap::Message& m, const Address& from, const Route& route, TimePoint now);
     struct NewPeer {
@@ -247,9 +247,9 @@ private:
                          TimePoint now);
     bool handshake_budget_allows(const Address& from, TimePoint now);
     void reply(const Route& route, const Address& to, const kap::Message& m);
-    void change_state(Slot slot, PeerState state, EventKind kind, std::string reason, TimePoint at);
-    void emit(EventKind kind, std::optional<PeerState> previous, Slot slot, std::string reason,
-              std::optional<Address> previous_address = std::nullopt);
+    // Moves the peer to `state` at `at` and reports `event`, its previous state filled in.
+    void change_state(Slot slot, PeerState state, PeerEvent event, TimePoint at);
+    void emit(const PeerEvent& event) { sink_.peer_event(event); }
     // The distance between two probes: the granted interval, or less on probation.
     static Duration probe_step(const Peer& p);
     Duration forget_after(const Peer& p) const;

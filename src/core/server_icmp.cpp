@@ -1,10 +1,7 @@
 // ServerCore's use of ICMP errors for probes: the host that answers a PROBE
 // with port unreachable is up but runs no agent; a router's host or network
 // unreachable says the host cannot be reached.
-#include <fmt/format.h>
-
 #include <cerrno>
-#include <cstring>
 
 #include "core/server.hpp"
 
@@ -22,20 +19,6 @@ std::optional<std::uint32_t> quoted_probe_session(std::span<const std::uint8_t> 
            std::uint32_t{q[11]};
 }
 
-std::string icmp_text(int error, const std::optional<Address>& reporter) {
-    const std::string from = reporter ? " from " + reporter->host_string() : std::string();
-    switch (error) {
-        case ECONNREFUSED:
-            return "host up, no agent (ICMP port unreachable" + from + ")";
-        case EHOSTUNREACH:
-            return "unreachable (ICMP host unreachable" + from + ")";
-        case ENETUNREACH:
-            return "unreachable (ICMP network unreachable" + from + ")";
-        default:
-            return fmt::format("ICMP error{}: {}", from, std::strerror(error));
-    }
-}
-
 }  // namespace
 
 void ServerCore::on_icmp_error(const Address& to, int error, const std::optional<Address>& reporter,
@@ -46,10 +29,15 @@ void ServerCore::on_icmp_error(const Address& to, int error, const std::optional
     if (slot == PeerTable::kNone) return;
     Peer& p = table_.at(slot);
     if (p.address != to) return;  // a probe to an old address, or a forged quote
-    p.last_error.make() = {icmp_text(error, reporter), now};
+    p.last_error.make() = {.error = error, .reporter = reporter, .at = now};
     if (error == ECONNREFUSED && limits_.fast_down_on_icmp &&
         (p.state == PeerState::up || p.state == PeerState::suspect)) {
-        change_state(slot, PeerState::down, EventKind::down, p.last_error->text, now);
+        change_state(slot, PeerState::down,
+                     {.kind = EventKind::down,
+                      .peer = p,
+                      .cause = EventCause::icmp_refused,
+                      .error = *p.last_error.get()},
+                     now);
         schedule(slot, std::min(now + limits_.down_probe_interval, p.since + limits_.forget_after));
     }
 }

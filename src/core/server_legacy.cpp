@@ -30,7 +30,7 @@ void ServerCore::on_legacy_register(std::span<const std::uint8_t> data, const Ad
     }
     // The legacy protocol has no "busy": over capacity a newcomer is not
     // answered, and registers again on its own schedule.
-    if (shed_new_name(reg->name, interval, now)) return;
+    if (shed_new_name(reg->name, interval, true, now)) return;
     Address target = from;
     target.set_port(probe_port);
     const auto probes = static_cast<std::uint8_t>(reg->probes);
@@ -49,7 +49,8 @@ void ServerCore::on_legacy_register(std::span<const std::uint8_t> data, const Ad
             count(Drop::legacy_refused);
             return;
         }
-        if (!shedder_.admit(interval, now)) {
+        // Its room was taken by shed_new_name() above.
+        if (shedder_.shedding(now)) {
             ++registrations_shed_;
             return;
         }

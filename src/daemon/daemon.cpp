@@ -15,6 +15,7 @@
 
 #include "core/duration.hpp"
 #include "daemon/control_request.hpp"
+#include "daemon/event_text.hpp"
 #include "daemon/status_json.hpp"
 #include "daemon/textfile.hpp"
 

@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include "daemon/event_text.hpp"
+
 namespace keepalive {
 
 nlohmann::json EventRecord::to_json() const {
@@ -28,7 +30,7 @@ const EventRecord& EventRing::push(const PeerEvent& event, double wall_time) {
     r.state = event.kind == EventKind::forgotten ? "forgotten" : to_string(event.peer.state);
     r.previous_state = event.previous ? std::string(to_string(*event.previous)) : std::string();
     r.session = event.peer.session;
-    r.reason = event.reason;
+    r.reason = event_reason(event);
     r.time = wall_time;
     return r;
 }

@@ -75,37 +75,6 @@ std::string_view state_after(const PeerEvent& e) {
 
 }  // namespace
 
-std::string describe(const PeerEvent& e) {
-    const Peer& p = e.peer;
-    const bool target = p.protocol == Protocol::tcp;
-    const std::string who =
-        fmt::format("{} {} ({})", target ? "target" : "peer", p.name, p.address.to_string());
-    switch (e.kind) {
-        case EventKind::registered:
-            if (target)
-                return fmt::format("{} {}: keepalive interval {} s, {} probes", who, e.reason,
-                                   std::chrono::duration_cast<std::chrono::seconds>(p.interval)
-                                       .count(),
-                                   p.probes);
-            return fmt::format("{} registered: interval {} ms, {} probes{}", who,
-                               std::chrono::duration_cast<milliseconds>(p.interval).count(),
-                               p.probes, e.previous ? " (" + e.reason + ")" : std::string());
-        case EventKind::restarted:
-            if (target) return fmt::format("{} restarted: {}", who, e.reason);
-            return fmt::format("{} restarted and registered again", who);
-        case EventKind::moved:
-            return fmt::format("{} {}", who, e.reason);
-        case EventKind::forgotten:
-            return fmt::format("{} {}", who, e.reason);
-        case EventKind::left:
-            return fmt::format("{} has left: {}", who, e.reason);
-        case EventKind::damped:
-            return fmt::format("{} is flapping and held down: {}", who, e.reason);
-        default:
-            return fmt::format("{} is {}: {}", who, to_string(p.state), e.reason);
-    }
-}
-
 Logger::Logger(LogTarget target)
     : target_(resolve_log_target(target)),
       writer_(target_ == LogTarget::journal ? LogWriter::Kind::journal : LogWriter::Kind::stderr_) {
@@ -168,7 +137,7 @@ void Logger::peer_event(const PeerEvent& e) {
         fields.emplace_back(
             "PEER_RTT_USEC",
             std::to_string(std::chrono::duration_cast<std::chrono::microseconds>(*p.rtt).count()));
-    fields.emplace_back("PEER_REASON", e.reason);
+    fields.emplace_back("PEER_REASON", event_reason(e));
     if (e.previous_address)
         fields.emplace_back("PEER_PREVIOUS_ADDRESS", e.previous_address->to_string());
     fields.emplace_back("PEER_PROTOCOL", std::string(to_string(p.protocol)));

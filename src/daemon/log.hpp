@@ -12,6 +12,7 @@
 
 #include "core/clock.hpp"
 #include "core/peer.hpp"
+#include "daemon/event_text.hpp"
 #include "daemon/log_writer.hpp"
 
 namespace keepalive {
@@ -63,8 +64,5 @@ private:
     std::vector<Limiter> limiters_;
     std::uint64_t suppressed_ = 0;
 };
-
-// The human sentence of an event, e.g. `peer db1 (10.0.0.5:4000) is down: detection time expired`.
-std::string describe(const PeerEvent& event);
 
 }  // namespace keepalive

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 
+#include "daemon/event_text.hpp"
+
 namespace keepalive {
 
 using std::chrono::duration;
@@ -26,8 +28,8 @@ nlohmann::json peer_json(const Peer& p, TimePoint now) {
         {"probes_sent", p.probes_sent},
         {"acks_received", p.acks_received},
         {"state_changes", p.state_changes},
-        {"last_error",
-         !p.last_error ? nlohmann::json(nullptr) : nlohmann::json(p.last_error->text)},
+        {"last_error", !p.last_error ? nlohmann::json(nullptr)
+                                     : nlohmann::json(network_error_text(*p.last_error.get()))},
     };
 }
 

@@ -8,6 +8,7 @@
 #include <array>
 #include <cerrno>
 
+#include "daemon/event_text.hpp"
 #include "daemon/status_json.hpp"
 
 namespace keepalive {
@@ -78,7 +79,7 @@ void TargetSet::apply(const std::vector<TargetConfig>& wanted) {
         }
         Target& t = *it->second;
         close(t);
-        emit(t, EventKind::forgotten, t.peer.state, "removed from the configuration");
+        emit(t, EventKind::forgotten, t.peer.state, EventCause::unconfigured);
         it = targets_.erase(it);
     }
     for (const TargetConfig& c : wanted) {
@@ -95,7 +96,7 @@ void TargetSet::apply(const std::vector<TargetConfig>& wanted) {
             t->peer.state = PeerState::suspect;
             t->peer.since = now;
             Target& ref = *targets_.emplace(c.name, std::move(t)).first->second;
-            emit(ref, EventKind::registered, std::nullopt, "configured");
+            emit(ref, EventKind::registered, std::nullopt, EventCause::configured);
             connect(ref, now);
         } else if (it->second->config != c) {
             Target& t = *it->second;
@@ -107,7 +108,7 @@ void TargetSet::apply(const std::vector<TargetConfig>& wanted) {
             t.peer.interval = c.interval;
             t.peer.probes = c.probes;
             t.failures = 0;
-            emit(t, EventKind::registered, t.peer.state, "configuration changed, was " + was);
+            emit(t, EventKind::registered, t.peer.state, EventCause::configuration_changed, was);
             connect(t, now);
         }
     }
@@ -188,7 +189,8 @@ void TargetSet::on_connected(Target& t, TimePoint now) {
     t.peer.missed = 0;
     loop_.modify_fd(t.fd.get(), EPOLLIN | EPOLLRDHUP);
     refresh(t);
-    if (t.peer.state != PeerState::up) set_state(t, PeerState::up, EventKind::up, "connected", now);
+    if (t.peer.state != PeerState::up)
+        set_state(t, PeerState::up, EventKind::up, EventCause::connected, now);
 }
 
 void TargetSet::on_failure(Target& t, TargetPhase phase, int error, TimePoint now) {
@@ -196,7 +198,8 @@ void TargetSet::on_failure(Target& t, TargetPhase phase, int error, TimePoint no
     if (was_established) refresh(t);
     close(t);
     const TargetOutcome o = classify_failure(phase, error);
-    t.peer.last_error.make() = {failure_text(error), now};
+    t.peer.last_error.make() = {
+        .source = NetworkError::Source::socket, .error = error, .reporter = {}, .at = now};
     if (error == ETIMEDOUT && was_established) t.peer.missed = t.config.probes;
 
     switch (o.event) {
@@ -205,15 +208,15 @@ void TargetSet::on_failure(Target& t, TargetPhase phase, int error, TimePoint no
             const PeerState previous = t.peer.state;
             t.peer.state = o.state;
             t.peer.since = now;
-            t.reason = std::string(o.reason);
-            emit(t, o.event, previous, t.reason);
+            t.cause = o.cause;
+            emit(t, o.event, previous, o.cause);
             break;
         }
         default:
             // Down once, and again only when the reason changes (e.g. from no
             // answer to unreachable): a retry failing the same way says nothing new.
-            if (t.peer.state != PeerState::down || t.reason != o.reason)
-                set_state(t, PeerState::down, EventKind::down, std::string(o.reason), now);
+            if (t.peer.state != PeerState::down || t.cause != o.cause)
+                set_state(t, PeerState::down, EventKind::down, o.cause, now);
             break;
     }
     // The host answered after a good long connection: try again at once.
@@ -265,19 +268,20 @@ void TargetSet::refresh(Target& t) {
     }
 }
 
-void TargetSet::set_state(Target& t, PeerState state, EventKind kind, std::string reason,
+void TargetSet::set_state(Target& t, PeerState state, EventKind kind, EventCause cause,
                           TimePoint now) {
     const PeerState previous = t.peer.state;
     t.peer.state = state;
     t.peer.since = now;
-    t.reason = reason;
-    emit(t, kind, previous, std::move(reason));
+    t.cause = cause;
+    emit(t, kind, previous, cause);
 }
 
-void TargetSet::emit(Target& t, EventKind kind, std::optional<PeerState> previous,
-                     std::string reason) {
+void TargetSet::emit(Target& t, EventKind kind, std::optional<PeerState> previous, EventCause cause,
+                     std::string_view detail) {
     if (hooks_.event)
-        hooks_.event(PeerEvent{kind, previous, t.peer, std::move(reason), std::nullopt});
+        hooks_.event(PeerEvent{
+            .kind = kind, .previous = previous, .peer = t.peer, .cause = cause, .detail = detail});
 }
 
 nlohmann::json TargetSet::peer_rows(TimePoint now) {
@@ -299,7 +303,7 @@ nlohmann::json TargetSet::targets_json(TimePoint now) {
             {"name", p.name.view()},
             {"address", p.address.to_string()},
             {"state", to_string(p.state)},
-            {"reason", t.reason},
+            {"reason", t.cause ? fixed_reason(*t.cause) : std::string_view()},
             {"connection", link_name(t.link)},
             {"idle_s", t.config.idle.count()},
             {"interval_s", t.config.interval.count()},
@@ -309,8 +313,8 @@ nlohmann::json TargetSet::targets_json(TimePoint now) {
             {"rtt_us", p.rtt ? nlohmann::json(duration_cast<microseconds>(*p.rtt).count())
                              : nlohmann::json(nullptr)},
             {"missed", p.missed},
-            {"last_error",
-             !p.last_error ? nlohmann::json(nullptr) : nlohmann::json(p.last_error->text)},
+            {"last_error", !p.last_error ? nlohmann::json(nullptr)
+                                         : nlohmann::json(network_error_text(*p.last_error.get()))},
             {"connects", t.connects},
             {"next_attempt_in",
              t.link == Link::waiting && t.wake_at

@@ -60,8 +60,8 @@ private:
         std::optional<TimePoint> wake_at;  // next attempt (waiting) or give-up (connecting)
         unsigned failures = 0;             // consecutive failed attempts, for the backoff
         TimePoint connected_at{};
-        std::uint64_t connects = 0;  // connections established
-        std::string reason;          // of the last event
+        std::uint64_t connects = 0;       // connections established
+        std::optional<EventCause> cause;  // of the last state change
     };
 
     static std::string_view link_name(Link link);
@@ -73,8 +73,10 @@ private:
     void on_timer();
     void rearm();
     void refresh(Target& t);
-    void set_state(Target& t, PeerState state, EventKind kind, std::string reason, TimePoint now);
-    void emit(Target& t, EventKind kind, std::optional<PeerState> previous, std::string reason);
+    void set_state(Target& t, PeerState state, EventKind kind, EventCause cause, TimePoint now);
+    // `detail`: for configuration_changed, the old configuration in words.
+    void emit(Target& t, EventKind kind, std::optional<PeerState> previous, EventCause cause,
+              std::string_view detail = {});
 
     EventLoop& loop_;
     RandomSource& random_;

@@ -14,28 +14,28 @@ TargetOutcome classify_failure(TargetPhase phase, int error) {
     const bool established = phase == TargetPhase::established;
     switch (error) {
         case 0:
-            return {EventKind::left, PeerState::left, "closed by the service", true};
+            return {EventKind::left, PeerState::left, EventCause::closed_by_service, true};
         case ECONNRESET:
         case EPIPE:
             // A reset on an idle connection answers a keepalive probe: the host is
             // back but has forgotten the connection, i.e. it restarted.
             if (established)
-                return {EventKind::restarted, PeerState::up, "connection reset by the host", true};
-            return {EventKind::down, PeerState::down, "connection reset", false};
+                return {EventKind::restarted, PeerState::up, EventCause::reset_by_host, true};
+            return {EventKind::down, PeerState::down, EventCause::connection_reset, false};
         case ETIMEDOUT:
-            return {
-                EventKind::down, PeerState::down,
-                established ? "no answer to keepalive probes" : "no answer to connection attempts",
-                false};
+            return {EventKind::down, PeerState::down,
+                    established ? EventCause::no_answer_to_keepalives
+                                : EventCause::no_answer_to_connects,
+                    false};
         case EHOSTUNREACH:
         case ENETUNREACH:
         case EHOSTDOWN:
         case ENONET:
-            return {EventKind::down, PeerState::down, "unreachable", false};
+            return {EventKind::down, PeerState::down, EventCause::unreachable, false};
         case ECONNREFUSED:
-            return {EventKind::down, PeerState::down, "connection refused", false};
+            return {EventKind::down, PeerState::down, EventCause::connection_refused, false};
         default:
-            return {EventKind::down, PeerState::down, "connection failed", false};
+            return {EventKind::down, PeerState::down, EventCause::connection_failed, false};
     }
 }
 

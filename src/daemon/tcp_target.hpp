@@ -21,11 +21,11 @@ namespace keepalive {
 enum class TargetPhase : std::uint8_t { connecting, established };
 
 // What a failure means: the event to report, the state it leaves the target
-// in, and its reason (PeerEvent::reason).
+// in, and its cause (in words: daemon/event_text.hpp).
 struct TargetOutcome {
     EventKind event;  // down, left or restarted
     PeerState state;  // down, left or up
-    std::string_view reason;
+    EventCause cause;
     // The host answered (a FIN or a RST): it is worth reconnecting at once.
     bool host_answered;
     friend bool operator==(const TargetOutcome&, const TargetOutcome&) = default;

@@ -5,6 +5,7 @@
 //   - the table never holds more than max_peers;
 //   - no reply is larger than the datagram that provoked it;
 //   - states move only along the legal transitions;
+//   - every event's cause is one its kind can have, with the figures it needs;
 //   - no peer is declared down before (probes - 1) x interval has passed since
 //     the last evidence that it was alive (registration or accepted ACK).
 #include <algorithm>
@@ -50,6 +51,37 @@ private:
     std::abort();
 }
 
+// The causes ServerCore may give each kind of event (the daemon's words for
+// them are in daemon/event_text.hpp).
+bool cause_fits(const PeerEvent& e) {
+    using C = EventCause;
+    switch (e.kind) {
+        case EventKind::registered:
+            return e.cause == C::registered || e.cause == C::registered_legacy ||
+                   (e.cause == C::grant_changed && e.probes_before > 0);
+        case EventKind::up:
+            return e.cause == C::ack_received || e.cause == C::registered_again ||
+                   e.cause == C::damping_ended || e.cause == C::recovered;
+        case EventKind::suspect:
+            return e.cause == C::unanswered && e.count > 0;
+        case EventKind::down:
+            return e.cause == C::detection_expired || (e.cause == C::icmp_refused && e.error);
+        case EventKind::left:
+            return e.cause == C::goodbye;
+        case EventKind::restarted:
+            return e.cause == C::restarted;
+        case EventKind::moved:
+            return (e.cause == C::moved || e.cause == C::taken_over) && e.previous_address;
+        case EventKind::forgotten:
+            return e.cause == C::forgotten && e.previous;
+        case EventKind::degraded:
+            return e.cause == C::degraded && e.health.degraded();
+        case EventKind::damped:
+            return e.cause == C::damped && e.count > 0;
+    }
+    return false;
+}
+
 struct Harness final : ServerSink {
     explicit Harness(bool auth) : server(limits(), random, *this, clock.now()) {
         if (auth) {
@@ -81,6 +113,7 @@ struct Harness final : ServerSink {
     void peer_event(const PeerEvent& e) override {
         const Peer& p = e.peer;
         const auto prev = e.previous;
+        if (!cause_fits(e)) violated("cause");
         switch (e.kind) {
             case EventKind::suspect:
                 if (prev != PeerState::up || p.state != PeerState::suspect) violated("suspect");

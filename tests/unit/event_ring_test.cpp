@@ -24,7 +24,11 @@ Peer peer_named(std::string_view name) {
 
 void push(EventRing& ring, const Peer& p, int n) {
     for (int i = 0; i < n; ++i)
-        ring.push(PeerEvent{EventKind::up, PeerState::down, p, "r", std::nullopt}, 1.5);
+        ring.push(PeerEvent{.kind = EventKind::up,
+                            .previous = PeerState::down,
+                            .peer = p,
+                            .cause = EventCause::ack_received},
+                  1.5);
 }
 
 std::vector<nlohmann::json> lines(const std::string& text) {
@@ -53,7 +57,7 @@ TEST(EventRing, NumbersFromOneAndKeepsTheNewest) {
     EXPECT_EQ(j.at("state"), "up");
     EXPECT_EQ(j.at("previous_state"), "down");
     EXPECT_EQ(j.at("session"), "0000abcd");
-    EXPECT_EQ(j.at("reason"), "r");
+    EXPECT_EQ(j.at("reason"), "ack received");
     EXPECT_EQ(j.at("time"), 1.5);
     EXPECT_EQ(ring.find(8), nullptr);
 }

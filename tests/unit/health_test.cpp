@@ -38,24 +38,24 @@ TEST(PeerHealth, HysteresisBands) {
     policy.rtt = 10ms;
     PeerHealth h;
     for (int i = 0; i < 10; ++i) h.probe_outcome(true, policy);
-    EXPECT_FALSE(h.degraded_reason(policy, false));  // 10 of 50 is not more than 20%
+    EXPECT_FALSE(h.judge(policy, false).degraded());  // 10 of 50 is not more than 20%
     h.probe_outcome(true, policy);
-    EXPECT_EQ(h.degraded_reason(policy, false), "lost 11 of the last 11 probes");
+    EXPECT_EQ(h.judge(policy, false), (HealthFigures{.lost = 11, .window = 11, .loss_over = true}));
     // Staying degraded needs more than half the threshold: 5 of 50.
     for (int i = 0; i < 44; ++i) h.probe_outcome(false, policy);
     EXPECT_EQ(h.window().lost(), 6u);
-    EXPECT_TRUE(h.degraded_reason(policy, true));
-    EXPECT_FALSE(h.degraded_reason(policy, false));
+    EXPECT_TRUE(h.judge(policy, true).degraded());
+    EXPECT_FALSE(h.judge(policy, false).degraded());
     h.probe_outcome(false, policy);
     EXPECT_EQ(h.window().lost(), 5u);
-    EXPECT_FALSE(h.degraded_reason(policy, true));
+    EXPECT_FALSE(h.judge(policy, true).degraded());
 
     PeerHealth r;
     for (int i = 0; i < 50; ++i) r.rtt_sample(9ms);
-    EXPECT_FALSE(r.degraded_reason({.rtt = 10ms}, false));
-    EXPECT_TRUE(r.degraded_reason({.rtt = 10ms}, true));  // above 80% of 10 ms
+    EXPECT_FALSE(r.judge({.rtt = 10ms}, false).degraded());
+    EXPECT_TRUE(r.judge({.rtt = 10ms}, true).degraded());  // above 80% of 10 ms
     for (int i = 0; i < 50; ++i) r.rtt_sample(7ms);
-    EXPECT_FALSE(r.degraded_reason({.rtt = 10ms}, true));
+    EXPECT_FALSE(r.judge({.rtt = 10ms}, true).degraded());
 }
 
 class HealthTest : public ::testing::Test {

@@ -28,6 +28,7 @@
 #include "core/peer_table.hpp"
 #include "core/random.hpp"
 #include "core/server.hpp"
+#include "daemon/event_text.hpp"
 #include "test_support.hpp"
 
 namespace keepalive {
@@ -609,7 +610,7 @@ struct Event {
     Address address;
     TimePoint since;
     std::uint32_t missed;
-    std::string reason;
+    std::string reason;  // in the daemon's words
 };
 
 class RecordingSink final : public ServerSink {
@@ -622,8 +623,8 @@ public:
     }
     void peer_event(const PeerEvent& e) override {
         const Peer& p = e.peer;
-        events.push_back({clock_.now(), e.kind, e.previous, std::string(p.name), p.protocol, p.state, p.address,
-                          p.since, p.missed, e.reason});
+        events.push_back({clock_.now(), e.kind, e.previous, std::string(p.name), p.protocol,
+                          p.state, p.address, p.since, p.missed, event_reason(e)});
     }
     std::vector<Sent> sent;
     std::vector<Event> events;

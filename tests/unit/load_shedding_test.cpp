@@ -1,6 +1,7 @@
 // Shedding load over capacity: the signal (LoadShedder) with its hysteresis,
 // and ServerCore answering new registrations REJECT diag 9 (busy) while it
 // lasts, serving the peers it holds. Fake clock throughout.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <string>
@@ -101,15 +102,90 @@ TEST(LoadShedder, NewcomersArePacedByTheHeadroomAtTheLastSecondsCostPerProbe) {
     clock.set(kStart + 2s);
     EXPECT_TRUE(s.has_room(100ms, clock.now()));
 
-    // Near the threshold there is little room.
+    // Near the threshold there is little room. This window's 8.4 us a probe
+    // counts as 5 us x 1.25 (the remembered cost may rise 25% a window).
     for (int i = 0; i < 100'000; ++i) s.note_probe();
     s.note_busy(840ms, kStart + 2500ms);
     clock.set(kStart + 3s);
     ASSERT_FALSE(s.shedding(clock.now()));
-    EXPECT_NEAR(s.room(), 595, 1);  // half of 1% headroom at 8.4 us a probe
+    EXPECT_NEAR(s.cost_per_probe(), 6.25e-6, 1e-9);
+    EXPECT_NEAR(s.room(), 800, 1);  // half of 1% headroom at 6.25 us a probe
     admitted = 0;
     while (s.admit(100ms, clock.now()) && admitted < 100'000) ++admitted;
-    EXPECT_NEAR(admitted, 59, 1);
+    EXPECT_NEAR(admitted, 80, 1);
+    // A cost that stays up is believed within a few windows.
+    for (int w = 4; w < 8; ++w) {
+        for (int i = 0; i < 100'000; ++i) s.note_probe();
+        s.note_busy(700ms, kStart + std::chrono::seconds(w) - 500ms);
+        clock.set(kStart + std::chrono::seconds(w));
+        ASSERT_FALSE(s.shedding(clock.now()));  // closes the window
+    }
+    EXPECT_NEAR(s.cost_per_probe(), 7e-6, 1e-9);
+}
+
+// While a fleet registers, handshakes make each window's CPU per probe look
+// several times the steady cost; pacing by that would admit a few thousand
+// peers a second and send the rest of a storm to a long backoff.
+TEST(LoadShedder, HandshakesDoNotShrinkThePaceOfTheWindowsAfter) {
+    FakeClock clock{kStart};
+    LoadShedder s(75, clock.now());
+    // Steady: 10 000 probes a second at 5% busy, 5 us a probe.
+    for (int i = 0; i < 10'000; ++i) s.note_probe();
+    s.note_busy(50ms, kStart + 500ms);
+    clock.set(kStart + 1s);
+    ASSERT_FALSE(s.shedding(clock.now()));
+    EXPECT_NEAR(s.room(), 70'000, 1);  // half of 70% headroom at 5 us
+    // A storm: 40 000 admitted, 45% busy with 20 000 probes (22.5 us a probe).
+    for (int i = 0; i < 40'000; ++i) {
+        s.note_register();
+        ASSERT_TRUE(s.admit(1s, clock.now()));
+    }
+    for (int i = 0; i < 20'000; ++i) s.note_probe();
+    s.note_busy(450ms, kStart + 1500ms);
+    clock.set(kStart + 2s);
+    ASSERT_FALSE(s.shedding(clock.now()));
+    // The remembered 5 us may rise by a quarter in a window: 6.25 us.
+    EXPECT_NEAR(s.cost_per_probe(), 6.25e-6, 1e-12);
+    EXPECT_NEAR(s.room(), 24'000, 1);  // half of 30% at 6.25 us, not at 22.5 us (6 667)
+}
+
+// A fleet registering at once overflows the receive queue whatever the
+// daemon's capacity, and its handshakes may take most of a second: that
+// window admits no one in the next but starts no shedding. An overflow among
+// the probes of the peers held is over capacity, and sheds.
+TEST(LoadShedder, ARegistrationBurstPacesButDoesNotShed) {
+    FakeClock clock{kStart};
+    LoadShedder s(75, clock.now());
+    for (int i = 0; i < 10'000; ++i) s.note_probe();
+    for (int i = 0; i < 50'000; ++i) s.note_register();
+    s.note_overflow(kStart + 200ms);
+    s.note_busy(400ms, kStart + 500ms);
+    clock.set(kStart + 1s);
+    EXPECT_FALSE(s.shedding(clock.now()));
+    EXPECT_TRUE(s.last_overflowed());
+    EXPECT_GT(s.room(), 0);
+
+    // The handshakes took 90% of the window: no room in the next, no episode.
+    for (int i = 0; i < 10'000; ++i) s.note_probe();
+    for (int i = 0; i < 50'000; ++i) s.note_register();
+    s.note_busy(900ms, kStart + 1500ms);
+    clock.set(kStart + 2s);
+    EXPECT_FALSE(s.shedding(clock.now()));
+    EXPECT_FALSE(s.has_room(1s, clock.now()));
+    // A calmer window (20%) gives room again.
+    for (int i = 0; i < 10'000; ++i) s.note_probe();
+    s.note_busy(200ms, kStart + 2500ms);
+    clock.set(kStart + 3s);
+    EXPECT_TRUE(s.has_room(1s, clock.now()));
+    EXPECT_EQ(s.episodes(), 0u);
+
+    for (int i = 0; i < 100'000; ++i) s.note_probe();
+    for (int i = 0; i < 5'000; ++i) s.note_register();
+    s.note_overflow(kStart + 3200ms);
+    s.note_busy(400ms, kStart + 3500ms);
+    clock.set(kStart + 4s);
+    EXPECT_TRUE(s.shedding(clock.now()));
+    EXPECT_EQ(s.episodes(), 1u);
 }
 
 class ShedRegistrationsTest : public ::testing::Test {
@@ -197,6 +273,30 @@ TEST_F(ShedRegistrationsTest, AdmissionResumesOnlyAfterThreeCalmSeconds) {
     EXPECT_EQ(d.peer("newcomer").state, PeerState::up);
     EXPECT_EQ(d.server->registrations_shed(), 2u);
     EXPECT_EQ(d.server->load().episodes(), 1u);
+}
+
+// The pace is taken at a newcomer's first REGISTER: a peer challenged is
+// admitted when it comes back with its cookie, even if the newcomers after it
+// used up the window's room (a storm's handshakes are not spent for nothing).
+TEST_F(ShedRegistrationsTest, APeerChallengedIsAdmittedWithItsCookie) {
+    const Address from = addr("10.0.0.9:4000");
+    kap::Register r{++nonce, 0x1111, 100, 3, {}, "early"};
+    d.server->on_datagram(encode({.body = r}), from, d.route, d.clock.now());
+    ASSERT_EQ(kap::type_of(d.replies.back().msg), kap::Type::challenge);
+    r.cookie = std::get<kap::Challenge>(d.replies.back().msg.body).cookie;
+
+    // No cost known yet: room for 10 000 probes/s, 1 000 peers at 100 ms; "early" took one.
+    for (int i = 0; i < 999; ++i)
+        ASSERT_EQ(kap::type_of(first_reply(
+                      fmt::format("n{}", i),
+                      addr(fmt::format("10.1.{}.{}:4000", i / 200, i % 200 + 1).c_str()))),
+                  kap::Type::challenge);
+    EXPECT_EQ(first_reply("late", addr("10.2.0.1:4000")).diag, kap::Diag::busy);
+
+    d.server->on_datagram(encode({.body = r}), from, d.route, d.clock.now());
+    EXPECT_EQ(kap::type_of(d.replies.back().msg), kap::Type::accept);
+    EXPECT_EQ(d.peer("early").state, PeerState::up);
+    EXPECT_EQ(d.server->registrations_shed(), 1u);
 }
 
 TEST_F(ShedRegistrationsTest, ReceiveOverflowShedsAndZeroTurnsItOff) {

@@ -9,6 +9,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "daemon/event_text.hpp"
 #include "test_support.hpp"
 
 namespace keepalive::test_support {
@@ -33,7 +34,8 @@ public:
         std::optional<PeerState> previous;
         std::string name;
         PeerState state;
-        std::string reason;
+        EventCause cause;
+        std::string reason;  // in the daemon's words
     };
     explicit ServerDriver(PeerLimits limits = {}, std::uint64_t seed = 42) : random_(seed) {
         server = std::make_unique<ServerCore>(limits, random_, *this, clock.now());
@@ -54,7 +56,8 @@ public:
                                   .body = kap::Ack{p.seq, p.tx_time, it->second.incarnation}})});
     }
     void peer_event(const PeerEvent& e) override {
-        events.push_back({clock.now(), e.kind, e.previous, std::string(e.peer.name), e.peer.state, e.reason});
+        events.push_back({clock.now(), e.kind, e.previous, std::string(e.peer.name), e.peer.state,
+                          e.cause, event_reason(e)});
     }
 
     // Registers `name` from `from` through CHALLENGE and ACCEPT.

@@ -8,6 +8,7 @@
 
 #include "core/random.hpp"
 #include "core/server.hpp"
+#include "daemon/event_text.hpp"
 #include "test_support.hpp"
 
 namespace keepalive {
@@ -16,14 +17,16 @@ namespace {
 using namespace std::chrono_literals;
 using namespace test_support;
 
-std::string last_error(const Peer& p) { return p.last_error ? p.last_error->text : ""; }
+std::string last_error(const Peer& p) {
+    return p.last_error ? network_error_text(*p.last_error.get()) : "";
+}
 
 struct Recorder final : ServerSink {
     void send(const Route&, const Address& to, std::span<const std::uint8_t> data) override {
         sent.push_back({to, Bytes(data.begin(), data.end())});
     }
     void peer_event(const PeerEvent& e) override {
-        events.push_back({e.kind, e.peer.state, e.reason});
+        events.push_back({e.kind, e.peer.state, event_reason(e)});
     }
     struct Out {
         Address to;

@@ -26,6 +26,7 @@
 #include "core/peer_limits.hpp"
 #include "core/peer_table.hpp"
 #include "core/random.hpp"
+#include "daemon/event_text.hpp"
 #include "test_support.hpp"
 
 namespace keepalive {
@@ -63,7 +64,8 @@ struct Event {
     std::uint64_t seq_sent;
     TimePoint since;
     Address address;
-    std::string reason;
+    EventCause cause;
+    std::string reason;  // in the daemon's words
     std::optional<Address> previous_address;
 };
 
@@ -83,8 +85,9 @@ public:
 
     void peer_event(const PeerEvent& e) override {
         const Peer& p = e.peer;
-        events.push_back({clock_.now(), e.kind, e.previous, std::string(p.name), p.state, p.session, p.missed,
-                          p.seq_sent, p.since, p.address, e.reason, e.previous_address});
+        events.push_back({clock_.now(), e.kind, e.previous, std::string(p.name), p.state, p.session,
+                          p.missed, p.seq_sent, p.since, p.address, e.cause, event_reason(e),
+                          e.previous_address});
     }
 
     std::vector<Sent> sent;

@@ -14,6 +14,7 @@
 
 #include "core/random.hpp"
 #include "daemon/config.hpp"
+#include "daemon/event_text.hpp"
 #include "daemon/targets.hpp"
 
 namespace keepalive {
@@ -27,29 +28,29 @@ TEST(ClassifyFailure, TheFourOutcomesOfAProbeAndTheTwoOfAConnection) {
     const auto est = TargetPhase::established;
     const auto con = TargetPhase::connecting;
     // 2: no answer.
-    EXPECT_EQ(
-        classify_failure(est, ETIMEDOUT),
-        (TargetOutcome{EventKind::down, PeerState::down, "no answer to keepalive probes", false}));
+    EXPECT_EQ(classify_failure(est, ETIMEDOUT),
+              (TargetOutcome{EventKind::down, PeerState::down, EventCause::no_answer_to_keepalives,
+                             false}));
     // 3: the host restarted and answers with a reset.
-    EXPECT_EQ(
-        classify_failure(est, ECONNRESET),
-        (TargetOutcome{EventKind::restarted, PeerState::up, "connection reset by the host", true}));
+    EXPECT_EQ(classify_failure(est, ECONNRESET), (TargetOutcome{EventKind::restarted, PeerState::up,
+                                                                EventCause::reset_by_host, true}));
     // 4: a router says the host cannot be reached.
     for (const int e : {EHOSTUNREACH, ENETUNREACH})
         for (const auto phase : {est, con})
-            EXPECT_EQ(classify_failure(phase, e),
-                      (TargetOutcome{EventKind::down, PeerState::down, "unreachable", false}));
+            EXPECT_EQ(classify_failure(phase, e), (TargetOutcome{EventKind::down, PeerState::down,
+                                                                 EventCause::unreachable, false}));
     // The service closed the connection (FIN).
-    EXPECT_EQ(classify_failure(est, 0),
-              (TargetOutcome{EventKind::left, PeerState::left, "closed by the service", true}));
+    EXPECT_EQ(classify_failure(est, 0), (TargetOutcome{EventKind::left, PeerState::left,
+                                                       EventCause::closed_by_service, true}));
     // Nothing listens.
-    EXPECT_EQ(classify_failure(con, ECONNREFUSED),
-              (TargetOutcome{EventKind::down, PeerState::down, "connection refused", false}));
+    EXPECT_EQ(
+        classify_failure(con, ECONNREFUSED),
+        (TargetOutcome{EventKind::down, PeerState::down, EventCause::connection_refused, false}));
     // The SYNs went unanswered.
-    EXPECT_EQ(classify_failure(con, ETIMEDOUT).reason, "no answer to connection attempts");
+    EXPECT_EQ(classify_failure(con, ETIMEDOUT).cause, EventCause::no_answer_to_connects);
     // A reset of a connection being made is no restart: nothing was established.
     EXPECT_EQ(classify_failure(con, ECONNRESET).event, EventKind::down);
-    EXPECT_EQ(classify_failure(est, EIO).reason, "connection failed");
+    EXPECT_EQ(classify_failure(est, EIO).cause, EventCause::connection_failed);
 }
 
 TEST(ClassifyFailure, FailureTextNamesTheError) {
@@ -186,7 +187,7 @@ protected:
           set_(loop_, random_,
                {.event =
                     [this](const PeerEvent& e) {
-                        events_.push_back({e.kind, e.peer.state, e.reason});
+                        events_.push_back({e.kind, e.peer.state, event_reason(e)});
                     },
                 .done = nullptr}) {}
 
