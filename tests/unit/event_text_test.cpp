@@ -15,8 +15,9 @@ namespace {
 using namespace std::chrono_literals;
 
 Peer peer(Protocol protocol = Protocol::kap1) {
+    static const PeerNameBuffer name("db1");  // Peer::name points in here
     Peer p;
-    p.name = "db1";
+    p.name = name.name();
     p.protocol = protocol;
     p.address = *Address::parse("10.0.0.5:4000");
     p.interval = 1s;
