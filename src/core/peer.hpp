@@ -1,8 +1,6 @@
 // One monitored peer and the events its state machine reports.
 #pragma once
 
-#include <fmt/format.h>
-
 #include <array>
 #include <cstdint>
 #include <optional>
@@ -231,11 +229,3 @@ struct PeerEvent {
 static_assert(std::is_trivially_copyable_v<PeerEvent>);
 
 }  // namespace keepalive
-
-template <>
-struct fmt::formatter<keepalive::PeerName> : fmt::formatter<std::string_view> {
-    template <typename Context>
-    auto format(const keepalive::PeerName& n, Context& ctx) const {
-        return fmt::formatter<std::string_view>::format(n.view(), ctx);
-    }
-};

@@ -4,6 +4,8 @@
 // list all take their text from here, so each is said one way only.
 #pragma once
 
+#include <fmt/format.h>
+
 #include <string>
 
 #include "core/peer.hpp"
@@ -29,3 +31,12 @@ std::string network_error_text(const NetworkError& error);
 std::string summary_line(const PeerCounts& counts);
 
 }  // namespace keepalive
+
+// A peer's name in fmt (the core has no fmt).
+template <>
+struct fmt::formatter<keepalive::PeerName> : fmt::formatter<std::string_view> {
+    template <typename Context>
+    auto format(const keepalive::PeerName& n, Context& ctx) const {
+        return fmt::formatter<std::string_view>::format(n.view(), ctx);
+    }
+};

@@ -13,6 +13,7 @@
 #include <cstring>
 
 #include "core/duration.hpp"
+#include "daemon/event_text.hpp"
 
 extern char** environ;
 

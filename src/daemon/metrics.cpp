@@ -5,6 +5,8 @@
 #include <chrono>
 #include <type_traits>
 
+#include "daemon/event_text.hpp"
+
 namespace keepalive {
 namespace {
 
