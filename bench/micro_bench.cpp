@@ -263,7 +263,9 @@ struct Server {
         const TimePoint end = now + 1s;
         while (now < end) {
             now += 1ms;
-            if (const auto next = core->next_deadline(); next && *next <= now) core->on_timer(now);
+            if (const auto next = core->next_deadline(); next && *next <= now)
+                while (core->on_timer(now)) {
+                }
         }
         return sink.sent - sent0;
     }

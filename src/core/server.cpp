@@ -549,13 +549,14 @@ bool ServerCore::allowed(const Address& from) const {
                        [&](const Cidr& c) { return c.contains(from); });
 }
 
-void ServerCore::on_timer(TimePoint now) {
-    wheel_.advance(
+bool ServerCore::on_timer(TimePoint now) {
+    return wheel_.advance(
         now,
         [&](std::uint64_t payload, TimePoint deadline) {
             on_due(static_cast<Slot>(payload), deadline, now);
         },
-        [&](std::uint64_t payload) { table_.prefetch_peer(static_cast<Slot>(payload)); });
+        [&](std::uint64_t payload) { table_.prefetch_peer(static_cast<Slot>(payload)); },
+        kMaxDuePerStep);
 }
 
 // The heart of detection. A peer's timer fires at each probe time; the probe

@@ -117,8 +117,14 @@ public:
     void on_icmp_error(const Address& to, int error, const std::optional<Address>& reporter,
                        std::span<const std::uint8_t> quoted, TimePoint now);
 
-    // Runs every due probe, detection and forgetting. Call when now >= next_deadline().
-    void on_timer(TimePoint now);
+    // Runs due probes, detections and forgettings, at most kMaxDuePerStep of
+    // them, so that one late wake-up (a host that held the daemon off its CPU,
+    // a million peers due at once) is not one huge step whose ACKs overflow
+    // the receive queue before they are read. Returns true when it stopped
+    // there with more due: read the sockets, then call again at once.
+    // Call when now >= next_deadline().
+    bool on_timer(TimePoint now);
+    static constexpr std::size_t kMaxDuePerStep = 1024;
     std::optional<TimePoint> next_deadline() const { return wheel_.next_wakeup(); }
 
     // New limits apply to new registrations; granted intervals are promises

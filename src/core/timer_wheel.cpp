@@ -302,7 +302,8 @@ bool TimerWheel::take_due(const Due& d) {
 }
 
 void TimerWheel::end_advance() noexcept {
-    // Only non-empty when fn (or collecting) threw: put back what did not fire.
+    // Non-empty when advance() stopped at its limit, or fn (or collecting)
+    // threw: put back what did not fire.
     // They are due, so the current slot is where the next advance() looks
     // first; at its front, in firing order, so that they stay ahead of the
     // entries fn scheduled (later ones, maybe with the same deadline).

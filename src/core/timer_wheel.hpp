@@ -17,6 +17,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <utility>
 #include <vector>
@@ -91,8 +92,12 @@ public:
     // The same, and ahead(payload) sees each entry about to fire a few entries
     // before fn does (a hint, e.g. to prefetch what fn will read; the entry
     // may still be cancelled before its turn). ahead must not touch the wheel.
+    // At most `limit` entries fire; the rest of those due stay pending, ahead
+    // of anything scheduled since, and fire first on the next advance().
+    // Returns true when it stopped at `limit` before the end of what was due.
     template <typename Fn, typename Ahead>
-    void advance(TimePoint now, Fn&& fn, Ahead&& ahead);
+    bool advance(TimePoint now, Fn&& fn, Ahead&& ahead,
+                 std::size_t limit = std::numeric_limits<std::size_t>::max());
 
     // The earliest time at which advance() has something to do, or nullopt when
     // nothing is pending. Normally the earliest deadline rounded up to a tick
@@ -192,7 +197,7 @@ private:
 };
 
 template <typename Fn, typename Ahead>
-void TimerWheel::advance(TimePoint now, Fn&& fn, Ahead&& ahead) {
+bool TimerWheel::advance(TimePoint now, Fn&& fn, Ahead&& ahead, std::size_t limit) {
     // Far enough for a cache miss to be served meanwhile, near enough to
     // stay in cache until its turn.
     constexpr std::size_t look_ahead = 8;
@@ -200,13 +205,17 @@ void TimerWheel::advance(TimePoint now, Fn&& fn, Ahead&& ahead) {
     AdvanceScope scope{*this};
     collect_due(now);
     for (std::size_t i = 0; i < look_ahead && i < due_.size(); ++i) ahead(due_[i].payload);
+    std::size_t fired = 0;
     while (fire_pos_ < due_.size()) {
+        if (fired == limit) return true;  // end_advance() puts the rest back
         if (fire_pos_ + look_ahead < due_.size()) ahead(due_[fire_pos_ + look_ahead].payload);
         const Due d = due_[fire_pos_++];
         if (take_due(d)) {
+            ++fired;
             fn(d.payload, d.deadline);
         }
     }
+    return false;
 }
 
 }  // namespace keepalive

@@ -197,9 +197,10 @@ Daemon::Daemon(Config config, Logger& log, const ClockSource& clock, RandomSourc
         resume_reads();
         for (const std::uint32_t id : std::exchange(backlogged_, {}))
             read_socket(id, kDrainBatches);
-        core_.on_timer(loop_.now());
+        wheel_behind_ = core_.on_timer(loop_.now());
         after_work();
-        // The ACKs to the probes just sent are read on the next step.
+        // The ACKs to the probes just sent are read on the next step (at
+        // once when the core is behind: the reads come first there).
         defer_reads();
     });
     read_timer_ = loop_.add_timer([this] {
@@ -480,7 +481,8 @@ void Daemon::after_work() {
         if (!queue.empty()) flush(id);
     auto next = core_.next_deadline();
     if (next) {
-        next = step_at_or_after(std::max(*next, step_after(last_wheel_fire_)));
+        next = wheel_behind_ ? loop_.now()
+                             : step_at_or_after(std::max(*next, step_after(last_wheel_fire_)));
         wheel_deadline_ = *next;
     }
     loop_.arm_timer(wheel_timer_, next);

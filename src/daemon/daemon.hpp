@@ -151,6 +151,7 @@ private:
     EventLoop::TimerId wheel_timer_;
     TimePoint wheel_deadline_{};  // what wheel_timer_ was last armed to
     TimePoint last_wheel_fire_{};
+    bool wheel_behind_ = false;  // the last step stopped at the core's limit: the next is at once
     EventLoop::TimerId read_timer_;
     bool reads_deferred_ = false;  // the sockets' EPOLLIN is off until the next step
     EventLoop::TimerId summary_timer_;

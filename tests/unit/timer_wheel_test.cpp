@@ -451,6 +451,35 @@ TEST(TimerWheel, ThrowingCallbackKeepsTieOrder) {
     EXPECT_EQ(payloads(advance_to(w, t0 + 5ms)), (std::vector<std::uint64_t>{2, 3, 4}));
 }
 
+// A limited advance() fires the earliest `limit` due entries and leaves the
+// rest pending, ahead of what its callback scheduled meanwhile; cancelled
+// entries do not count against the limit.
+TEST(TimerWheel, LimitedAdvanceFiresTheRestFirstNextTime) {
+    TimerWheel w(t0);
+    for (std::uint64_t i = 1; i <= 7; ++i) w.schedule(t0 + std::chrono::milliseconds(i % 3), i);
+    const TimerWheel::Handle cancelled = w.schedule(t0, 8);
+    const auto none = [](std::uint64_t) {};
+    std::vector<std::uint64_t> got;
+    const auto record = [&](std::uint64_t p, TimePoint) {
+        got.push_back(p);
+        if (p == 3) {
+            w.cancel(cancelled);
+            w.schedule(t0 + 2ms, 9);  // due already; ties with 2 and 5, after them
+        }
+    };
+    EXPECT_TRUE(w.advance(t0 + 5ms, record, none, 3));
+    EXPECT_EQ(got, (std::vector<std::uint64_t>{3, 6, 1}));  // deadline 0, 0, then 1 ms
+    ASSERT_TRUE(w.next_wakeup());
+    EXPECT_LE(*w.next_wakeup(), t0 + 5ms);
+    got.clear();
+    EXPECT_TRUE(w.advance(t0 + 5ms, record, none, 3));
+    EXPECT_EQ(got, (std::vector<std::uint64_t>{4, 7, 2}));
+    got.clear();
+    EXPECT_FALSE(w.advance(t0 + 5ms, record, none, 3));
+    EXPECT_EQ(got, (std::vector<std::uint64_t>{5, 9}));
+    EXPECT_TRUE(w.empty());
+}
+
 TEST(TimerWheel, NestedAdvanceThrowsAndLeavesOuterCallIntact) {
     TimerWheel w(t0);
     for (std::uint64_t i = 1; i <= 3; ++i) {
