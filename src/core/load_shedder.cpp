@@ -27,13 +27,19 @@ void LoadShedder::roll(TimePoint now) {
     // A window in which newcomers' REGISTERs outnumber the probes is a
     // registration burst: its overflow and its handshakes' CPU say nothing
     // of the load held. Shedding would send every peer of it to a longer
-    // backoff; pacing, which leaves no room after a window over the
-    // threshold, is enough.
+    // backoff; pacing, by the probes the peers held will cost, is enough.
     const bool burst = registers_ > probes_;
-    judge(fraction, overflowed_, !burst);
+    // The share the peers held take: newcomers' REGISTERs (handshakes, busy
+    // answers) end once they are registered. A REGISTER is one datagram in
+    // and one out, as a probe and its ACK are, so the work is split by count.
+    const double held = probes_ + registers_ == 0 ? fraction
+                                                  : fraction * static_cast<double>(probes_) /
+                                                        static_cast<double>(probes_ + registers_);
+    judge(held, overflowed_, !burst);
+    last_fraction_ = fraction;
     last_overflowed_ = overflowed_;
     if (windows == 1)
-        pace(fraction);
+        pace(held);
     else
         room_ = kRoomUnknownCost;  // idle windows: nothing to go by
     for (std::uint64_t i = 1; i < windows && shedding_; ++i) judge(0, false, true);
@@ -45,13 +51,14 @@ void LoadShedder::roll(TimePoint now) {
     added_ = 0;
 }
 
-// Room for half the headroom below the threshold, at the cost per probe of
-// the recent windows. A window's cost per probe includes the ACK and the
-// handshakes of that window: while a fleet registers, several times the
-// steady cost, which would admit it a few thousand a second and send the rest
-// to a backoff of tens of seconds. The lowest recent cost leaves that out; the
-// headroom, measured with the handshakes, still shrinks the room as they cost.
-void LoadShedder::pace(double fraction) {
+// Room for half the headroom the peers held leave below the threshold, at
+// the cost per probe of the recent windows. Counting the newcomers' work as
+// load kept the room at nothing while a million agents retried, each busy
+// answer keeping the loop too busy to admit the next. The cost per probe is
+// the held share over the probes; handshakes still inflate it (a REGISTER
+// with its cookie costs a MAC and an insert), and the lowest recent cost
+// leaves that out.
+void LoadShedder::pace(double held) {
     if (busy_percent_ == 0) {
         room_ = std::numeric_limits<double>::infinity();
         return;
@@ -60,14 +67,13 @@ void LoadShedder::pace(double fraction) {
         room_ = kRoomUnknownCost;
         return;
     }
-    const double cost = fraction / static_cast<double>(probes_);  // share of a second per probe
+    const double cost = held / static_cast<double>(probes_);  // share of a second per probe
     cost_ = cost_ > 0 ? std::min(cost, cost_ * kCostRise) : cost;
-    const double headroom = busy_percent_ / 100.0 - fraction;
+    const double headroom = busy_percent_ / 100.0 - held;
     room_ = headroom > 0 && cost_ > 0 ? headroom / cost_ / 2 : 0;
 }
 
-void LoadShedder::judge(double fraction, bool overflowed, bool may_start) {
-    last_fraction_ = fraction;
+void LoadShedder::judge(double held, bool overflowed, bool may_start) {
     last_overflowed_ = overflowed;
     if (busy_percent_ == 0) {
         shedding_ = false;
@@ -76,12 +82,12 @@ void LoadShedder::judge(double fraction, bool overflowed, bool may_start) {
     const double enter = busy_percent_ / 100.0;
     const double leave =
         (busy_percent_ > kHysteresisPercent ? busy_percent_ - kHysteresisPercent : 0) / 100.0;
-    if ((fraction >= enter || overflowed) && (may_start || shedding_)) {
+    if ((held >= enter || overflowed) && (may_start || shedding_)) {
         if (!shedding_) ++episodes_;
         shedding_ = true;
         calm_ = 0;
     } else if (shedding_) {
-        calm_ = fraction <= leave ? calm_ + 1 : 0;
+        calm_ = held <= leave ? calm_ + 1 : 0;
         if (calm_ >= kCalmWindows) shedding_ = false;
     }
 }

@@ -1,6 +1,7 @@
 // Whether the server is over capacity, from what the daemon can see of
-// itself: the share of each second its loop spent working (CPU time, so a
-// busy host does not look like a busy daemon) and whether a receive queue
+// itself: the share of each second its loop spent serving the peers it holds
+// (CPU time, so a busy host does not look like a busy daemon; newcomers'
+// REGISTERs, which end, are left out) and whether a receive queue
 // overflowed. While it sheds, the server answers new registrations with
 // REJECT diag 9 (busy); the sessions it holds are served as before.
 //
@@ -13,9 +14,10 @@
 // A registration storm is not an overload: handshakes inflate a window's CPU
 // per probe, and a fleet registering at once overflows any receive queue. So
 // the cost per probe is the lowest of the recent windows (allowed to rise by
-// kCostRise a window), and a window that read more newcomers' REGISTERs than
-// it sent probes does not start shedding, however busy or overflowed: pacing
-// alone answers it (no room after a window over the threshold).
+// kCostRise a window), the headroom is what the probes held leave (not the
+// handshakes', which end), and a window that read more newcomers' REGISTERs
+// than it sent probes does not start shedding, however busy or overflowed:
+// pacing alone answers it.
 #pragma once
 
 #include <algorithm>
@@ -41,9 +43,9 @@ public:
     // How much the remembered cost per probe may rise from one window to the next.
     static constexpr double kCostRise = 1.25;
 
-    // busy_percent: shed from a window in which the loop was busy at least
-    // this share of the time (1 .. 100), or whose receive queue overflowed;
-    // 0 never sheds.
+    // busy_percent: shed from a window in which the peers held kept the loop
+    // busy at least this share of the time (1 .. 100), or whose receive queue
+    // overflowed; 0 never sheds.
     explicit LoadShedder(unsigned busy_percent, TimePoint now)
         : busy_percent_(busy_percent), window_start_(now) {}
 
@@ -95,8 +97,8 @@ public:
 
 private:
     void roll(TimePoint now);
-    void judge(double fraction, bool overflowed, bool may_start);
-    void pace(double fraction);
+    void judge(double held, bool overflowed, bool may_start);
+    void pace(double held);
     static double rate_of(Duration interval) {
         return 1.0 / std::max(std::chrono::duration<double>(interval).count(), 1e-3);
     }

@@ -24,8 +24,9 @@ struct PeerLimits {
     // An ICMP port unreachable quoting a probe (the host is up, no agent answers) declares
     // the peer down at once. Off by default: ICMP is easily forged.
     bool fast_down_on_icmp = false;
-    // Over capacity (the loop busy at least this share of a second, or a receive
-    // queue overflowed), new registrations are answered REJECT diag 9 (busy)
+    // Over capacity (the peers held keep the loop busy at least this share of
+    // a second, or a receive queue overflowed), new registrations are
+    // answered REJECT diag 9 (busy)
     // until the load has been lower for a few seconds (core/load_shedder.hpp). 0: never.
     std::uint8_t shed_busy_percent = 75;  // 0 .. 100
 

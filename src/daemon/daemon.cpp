@@ -431,29 +431,32 @@ bool Daemon::read_socket(std::uint32_t id, int max_batches) {
         kind == Kind::kap1 ? UdpSocket::BatchHint([this](auto batch) { core_.prefetch(batch); })
                            : UdpSocket::BatchHint();
     for (int i = 0; i < max_batches && backlog; ++i) {
-        const std::size_t n = socket.receive_batch([&](const UdpSocket::Received& r) {
-            if (r.truncated) {
-                core_.count_dropped_datagram(kind == Kind::kap1 ? Drop::bad_length
-                                                                : Drop::legacy_malformed);
-                return;
-            }
-            switch (kind) {
-                case Kind::kap1:
-                    core_.on_datagram(r.data, r.from, Route{id, r.to}, now);
-                    break;
-                case Kind::legacy_register:
-                    // Probes leave from the legacy probe socket (the server's IP:5002).
-                    if (probe_listener)
-                        core_.on_legacy_register(
-                            r.data, r.from,
-                            Route{*probe_listener, listeners_.at(*probe_listener).socket.local()},
-                            config_.legacy.probe_port, now);
-                    break;
-                case Kind::legacy_probe:
-                    core_.on_legacy_reply(r.data, r.from, now);
-                    break;
-            }
-        }, UdpSocket::kBatchSize, prefetch);
+        const std::size_t n = socket.receive_batch(
+            [&](const UdpSocket::Received& r) {
+                if (r.truncated) {
+                    core_.count_dropped_datagram(kind == Kind::kap1 ? Drop::bad_length
+                                                                    : Drop::legacy_malformed);
+                    return;
+                }
+                switch (kind) {
+                    case Kind::kap1:
+                        core_.on_datagram(r.data, r.from, Route{id, r.to}, now);
+                        break;
+                    case Kind::legacy_register:
+                        // Probes leave from the legacy probe socket (the server's IP:5002).
+                        if (probe_listener)
+                            core_.on_legacy_register(
+                                r.data, r.from,
+                                Route{*probe_listener,
+                                      listeners_.at(*probe_listener).socket.local()},
+                                config_.legacy.probe_port, now);
+                        break;
+                    case Kind::legacy_probe:
+                        core_.on_legacy_reply(r.data, r.from, now);
+                        break;
+                }
+            },
+            UdpSocket::kBatchSize, prefetch);
         backlog = n == UdpSocket::kBatchSize;
         read_any = read_any || n > 0;
     }
@@ -538,8 +541,8 @@ void Daemon::send(const Route& route, const Address& to,
 void Daemon::peer_event(const PeerEvent& event) {
     // Every event is numbered, kept for watchers and offered to the hooks,
     // whatever the journal's rate limit lets through.
-    const auto wall = std::chrono::duration<double>(
-        std::chrono::system_clock::now().time_since_epoch());
+    const auto wall =
+        std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch());
     const EventRecord& record = ring_.push(event, wall.count());
     hooks_->on_event(record);
     wake_watchers_ = true;
@@ -745,9 +748,9 @@ DaemonStats Daemon::stats() const {
 void Daemon::write_metrics_file() {
     if (config_.metrics.textfile.empty()) return;
     MetricsText text(core_, stats());
-    auto r = replace_file(config_.metrics.textfile, [&](std::string& out) { return text.next(out); });
-    if (!r)
-        log_.log_limited("metrics", LOG_WARNING, "metrics textfile: " + r.error(), loop_.now());
+    auto r =
+        replace_file(config_.metrics.textfile, [&](std::string& out) { return text.next(out); });
+    if (!r) log_.log_limited("metrics", LOG_WARNING, "metrics textfile: " + r.error(), loop_.now());
     loop_.arm_timer(metrics_timer_, loop_.now() + config_.metrics.interval);
 }
 

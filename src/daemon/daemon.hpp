@@ -17,10 +17,10 @@
 #include "daemon/event_throttle.hpp"
 #include "daemon/hooks.hpp"
 #include "daemon/log.hpp"
-#include "daemon/state_store.hpp"
 #include "daemon/metrics.hpp"
-#include "daemon/watch.hpp"
+#include "daemon/state_store.hpp"
 #include "daemon/targets.hpp"
+#include "daemon/watch.hpp"
 #include "net/event_loop.hpp"
 #include "net/sys.hpp"
 #include "net/udp_socket.hpp"
@@ -171,9 +171,9 @@ private:
     LoopStats stats_;
     EventLoop::TimerId watchdog_timer_;
     EventLoop::TimerId metrics_timer_;
-    Duration last_lag_{};      // how late wheel_timer_ ran last time
-    Duration reported_lag_{};  // the worst lag as STATUS= last showed it
-    SleepDetector sleep_;      // read on each wheel firing
+    Duration last_lag_{};            // how late wheel_timer_ ran last time
+    Duration reported_lag_{};        // the worst lag as STATUS= last showed it
+    SleepDetector sleep_;            // read on each wheel firing
     bool shedding_ = false;          // as last seen by log_shedding()
     TimePoint shed_logged_at_{};     // the last line log_shedding() wrote
     std::uint64_t shed_logged_ = 0;  // registrations_shed() as of that line

@@ -5,8 +5,8 @@
 #include <gtest/gtest.h>
 
 #include <cstddef>
-#include <unordered_set>
 #include <string>
+#include <unordered_set>
 
 #include "server_driver.hpp"
 
@@ -16,7 +16,8 @@ namespace {
 using namespace std::chrono_literals;
 using namespace test_support;
 
-std::size_t probes_sent(const ServerDriver& d, std::unordered_set<Address, AddressHash>* to = nullptr) {
+std::size_t probes_sent(const ServerDriver& d,
+                        std::unordered_set<Address, AddressHash>* to = nullptr) {
     std::size_t n = 0;
     for (const auto& r : d.replies) {
         if (kap::type_of(r.msg) != kap::Type::probe) continue;
