@@ -4,6 +4,7 @@
 #include <bit>
 #include <limits>
 #include <stdexcept>
+#include <utility>
 
 namespace keepalive {
 
@@ -177,9 +178,9 @@ std::size_t TimerWheel::next_occupied(std::size_t from) const {
 
 std::optional<TimePoint> TimerWheel::next_wakeup() const {
     std::optional<TimePoint> best;
-    // Inside fn, due entries not fired yet: due now. due_ is sorted, so the
-    // first still-live one is the earliest.
-    for (std::size_t i = fire_pos_; advancing_ && i < due_.size(); ++i) {
+    // Due entries not fired yet (inside fn, or left by a limited advance()):
+    // due now. due_ is sorted, so the first still-live one is the earliest.
+    for (std::size_t i = fire_pos_; i < due_.size(); ++i) {
         const Due& d = due_[i];
         const Entry& e = entries_[d.index];
         if (e.generation == d.generation && e.state == State::due) {
@@ -237,15 +238,17 @@ void TimerWheel::collect_slot(std::size_t slot, TimePoint now) {
     }
 }
 
-void TimerWheel::begin_advance() {
+bool TimerWheel::begin_advance() {
     // Checked before the caller's AdvanceScope exists, so a nested call
     // unwinds without touching the outer call's state.
     if (advancing_) {
         throw std::logic_error("TimerWheel::advance() called from inside its callback");
     }
     advancing_ = true;
+    if (fire_pos_ < due_.size()) return true;
     fire_pos_ = 0;
     due_.clear();
+    return false;
 }
 
 void TimerWheel::collect_due(TimePoint now) {
@@ -302,8 +305,11 @@ bool TimerWheel::take_due(const Due& d) {
 }
 
 void TimerWheel::end_advance() noexcept {
-    // Non-empty when advance() stopped at its limit, or fn (or collecting)
-    // threw: put back what did not fire.
+    advancing_ = false;
+    // Stopped at its limit: what did not fire stays in due_, due (a cancel
+    // still works on it), and the next advance() fires it first.
+    if (std::exchange(stopped_at_limit_, false)) return;
+    // Non-empty when fn (or collecting) threw: put back what did not fire.
     // They are due, so the current slot is where the next advance() looks
     // first; at its front, in firing order, so that they stay ahead of the
     // entries fn scheduled (later ones, maybe with the same deadline).
@@ -316,7 +322,6 @@ void TimerWheel::end_advance() noexcept {
     }
     due_.clear();
     fire_pos_ = 0;
-    advancing_ = false;
 }
 
 }  // namespace keepalive

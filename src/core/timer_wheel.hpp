@@ -93,8 +93,10 @@ public:
     // before fn does (a hint, e.g. to prefetch what fn will read; the entry
     // may still be cancelled before its turn). ahead must not touch the wheel.
     // At most `limit` entries fire; the rest of those due stay pending, ahead
-    // of anything scheduled since, and fire first on the next advance().
-    // Returns true when it stopped at `limit` before the end of what was due.
+    // of anything scheduled since, and the next advance() fires them first
+    // (up to its own limit, collecting nothing new meanwhile: O(limit) a call
+    // however long the backlog). Returns true when it stopped at `limit`, or
+    // fired such leftovers only and more is due by `now`: call again.
     template <typename Fn, typename Ahead>
     bool advance(TimePoint now, Fn&& fn, Ahead&& ahead,
                  std::size_t limit = std::numeric_limits<std::size_t>::max());
@@ -176,7 +178,7 @@ private:
     void unlink(std::uint32_t index);
     void release(std::uint32_t index);
 
-    void begin_advance();
+    bool begin_advance();  // true when leftovers of a limited advance() wait in due_
     void collect_due(TimePoint now);
     void collect_slot(std::size_t slot, TimePoint now);
     bool take_due(const Due& d);
@@ -194,6 +196,7 @@ private:
     std::uint32_t free_head_ = nil;
     std::size_t size_ = 0;
     bool advancing_ = false;
+    bool stopped_at_limit_ = false;  // the running advance() stopped at its limit
 };
 
 template <typename Fn, typename Ahead>
@@ -201,13 +204,18 @@ bool TimerWheel::advance(TimePoint now, Fn&& fn, Ahead&& ahead, std::size_t limi
     // Far enough for a cache miss to be served meanwhile, near enough to
     // stay in cache until its turn.
     constexpr std::size_t look_ahead = 8;
-    begin_advance();
+    // Leftovers of a limited advance() come first; only then is more collected.
+    const bool carried = begin_advance();
     AdvanceScope scope{*this};
-    collect_due(now);
-    for (std::size_t i = 0; i < look_ahead && i < due_.size(); ++i) ahead(due_[i].payload);
+    if (!carried) collect_due(now);
+    for (std::size_t i = fire_pos_; i < fire_pos_ + look_ahead && i < due_.size(); ++i)
+        ahead(due_[i].payload);
     std::size_t fired = 0;
     while (fire_pos_ < due_.size()) {
-        if (fired == limit) return true;  // end_advance() puts the rest back
+        if (fired == limit) {
+            stopped_at_limit_ = true;  // end_advance() keeps the rest for the next call
+            return true;
+        }
         if (fire_pos_ + look_ahead < due_.size()) ahead(due_[fire_pos_ + look_ahead].payload);
         const Due d = due_[fire_pos_++];
         if (take_due(d)) {
@@ -215,7 +223,9 @@ bool TimerWheel::advance(TimePoint now, Fn&& fn, Ahead&& ahead, std::size_t limi
             fn(d.payload, d.deadline);
         }
     }
-    return false;
+    if (!carried) return false;
+    const auto next = next_wakeup();  // the leftovers are done: is more due already?
+    return next && *next <= now;
 }
 
 }  // namespace keepalive
