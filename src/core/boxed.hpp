@@ -1,6 +1,6 @@
 // Boxed<T>: an owning pointer to a part most owners never need, so that it
 // costs them 8 bytes instead of sizeof(T) (the peer table holds one record
-// per peer: flap history, loss window and last error live in boxes).
+// per peer: flap history, loss window and last error share one box, PeerRare).
 // Empty until make(); copies deep-copy, so the owner stays copyable.
 #pragma once
 

@@ -4,22 +4,17 @@ namespace keepalive {
 
 void LossWindow::record(bool lost, std::uint32_t size) {
     if (size == 0) return;
-    if (ring_ && ring_->bits.size() > size) clear();  // the window shrank on reload: start again
-    Ring& r = ring_.make();
-    if (r.bits.size() < size) {
-        if (r.bits.empty()) r.bits.reserve(size);
-        r.bits.push_back(lost);
-        r.lost += lost;
+    if (bits_.size() > size) clear();  // the window shrank on reload: start again
+    if (bits_.size() < size) {
+        if (bits_.empty()) bits_.reserve(size);
+        bits_.push_back(lost);
+        lost_ += lost;
         return;
     }
-    r.lost -= r.bits[r.next];
-    r.bits[r.next] = lost;
-    r.lost += lost;
-    r.next = (r.next + 1) % size;
-}
-
-void PeerHealth::probe_outcome(bool lost, const HealthPolicy& policy) {
-    if (policy.loss) window_.record(lost, policy.loss_window);
+    lost_ -= bits_[next_];
+    bits_[next_] = lost;
+    lost_ += lost;
+    next_ = (next_ + 1) % size;
 }
 
 // TCP's smoothing (RFC 6298, alpha 1/8): one slow answer does not make a
@@ -28,18 +23,16 @@ void PeerHealth::rtt_sample(Duration rtt) {
     srtt_ns_ = srtt_ns_ < 0 ? rtt.count() : srtt_ns_ + (rtt.count() - srtt_ns_) / 8;
 }
 
-void PeerHealth::reset() {
-    window_.clear();
-    srtt_ns_ = -1;
-}
-
-HealthFigures PeerHealth::judge(const HealthPolicy& policy, bool degraded_now) const {
-    HealthFigures f{.lost = window_.lost(), .window = window_.size(), .rtt = smoothed_rtt()};
+HealthFigures PeerHealth::judge(const HealthPolicy& policy, bool degraded_now,
+                                const LossWindow* window) const {
+    HealthFigures f{.lost = window ? window->lost() : 0,
+                    .window = window ? window->size() : 0,
+                    .rtt = smoothed_rtt()};
     if (policy.loss) {
         // Counted against the whole window from the first probe on, so a new
         // peer losing many of its first probes is caught before the window fills.
         const double limit = *policy.loss * policy.loss_window * (degraded_now ? 0.5 : 1.0);
-        f.loss_over = window_.lost() > limit;
+        f.loss_over = f.lost > limit;
     }
     if (policy.rtt && f.rtt) {
         const Duration limit = degraded_now ? *policy.rtt * 4 / 5 : *policy.rtt;
@@ -50,24 +43,22 @@ HealthFigures PeerHealth::judge(const HealthPolicy& policy, bool degraded_now) c
 
 bool FlapDamper::recovered(TimePoint now, const HealthPolicy& policy) {
     if (!policy.hold_down) return false;
-    auto& recoveries = state_.make().recoveries;
-    std::erase_if(recoveries, [&](TimePoint t) { return now - t > *policy.hold_down; });
-    recoveries.push_back(now);
-    return recoveries.size() > policy.flap_threshold;
+    std::erase_if(recoveries_, [&](TimePoint t) { return now - t > *policy.hold_down; });
+    recoveries_.push_back(now);
+    return recoveries_.size() > policy.flap_threshold;
 }
 
 void FlapDamper::answered(TimePoint now) {
-    State& s = state_.make();
-    if (!s.answering_since) s.answering_since = now;
+    if (!answering_since_) answering_since_ = now;
 }
 
 void FlapDamper::unanswered() {
-    if (state_) state_->answering_since.reset();
+    answering_since_.reset();
 }
 
 bool FlapDamper::released(TimePoint now, const HealthPolicy& policy) const {
-    return !policy.hold_down || (state_ && state_->answering_since &&
-                                 now - *state_->answering_since >= *policy.hold_down);
+    return !policy.hold_down ||
+           (answering_since_ && now - *answering_since_ >= *policy.hold_down);
 }
 
 }  // namespace keepalive

@@ -7,7 +7,6 @@
 #include <optional>
 #include <vector>
 
-#include "core/boxed.hpp"
 #include "core/clock.hpp"
 
 namespace keepalive {
@@ -28,24 +27,19 @@ struct HealthPolicy {
     friend bool operator==(const HealthPolicy&, const HealthPolicy&) = default;
 };
 
-// The outcomes of a peer's last probes, newest last. Boxed: only peers under
-// a loss policy have one.
+// The outcomes of a peer's last probes, newest last. Only peers under a loss
+// policy have one (in the peer's boxed rare part, core/peer.hpp).
 class LossWindow {
 public:
     void record(bool lost, std::uint32_t size);
-    std::uint32_t lost() const { return ring_ ? ring_->lost : 0; }
-    std::uint32_t size() const {
-        return ring_ ? static_cast<std::uint32_t>(ring_->bits.size()) : 0;
-    }
-    void clear() { ring_.reset(); }
+    std::uint32_t lost() const { return lost_; }
+    std::uint32_t size() const { return static_cast<std::uint32_t>(bits_.size()); }
+    void clear() { *this = LossWindow(); }  // frees the bits
 
 private:
-    struct Ring {
-        std::vector<bool> bits;  // a ring once full
-        std::uint32_t next = 0;
-        std::uint32_t lost = 0;
-    };
-    Boxed<Ring> ring_;
+    std::vector<bool> bits_;  // a ring once full
+    std::uint32_t next_ = 0;
+    std::uint32_t lost_ = 0;
 };
 
 // A peer's health as an event reports it (degraded, recovered).
@@ -59,26 +53,27 @@ struct HealthFigures {
     friend bool operator==(const HealthFigures&, const HealthFigures&) = default;
 };
 
+// A peer's smoothed RTT, judged with its loss window (if it has one) against
+// the policy.
 class PeerHealth {
 public:
-    // One probe's fate, known when the next one is due.
-    void probe_outcome(bool lost, const HealthPolicy& policy);
     void rtt_sample(Duration rtt);
-    // Forget the past: a new session, or a peer back from down.
-    void reset();
+    // Forget the past: a new session, or a peer back from down (its loss
+    // window is cleared apart).
+    void reset() { srtt_ns_ = -1; }
 
     // The peer's figures, and what is over its limit under `policy` (nothing
     // if it is healthy). `degraded_now` selects the thresholds: entering needs
     // the high one, staying needs only more than the low one (hysteresis).
-    HealthFigures judge(const HealthPolicy& policy, bool degraded_now) const;
+    // `window`: the peer's loss window, null if it has none (no loss yet).
+    HealthFigures judge(const HealthPolicy& policy, bool degraded_now,
+                        const LossWindow* window) const;
 
     std::optional<Duration> smoothed_rtt() const {
         return srtt_ns_ < 0 ? std::nullopt : std::optional<Duration>(Duration(srtt_ns_));
     }
-    const LossWindow& window() const { return window_; }
 
 private:
-    LossWindow window_;
     std::int64_t srtt_ns_ = -1;  // none yet: an RTT is never negative
 };
 
@@ -94,21 +89,18 @@ public:
     void unanswered();
     bool released(TimePoint now, const HealthPolicy& policy) const;
 
-    bool held() const { return state_ && state_->held; }
-    bool answering() const { return state_ && state_->answering_since.has_value(); }
-    void hold() { state_.make().held = true; }
-    void release() { state_.reset(); }
-    std::size_t recent_flaps() const { return state_ ? state_->recoveries.size() : 0; }
+    bool held() const { return held_; }
+    bool answering() const { return answering_since_.has_value(); }
+    void hold() { held_ = true; }
+    void release() { *this = FlapDamper(); }  // frees the history
+    std::size_t recent_flaps() const { return recoveries_.size(); }
 
 private:
-    // Boxed: made at a peer's first recovery from down, and only under a
-    // hold_down policy; most peers never have one.
-    struct State {
-        std::vector<TimePoint> recoveries;  // at most flap_threshold + 1
-        bool held = false;
-        std::optional<TimePoint> answering_since;
-    };
-    Boxed<State> state_;
+    // Made at a peer's first recovery from down, and only under a hold_down
+    // policy (in the peer's boxed rare part); most peers never have one.
+    std::vector<TimePoint> recoveries_;  // at most flap_threshold + 1
+    bool held_ = false;
+    std::optional<TimePoint> answering_since_;
 };
 
 }  // namespace keepalive

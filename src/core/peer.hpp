@@ -116,10 +116,18 @@ private:
     std::array<char, 256> bytes_{};
 };
 
-// One record per peer, 160 bytes (the table holds up to millions): what
-// a probe and an ACK touch comes first, in the first cache line; what only
-// events and status read follows; what few peers ever have (flap history,
-// loss window, last error) is boxed out of line.
+// What few peers ever have, boxed out of line together so that the others pay
+// one pointer for all three. Made on first use; never per datagram: at a loss
+// verdict under a loss policy, a recovery under a hold_down policy, or an error.
+struct PeerRare {
+    LossWindow loss;                         // [peers] degraded_loss: the last probes' fate
+    FlapDamper damper;                       // [peers] hold_down: recent recoveries
+    std::optional<NetworkError> last_error;  // the latest network error seen
+};
+
+// One record per peer, 144 bytes (the table holds up to millions): what
+// a probe and an ACK touch comes first; what only events and status read
+// follows; what few peers ever have is boxed out of line (PeerRare).
 struct Peer {
     // Hot: read or written by every probe and ACK.
     std::uint32_t session = 0;
@@ -149,9 +157,19 @@ struct Peer {
     // In the table, its own copy (PeerTable::insert); elsewhere (a target),
     // storage its owner keeps alive.
     PeerName name;
-    FlapDamper damper;
-    Boxed<NetworkError> last_error;  // none if no error was seen
+    Boxed<PeerRare> rare;  // none until first needed
+
+    // The latest network error seen, null if none.
+    const NetworkError* last_error() const {
+        return rare && rare->last_error ? &*rare->last_error : nullptr;
+    }
+    // Held down for flapping (FlapDamper).
+    bool damped() const { return rare && rare->damper.held(); }
+    // Its loss window, null if it has none.
+    const LossWindow* loss_window() const { return rare ? &rare->loss : nullptr; }
 };
+// The hot part stays small and every peer costs the table its 144 bytes at most.
+static_assert(sizeof(Peer) <= 144);
 
 enum class EventKind : std::uint8_t {
     registered,

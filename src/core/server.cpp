@@ -48,6 +48,12 @@ TimePoint next_on_grid(TimePoint deadline, Duration step, TimePoint now) {
 
 }  // namespace
 
+// Forget a peer's health past: RTT and loss window (a new session, or back from down).
+void forget_health(Peer& p) {
+    p.health.reset();
+    if (p.rare) p.rare->loss.clear();
+}
+
 std::string_view to_string(Drop d) {
     switch (d) {
         case Drop::too_short:
@@ -261,8 +267,8 @@ void ServerCore::on_register(const kap::Message& m, const Address& from, const R
         p.interval = interval;
         p.probes = probes;
         p.missed = 0;
-        p.health.reset();
-        p.damper.release();
+        forget_health(p);
+        if (p.rare) p.rare->damper.release();
         const PeerState previous = p.state;
         table_.set_state(slot, PeerState::up, now);
         p.since = now;  // a new session starts its time in "up" afresh
@@ -358,7 +364,7 @@ void ServerCore::renew(Slot slot, Duration interval, std::uint8_t probes, const 
     }
     // Degraded stays degraded (its health is judged by probes), and a damped
     // peer stays held: registering again is no proof that it stopped flapping.
-    if (p.state != PeerState::up && p.state != PeerState::degraded && !p.damper.held())
+    if (p.state != PeerState::up && p.state != PeerState::degraded && !p.damped())
         change_state(slot, PeerState::up,
                      {.kind = EventKind::up, .peer = p, .cause = EventCause::registered_again},
                      now);
@@ -429,23 +435,26 @@ void ServerCore::acknowledge(Slot slot, std::uint64_t seq, std::optional<Duratio
 void ServerCore::recover(Slot slot, TimePoint now) {
     Peer& p = table_.at(slot);
     const HealthPolicy& policy = limits_.health;
-    if (!p.damper.held() && p.damper.recovered(now, policy)) {
-        p.damper.hold();
-        p.damper.answered(now);
+    // Only under a hold_down policy does a recovery need (and box) a damper.
+    if (policy.hold_down && !p.damped() && p.rare.make().damper.recovered(now, policy)) {
+        FlapDamper& damper = p.rare->damper;
+        damper.hold();
+        damper.answered(now);
         emit({.kind = EventKind::damped,
               .previous = p.state,
               .peer = p,
               .cause = EventCause::damped,
-              .count = static_cast<std::uint32_t>(p.damper.recent_flaps()),
+              .count = static_cast<std::uint32_t>(damper.recent_flaps()),
               .duration = *policy.hold_down});
         schedule(slot, ceil_ms(now + p.interval));  // probed at its own rate while held
         return;
     }
-    if (p.damper.held()) {
-        p.damper.answered(now);
-        if (!p.damper.released(now, policy)) return;
-        p.damper.release();
-        p.health.reset();
+    if (p.damped()) {
+        FlapDamper& damper = p.rare->damper;
+        damper.answered(now);
+        if (!damper.released(now, policy)) return;
+        damper.release();
+        forget_health(p);
         change_state(slot, PeerState::up,
                      {.kind = EventKind::up,
                       .peer = p,
@@ -454,7 +463,7 @@ void ServerCore::recover(Slot slot, TimePoint now) {
                      now);
         return;
     }
-    p.health.reset();  // its sickness before it went down says nothing now
+    forget_health(p);  // its sickness before it went down says nothing now
     change_state(slot, PeerState::up,
                  {.kind = EventKind::up, .peer = p, .cause = EventCause::ack_received}, now);
     schedule(slot, ceil_ms(now + p.interval));
@@ -468,7 +477,7 @@ void ServerCore::update_health(Slot slot, TimePoint now) {
     if (p.state == PeerState::suspect && p.missed > 0) return;
     if (p.state != PeerState::up && p.state != PeerState::degraded && p.state != PeerState::suspect)
         return;
-    const HealthFigures health = p.health.judge(limits_.health, degraded_now);
+    const HealthFigures health = p.health.judge(limits_.health, degraded_now, p.loss_window());
     if (health.degraded() && !degraded_now) {
         change_state(slot, PeerState::degraded,
                      {.kind = EventKind::degraded,
@@ -577,7 +586,8 @@ void ServerCore::on_due(Slot slot, TimePoint deadline, TimePoint now) {
             const bool rushed = now - p.last_probe_at < probe_step(p) / 2;
             const bool doubtful = unanswered && (receive_doubt_ > p.last_probe_at || rushed) &&
                                   p.withheld < kMaxWithheld;
-            if (p.seq_sent > 0 && !doubtful) p.health.probe_outcome(unanswered, limits_.health);
+            if (p.seq_sent > 0 && !doubtful && limits_.health.loss)
+                p.rare.make().loss.record(unanswered, limits_.health.loss_window);
             if (unanswered) {
                 if (doubtful) {
                     ++p.withheld;
@@ -589,13 +599,13 @@ void ServerCore::on_due(Slot slot, TimePoint deadline, TimePoint now) {
             if (p.missed >= probe_budget(p)) {
                 // probes × interval after the first unanswered probe went out.
                 // An ICMP error within the detection window tells why.
-                const bool icmp =
-                    p.last_error && p.last_error->at + p.interval * p.probes >= deadline;
+                const NetworkError* error = p.last_error();
+                const bool icmp = error && error->at + p.interval * p.probes >= deadline;
                 change_state(slot, PeerState::down,
                              {.kind = EventKind::down,
                               .peer = p,
                               .cause = EventCause::detection_expired,
-                              .error = icmp ? std::optional<NetworkError>(*p.last_error.get())
+                              .error = icmp ? std::optional<NetworkError>(*error)
                                             : std::nullopt},
                              deadline);
                 probe_down(slot, deadline, now);
@@ -617,9 +627,9 @@ void ServerCore::on_due(Slot slot, TimePoint deadline, TimePoint now) {
             return;
         }
         case PeerState::down:
-            if (p.damper.held()) {
-                if (p.seq_sent > p.seq_acked) p.damper.unanswered();
-                if (!p.damper.answering() && deadline - p.since >= forget_after(p)) {
+            if (p.damped()) {
+                if (p.seq_sent > p.seq_acked) p.rare->damper.unanswered();
+                if (!p.rare->damper.answering() && deadline - p.since >= forget_after(p)) {
                     forget(slot);
                     return;
                 }

@@ -29,14 +29,14 @@ void ServerCore::on_icmp_error(const Address& to, int error, const std::optional
     if (slot == PeerTable::kNone) return;
     Peer& p = table_.at(slot);
     if (p.address != to) return;  // a probe to an old address, or a forged quote
-    p.last_error.make() = {.error = error, .reporter = reporter, .at = now};
+    p.rare.make().last_error = NetworkError{.error = error, .reporter = reporter, .at = now};
     if (error == ECONNREFUSED && limits_.fast_down_on_icmp &&
         (p.state == PeerState::up || p.state == PeerState::suspect)) {
         change_state(slot, PeerState::down,
                      {.kind = EventKind::down,
                       .peer = p,
                       .cause = EventCause::icmp_refused,
-                      .error = *p.last_error.get()},
+                      .error = *p.last_error()},
                      now);
         schedule(slot, std::min(now + limits_.down_probe_interval, p.since + limits_.forget_after));
     }

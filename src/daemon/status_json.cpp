@@ -28,8 +28,8 @@ nlohmann::json peer_json(const Peer& p, TimePoint now) {
         {"probes_sent", p.probes_sent},
         {"acks_received", p.acks_received},
         {"state_changes", p.state_changes},
-        {"last_error", !p.last_error ? nlohmann::json(nullptr)
-                                     : nlohmann::json(network_error_text(*p.last_error.get()))},
+        {"last_error", !p.last_error() ? nlohmann::json(nullptr)
+                                     : nlohmann::json(network_error_text(*p.last_error()))},
     };
 }
 

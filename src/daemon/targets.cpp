@@ -198,7 +198,7 @@ void TargetSet::on_failure(Target& t, TargetPhase phase, int error, TimePoint no
     if (was_established) refresh(t);
     close(t);
     const TargetOutcome o = classify_failure(phase, error);
-    t.peer.last_error.make() = {
+    t.peer.rare.make().last_error = NetworkError{
         .source = NetworkError::Source::socket, .error = error, .reporter = {}, .at = now};
     if (error == ETIMEDOUT && was_established) t.peer.missed = t.config.probes;
 
@@ -313,8 +313,8 @@ nlohmann::json TargetSet::targets_json(TimePoint now) {
             {"rtt_us", p.rtt ? nlohmann::json(duration_cast<microseconds>(*p.rtt).count())
                              : nlohmann::json(nullptr)},
             {"missed", p.missed},
-            {"last_error", !p.last_error ? nlohmann::json(nullptr)
-                                         : nlohmann::json(network_error_text(*p.last_error.get()))},
+            {"last_error", !p.last_error() ? nlohmann::json(nullptr)
+                                         : nlohmann::json(network_error_text(*p.last_error()))},
             {"connects", t.connects},
             {"next_attempt_in",
              t.link == Link::waiting && t.wake_at

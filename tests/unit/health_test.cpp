@@ -37,25 +37,28 @@ TEST(PeerHealth, HysteresisBands) {
     policy.loss_window = 50;
     policy.rtt = 10ms;
     PeerHealth h;
-    for (int i = 0; i < 10; ++i) h.probe_outcome(true, policy);
-    EXPECT_FALSE(h.judge(policy, false).degraded());  // 10 of 50 is not more than 20%
-    h.probe_outcome(true, policy);
-    EXPECT_EQ(h.judge(policy, false), (HealthFigures{.lost = 11, .window = 11, .loss_over = true}));
+    LossWindow w;
+    for (int i = 0; i < 10; ++i) w.record(true, policy.loss_window);
+    EXPECT_FALSE(h.judge(policy, false, &w).degraded());  // 10 of 50 is not more than 20%
+    w.record(true, policy.loss_window);
+    EXPECT_EQ(h.judge(policy, false, &w),
+              (HealthFigures{.lost = 11, .window = 11, .loss_over = true}));
     // Staying degraded needs more than half the threshold: 5 of 50.
-    for (int i = 0; i < 44; ++i) h.probe_outcome(false, policy);
-    EXPECT_EQ(h.window().lost(), 6u);
-    EXPECT_TRUE(h.judge(policy, true).degraded());
-    EXPECT_FALSE(h.judge(policy, false).degraded());
-    h.probe_outcome(false, policy);
-    EXPECT_EQ(h.window().lost(), 5u);
-    EXPECT_FALSE(h.judge(policy, true).degraded());
+    for (int i = 0; i < 44; ++i) w.record(false, policy.loss_window);
+    EXPECT_EQ(w.lost(), 6u);
+    EXPECT_TRUE(h.judge(policy, true, &w).degraded());
+    EXPECT_FALSE(h.judge(policy, false, &w).degraded());
+    w.record(false, policy.loss_window);
+    EXPECT_EQ(w.lost(), 5u);
+    EXPECT_FALSE(h.judge(policy, true, &w).degraded());
+    EXPECT_FALSE(h.judge(policy, false, nullptr).degraded());  // no window: nothing lost
 
     PeerHealth r;
     for (int i = 0; i < 50; ++i) r.rtt_sample(9ms);
-    EXPECT_FALSE(r.judge({.rtt = 10ms}, false).degraded());
-    EXPECT_TRUE(r.judge({.rtt = 10ms}, true).degraded());  // above 80% of 10 ms
+    EXPECT_FALSE(r.judge({.rtt = 10ms}, false, nullptr).degraded());
+    EXPECT_TRUE(r.judge({.rtt = 10ms}, true, nullptr).degraded());  // above 80% of 10 ms
     for (int i = 0; i < 50; ++i) r.rtt_sample(7ms);
-    EXPECT_FALSE(r.judge({.rtt = 10ms}, true).degraded());
+    EXPECT_FALSE(r.judge({.rtt = 10ms}, true, nullptr).degraded());
 }
 
 class HealthTest : public ::testing::Test {

@@ -18,7 +18,7 @@ using namespace std::chrono_literals;
 using namespace test_support;
 
 std::string last_error(const Peer& p) {
-    return p.last_error ? network_error_text(*p.last_error.get()) : "";
+    return p.last_error() ? network_error_text(*p.last_error()) : "";
 }
 
 struct Recorder final : ServerSink {
