@@ -36,8 +36,7 @@ void LoadShedder::roll(TimePoint now) {
                                                   : fraction * static_cast<double>(probes_) /
                                                         static_cast<double>(probes_ + registers_);
     judge(held, overflowed_, !burst);
-    last_fraction_ = fraction;
-    last_overflowed_ = overflowed_;
+    last_fraction_ = windows == 1 ? fraction : 0;  // the last whole window was idle
     if (windows == 1)
         pace(held);
     else
