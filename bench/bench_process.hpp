@@ -307,19 +307,12 @@ public:
 
     // The request's JSON answer on the control socket ("status" or "peers").
     nlohmann::json control(std::string_view request) const {
-        const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (fd < 0) fail_errno("socket");
-        sockaddr_un sa{};
-        sa.sun_family = AF_UNIX;
-        std::memcpy(sa.sun_path, control_.c_str(), control_.size() + 1);
+        const int fd = connect_control();
+        if (fd < 0) fail_errno("connect " + control_);
         // Generous: on a loaded shared machine, a daemon holding 100 000 peers
         // took more than 5 s to answer "status" (the run then failed).
         timeval tv{30, 0};
         ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-        if (::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0) {
-            ::close(fd);
-            fail_errno("connect " + control_);
-        }
         const std::string line = std::string(request) + "\n";
         if (::send(fd, line.data(), line.size(), MSG_NOSIGNAL) < 0) {
             ::close(fd);
@@ -403,8 +396,10 @@ private:
                 if (!start_error_.empty()) throw std::runtime_error("daemon: " + start_error_);
             }
             // Logging elsewhere (--log-target=journal), the daemon says nothing on
-            // stderr: its control socket exists once its sockets are bound.
-            if (!options_.stand_in && std::filesystem::exists(control_)) return;
+            // stderr: it is ready once its control socket accepts a connection.
+            // (The socket's file appears at bind(), before listen(): a connect
+            // then is refused.)
+            if (!options_.stand_in && control_accepts()) return;
             int status = 0;
             if (::waitpid(pid_, &status, WNOHANG) == pid_) {
                 pid_ = -1;
@@ -413,6 +408,26 @@ private:
             if (Clock::now() > give_up) throw std::runtime_error("daemon not ready after 10 s");
             std::this_thread::sleep_for(5ms);
         }
+    }
+
+    // A stream connected to the control socket, or -1 (errno says why).
+    int connect_control() const {
+        const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0) fail_errno("socket");
+        sockaddr_un sa{};
+        sa.sun_family = AF_UNIX;
+        std::memcpy(sa.sun_path, control_.c_str(), control_.size() + 1);
+        if (::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0) return fd;
+        const int saved = errno;
+        ::close(fd);
+        errno = saved;
+        return -1;
+    }
+
+    bool control_accepts() const {
+        const int fd = connect_control();
+        if (fd >= 0) ::close(fd);
+        return fd >= 0;
     }
 
     Options options_;
