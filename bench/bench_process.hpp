@@ -366,7 +366,12 @@ private:
     }
 
     void on_line(std::string_view line, TimePoint arrived) {
-        if (log_copy_.is_open()) log_copy_ << line << '\n';
+        // Each line with its arrival, in seconds since the daemon was started.
+        if (log_copy_.is_open())
+            log_copy_ << fmt::format("{:10.3f} ", std::chrono::duration<double>(
+                                                      arrived - started_at_)
+                                                      .count())
+                      << line << '\n';
         std::lock_guard lock(mutex_);
         ++counts_.lines;
         if (line.find(" ready: listening on") != std::string_view::npos) ready_ = true;
@@ -438,6 +443,7 @@ private:
     int stderr_fd_ = -1;
     std::thread reader_;
     std::ofstream log_copy_;
+    const TimePoint started_at_ = Clock::now();
 
     mutable std::mutex mutex_;
     bool ready_ = false;

@@ -37,6 +37,7 @@ void LoadShedder::roll(TimePoint now) {
                                                         static_cast<double>(probes_ + registers_);
     judge(held, overflowed_, !burst);
     last_fraction_ = windows == 1 ? fraction : 0;  // the last whole window was idle
+    last_overflowed_ = windows == 1 && overflowed_;
     if (windows == 1)
         pace(held);
     else
@@ -73,7 +74,6 @@ void LoadShedder::pace(double held) {
 }
 
 void LoadShedder::judge(double held, bool overflowed, bool may_start) {
-    last_overflowed_ = overflowed;
     if (busy_percent_ == 0) {
         shedding_ = false;
         return;
@@ -82,11 +82,17 @@ void LoadShedder::judge(double held, bool overflowed, bool may_start) {
     const double leave =
         (busy_percent_ > kHysteresisPercent ? busy_percent_ - kHysteresisPercent : 0) / 100.0;
     if ((held >= enter || overflowed) && (may_start || shedding_)) {
-        if (!shedding_) ++episodes_;
+        if (!shedding_) {
+            ++episodes_;
+            by_load_ = false;
+        }
+        by_load_ = by_load_ || held >= enter;
         shedding_ = true;
         calm_ = 0;
     } else if (shedding_) {
-        calm_ = held <= leave ? calm_ + 1 : 0;
+        // The hysteresis is for the load: an episode only overflows began
+        // ends once they stop, if the load stays under the threshold.
+        calm_ = held <= leave || !by_load_ ? calm_ + 1 : 0;
         if (calm_ >= kCalmWindows) shedding_ = false;
     }
 }

@@ -18,6 +18,9 @@
 // handshakes', which end), and a window that read more newcomers' REGISTERs
 // than it sent probes does not start shedding, however busy or overflowed:
 // pacing alone answers it.
+//
+// The hysteresis is for the load: an episode begun by overflows alone ends
+// once they stop, if the load stays under the threshold.
 #pragma once
 
 #include <algorithm>
@@ -108,6 +111,7 @@ private:
     Duration busy_{};
     bool overflowed_ = false;
     bool shedding_ = false;
+    bool by_load_ = false;  // some window of this episode was over the threshold
     unsigned calm_ = 0;
     double last_fraction_ = 0;
     bool last_overflowed_ = false;

@@ -559,17 +559,17 @@ void Daemon::log_throttle_summary() {
     if (auto line = throttle_.summary(loop_.now())) log_.log(LOG_WARNING, *line);
 }
 
-// At most one line per kShedLogPeriod: an episode that starts or ends
-// sooner is reported by the next line that is written.
+// Called while the shedder's state differs from the one last logged. At most
+// one line per kShedLogPeriod: a change sooner is told when the period ends
+// (an episode that ended meanwhile is counted in the next "back under" line).
 void Daemon::log_shedding() {
     const LoadShedder& load = core_.load();
     const TimePoint now = loop_.now();
-    const bool started = !shedding_;
-    shedding_ = load.shedding();
-    if (started && shedding_since_ == TimePoint{}) shedding_since_ = now;
+    if (load.shedding() && shedding_since_ == TimePoint{}) shedding_since_ = now;
     if (shed_logged_at_ != TimePoint{} && now - shed_logged_at_ < kShedLogPeriod) return;
     shed_logged_at_ = now;
-    if (started) {
+    shedding_ = load.shedding();
+    if (shedding_) {
         log_.logf(LOG_WARNING,
                   "over capacity (loop busy {}% of the last second{}): new registrations are "
                   "answered busy until the load falls",

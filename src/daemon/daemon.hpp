@@ -174,7 +174,7 @@ private:
     Duration last_lag_{};            // how late wheel_timer_ ran last time
     Duration reported_lag_{};        // the worst lag as STATUS= last showed it
     SleepDetector sleep_;            // read on each wheel firing
-    bool shedding_ = false;          // as last seen by log_shedding()
+    bool shedding_ = false;          // as last logged by log_shedding()
     TimePoint shed_logged_at_{};     // the last line log_shedding() wrote
     std::uint64_t shed_logged_ = 0;  // registrations_shed() as of that line
     TimePoint shedding_since_{};     // the first episode that line has not reported

@@ -12,6 +12,7 @@
 #include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <memory>
 #include <optional>
 #include <stdexcept>
@@ -445,6 +446,69 @@ TEST(DaemonFaults, TimerfdFailureIsCountedAndRetried) {
     EXPECT_EQ(d.status()["daemon"]["loop"]["timerfd_failures"], 5u);
     EXPECT_EQ(d.status()["events"]["suspect"], 0u);
     EXPECT_FALSE(d.ops.faults_pending());
+}
+
+// The daemon's stderr, kept in a file while the test runs.
+class CapturedStderr {
+public:
+    CapturedStderr() : saved_(::dup(2)) {
+        char path[] = "/tmp/keepalived-stderr-XXXXXX";
+        file_.reset(::mkstemp(path));
+        path_ = path;
+        ::dup2(file_.get(), 2);
+    }
+    ~CapturedStderr() {
+        ::dup2(saved_.get(), 2);
+        ::unlink(path_.c_str());
+    }
+    std::string text() const {
+        std::ifstream in(path_);
+        return std::string(std::istreambuf_iterator<char>(in), {});
+    }
+
+private:
+    UniqueFd saved_;
+    UniqueFd file_;
+    std::string path_;
+};
+
+// A receive queue overflow makes the daemon shed newcomers for a while.
+// Its log says so at most once per 10 s: the end of an episode that came
+// sooner is told when the 10 s are up (it was never told at all before).
+TEST(DaemonLog, TheEndOfASheddingEpisodeIsToldWhenThePeriodAllows) {
+    CapturedStderr captured;
+    InProcessDaemon d;
+    // More datagrams than the receive buffer holds, while the loop is not reading.
+    UniqueFd flood(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+    sockaddr_storage ss;
+    const socklen_t len = d.address.to_sockaddr(ss);
+    const std::uint8_t junk[8] = {};
+    for (int i = 0; i < 20'000; ++i)
+        ::sendto(flood.get(), junk, sizeof junk, 0, reinterpret_cast<const sockaddr*>(&ss), len);
+    const auto load = [&] { return d.status()["daemon"]["load"]; };
+    const auto steps_for = [&](Duration span) {
+        for (const TimePoint until = d.clock.now() + span; d.clock.now() < until;) {
+            d.clock.advance(milliseconds(100));
+            d.step(2);
+        }
+        d.log.flush();
+    };
+    d.step(50);
+    // The drop count comes with the next datagram queued after the drops.
+    ::sendto(flood.get(), junk, sizeof junk, 0, reinterpret_cast<const sockaddr*>(&ss), len);
+    d.step(2);
+    ASSERT_GT(d.counter("receive_overflows"), 0u) << "the flood fitted in the buffer";
+    steps_for(std::chrono::milliseconds(1100));
+    ASSERT_TRUE(load()["shedding"]);
+    EXPECT_NE(captured.text().find("over capacity"), std::string::npos) << captured.text();
+
+    // Three calm seconds end the episode, 4 s after its first line.
+    steps_for(std::chrono::seconds(4));
+    ASSERT_FALSE(load()["shedding"]);
+    EXPECT_EQ(captured.text().find("back under capacity"), std::string::npos)
+        << "within 10 s of the last line";
+    steps_for(std::chrono::seconds(7));
+    EXPECT_NE(captured.text().find("back under capacity"), std::string::npos) << captured.text();
 }
 
 // With the real clock: a loop whose timerfd could not be armed does not
