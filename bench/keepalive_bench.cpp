@@ -549,7 +549,7 @@ Measured run(const Options& o, bool floor) {
     m.events_not_logged =
         daemon_field(status1, "events_not_logged") + daemon_field(status1, "log_records_dropped");
 
-    // False events are counted by name, from the daemon's log lines: among the
+    // False events are counted by name (the watch stream, the log before it): among the
     // peers of the base fleet that never stopped answering. A silenced peer's
     // suspect and down are expected; the overload group is reported apart.
     std::unordered_set<std::string> silenced_names, group_names;
