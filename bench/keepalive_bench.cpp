@@ -924,6 +924,9 @@ int main(int argc, char** argv) {
             if (d.base_peers_changed_state > 0)
                 failed +=
                     fmt::format(" {} answering peers changed state;", d.base_peers_changed_state);
+            if (o.overload_peers > 0 && d.watch_missed != 0)
+                failed += fmt::format(" the event stream missed {} events: counts incomplete;",
+                                      d.watch_missed);
             if (d.group.downs_during != 0)
                 failed +=
                     fmt::format(" {} overload peers down while answering;", d.group.downs_during);
