@@ -701,7 +701,7 @@ constexpr const char* kUsage =
     "  --json                 one JSON object on stdout instead of text\n"
     "  --check                exit 1 unless every peer registered, every silenced peer\n"
     "                         went down and no other did (behaviour, not speed); false\n"
-    "                         events are counted by name, the overload group's apart\n"
+    "                         downs are counted by name, the overload group's apart\n"
     "  --log-dir DIR          keep the daemon's and the floor's stderr there\n"
     "  --seed N               (default 1)\n"
     "  --peers-config LINE    a line for the daemon's [peers] table, e.g.\n"
@@ -921,9 +921,6 @@ int main(int argc, char** argv) {
                 failed +=
                     fmt::format(" {} of {} silenced peers down;", d.silenced_down, d.silenced);
             if (d.false_downs != 0) failed += fmt::format(" {} false downs;", d.false_downs);
-            if (d.base_peers_changed_state > 0)
-                failed +=
-                    fmt::format(" {} answering peers changed state;", d.base_peers_changed_state);
             if (o.overload_peers > 0 && d.watch_missed != 0)
                 failed += fmt::format(" the event stream missed {} events: counts incomplete;",
                                       d.watch_missed);
