@@ -203,7 +203,19 @@ inline std::uint16_t free_udp_port() {
 }
 
 struct LogCounts {
-    std::uint64_t lines = 0, registered = 0, up = 0, suspect = 0, down = 0;
+    std::uint64_t lines = 0, registered = 0, up = 0, suspect = 0, down = 0, left = 0;
+    // Peer events the daemon's rate limit held back, from its summary lines:
+    // while this grows, the lines counted by name are a lower bound.
+    std::uint64_t not_logged = 0;
+};
+
+// A peer event read from the daemon's log, with the peer's name and when the
+// line arrived.
+struct PeerEvent {
+    enum class Kind : std::uint8_t { suspect, down, left };
+    std::string name;
+    Kind kind;
+    TimePoint at;
 };
 
 class DaemonProcess {
@@ -338,9 +350,49 @@ public:
         std::lock_guard lock(mutex_);
         return counts_;
     }
+    // Every suspect, down and left line so far, in the order they arrived.
+    // The daemon's rate limit thins them when many peers of one host change
+    // at once; watch() does not.
+    std::vector<PeerEvent> peer_events() const {
+        std::lock_guard lock(mutex_);
+        return peer_events_;
+    }
+
+    // From now on, every suspect, down and left event through `keepalivectl
+    // watch` (the event ring, which no rate limit thins), as it arrives.
+    // Returns when the stream is open: events before it are not in it.
+    void watch() {
+        if (watch_fd_ >= 0) return;
+        watch_fd_ = connect_control();
+        if (watch_fd_ < 0) fail_errno("connect " + control_);
+        if (::send(watch_fd_, "watch\n", 6, MSG_NOSIGNAL) < 0) fail_errno("send watch");
+        {
+            std::lock_guard lock(mutex_);
+            watch_from_ = Clock::now();
+        }
+        watcher_ = std::thread([this] { read_watch(); });
+    }
+    // When watch() began (the epoch: never).
+    TimePoint watched_from() const {
+        std::lock_guard lock(mutex_);
+        return watch_from_;
+    }
+    std::vector<PeerEvent> watched_events() const {
+        std::lock_guard lock(mutex_);
+        return watched_;
+    }
+    // Events the stream said it missed (the reader fell a ring behind).
+    std::uint64_t watch_missed() const {
+        std::lock_guard lock(mutex_);
+        return watch_missed_;
+    }
 
 private:
     void clean_up() {
+        if (watch_fd_ >= 0) ::shutdown(watch_fd_, SHUT_RDWR);
+        if (watcher_.joinable()) watcher_.join();
+        if (watch_fd_ >= 0) ::close(watch_fd_);
+        watch_fd_ = -1;
         stop();
         if (reader_.joinable()) reader_.join();  // EOF once the daemon has exited
         ::close(stderr_fd_);
@@ -365,6 +417,53 @@ private:
         }
     }
 
+    void read_watch() {
+        std::string pending;
+        char buf[65536];
+        for (;;) {
+            const ssize_t n = ::recv(watch_fd_, buf, sizeof buf, 0);
+            if (n < 0 && errno == EINTR) continue;
+            if (n <= 0) break;
+            const TimePoint arrived = Clock::now();
+            pending.append(buf, static_cast<std::size_t>(n));
+            std::size_t start = 0;
+            for (std::size_t nl; (nl = pending.find('\n', start)) != std::string::npos;
+                 start = nl + 1)
+                on_watch_line(std::string_view(pending).substr(start, nl - start), arrived);
+            pending.erase(0, start);
+        }
+    }
+
+    void on_watch_line(std::string_view line, TimePoint arrived) {
+        const auto j = nlohmann::json::parse(line, nullptr, false);
+        if (j.is_discarded() || !j.is_object()) return;
+        std::lock_guard lock(mutex_);
+        if (j.contains("missed")) {
+            watch_missed_ += j.value("missed", std::uint64_t{0});
+            return;
+        }
+        const std::string kind = j.value("event", "");
+        PeerEvent::Kind k;
+        if (kind == "suspect")
+            k = PeerEvent::Kind::suspect;
+        else if (kind == "down")
+            k = PeerEvent::Kind::down;
+        else if (kind == "left")
+            k = PeerEvent::Kind::left;
+        else
+            return;
+        watched_.push_back({j.value("name", ""), k, arrived});
+    }
+
+    // "<4>peer NAME (ADDRESS) is down: detection time expired": NAME, or empty.
+    static std::string_view peer_name(std::string_view line) {
+        const auto start = line.find("peer ");
+        if (start == std::string_view::npos) return {};
+        const auto end = line.find(" (", start);
+        if (end == std::string_view::npos) return {};
+        return line.substr(start + 5, end - start - 5);
+    }
+
     void on_line(std::string_view line, TimePoint arrived) {
         // Each line with its arrival, in seconds since the daemon was started.
         if (log_copy_.is_open())
@@ -377,16 +476,32 @@ private:
         if (line.find(" ready: listening on") != std::string_view::npos) ready_ = true;
         if (line.find(" registered: interval") != std::string_view::npos) ++counts_.registered;
         if (line.find(" is up: ") != std::string_view::npos) ++counts_.up;
-        if (line.find(" is suspect: ") != std::string_view::npos) ++counts_.suspect;
+        const auto named = [&](PeerEvent::Kind kind) {
+            const std::string_view name = peer_name(line);
+            if (!name.empty()) peer_events_.push_back({std::string(name), kind, arrived});
+            return name;
+        };
+        if (line.find(" is suspect: ") != std::string_view::npos) {
+            ++counts_.suspect;
+            named(PeerEvent::Kind::suspect);
+        }
         if (line.find(" is down: ") != std::string_view::npos) {
             ++counts_.down;
-            // "<4>peer NAME (ADDRESS) is down: detection time expired"
-            const auto start = line.find("peer ");
-            const auto end = line.find(" (", start);
-            if (start != std::string_view::npos && end != std::string_view::npos) {
-                const std::string name(line.substr(start + 5, end - start - 5));
-                down_times_.emplace(name, arrived);
-            }
+            const std::string_view name = named(PeerEvent::Kind::down);
+            if (!name.empty()) down_times_.emplace(std::string(name), arrived);
+        }
+        if (line.find(" has left: ") != std::string_view::npos) {
+            ++counts_.left;
+            named(PeerEvent::Kind::left);
+        }
+        // "<4>N peer events not logged in the last 10 s (rate limit), ..."
+        if (const auto at = line.find(" peer events not logged"); at != std::string_view::npos) {
+            auto digits = line.substr(0, at);
+            digits.remove_prefix(std::min(digits.find('>') + 1, digits.size()));
+            std::uint64_t n = 0;
+            for (char c : digits)
+                if (c >= '0' && c <= '9') n = n * 10 + static_cast<std::uint64_t>(c - '0');
+            counts_.not_logged += n;
         }
         if (!ready_ && line.find("cannot start") != std::string_view::npos)
             start_error_ = std::string(line);
@@ -450,6 +565,12 @@ private:
     std::string start_error_;
     LogCounts counts_;
     std::unordered_map<std::string, TimePoint> down_times_;
+    std::vector<PeerEvent> peer_events_;
+    int watch_fd_ = -1;
+    std::thread watcher_;
+    TimePoint watch_from_{};
+    std::vector<PeerEvent> watched_;
+    std::uint64_t watch_missed_ = 0;
 };
 
 }  // namespace keepalive::bench

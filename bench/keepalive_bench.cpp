@@ -21,6 +21,7 @@
 #include <functional>
 #include <memory>
 #include <set>
+#include <unordered_set>
 
 #include "bench_process.hpp"
 #include "fleet.hpp"
@@ -240,6 +241,29 @@ struct Measured {
     std::size_t false_downs_overload = 0;
     std::size_t false_suspects_after_overload = 0;
     std::size_t false_downs_after_overload = 0;
+    // Events the daemon counted but did not log (rate limit, full log queue):
+    // not told apart by name.
+    std::uint64_t events_not_logged = 0;
+    std::uint64_t watch_missed = 0;  // events the watch stream lost (it fell a ring behind)
+    std::uint64_t unattributed_suspects = 0;
+    std::uint64_t unattributed_downs = 0;
+    // From `keepalivectl peers` at the end, which no rate limit thins: the
+    // base fleet's answering peers whose state ever changed (-1: not asked).
+    long base_peers_changed_state = -1;
+    // What became of the overload group, by name.
+    struct Group {
+        std::size_t admitted = 0;           // accepted at some time
+        std::size_t left = 0;               // "has left" (its BYE arrived)
+        std::size_t down = 0;               // down at some time
+        std::size_t down_after = 0;         // down after the group stopped answering
+        std::size_t suspects_during = 0;    // while the group still answered: false
+        std::size_t downs_during = 0;       // likewise
+        std::size_t still_registering = 0;  // never accepted (told busy to the end)
+        std::uint64_t busy_rejects = 0;
+        // From `keepalivectl peers`: peers that left (BYE) after a suspect or
+        // down on the way (-1: not asked).
+        long changed_state = -1;
+    } group;
     bool shedding_at_return = false;
     std::uint64_t registrations_shed = 0;
     double cpu_per_pair_us() const {
@@ -305,7 +329,10 @@ Measured run(const Options& o, bool floor) {
     // Sockets: one per 127.1.x.y source, peers spread evenly; groups of sockets per thread.
     const std::size_t sockets =
         std::max<std::size_t>(1, (total + o.peers_per_socket - 1) / o.peers_per_socket);
-    const std::size_t threads = std::clamp<std::size_t>(o.threads, 1, sockets);
+    // The overload group's sockets count too: they may have a thread of their own.
+    const std::size_t group_sockets =
+        floor ? 0 : (o.overload_peers + o.peers_per_socket - 1) / o.peers_per_socket;
+    const std::size_t threads = std::clamp<std::size_t>(o.threads, 1, sockets + group_sockets);
     std::atomic<Phase> phase{Phase::registering_first};
     std::vector<std::unique_ptr<FleetGroup>> groups;
     std::vector<std::vector<std::unique_ptr<Fleet>>> fleets(threads);
@@ -333,13 +360,12 @@ Measured run(const Options& o, bool floor) {
     }
     // The overload group has sockets (and source addresses) of its own.
     const std::size_t overload_peers = floor ? 0 : o.overload_peers;
-    const std::size_t overload_sockets =
-        (overload_peers + o.peers_per_socket - 1) / o.peers_per_socket;
+    const std::size_t overload_sockets = group_sockets;
     for (std::size_t i = 0; i < overload_sockets; ++i) {
-        overload_fleets[i % threads].push_back(std::make_unique<Fleet>(
+        overload_fleets[(sockets + i) % threads].push_back(std::make_unique<Fleet>(
             target.address(), o.seed * 7919 + sockets + i, source_of(sockets + i)));
-        overload_plans[i % threads].push_back(overload_peers / overload_sockets +
-                                              (i < overload_peers % overload_sockets ? 1 : 0));
+        overload_plans[(sockets + i) % threads].push_back(
+            overload_peers / overload_sockets + (i < overload_peers % overload_sockets ? 1 : 0));
     }
     for (std::size_t t = 0; t < threads; ++t) {
         groups.push_back(std::make_unique<FleetGroup>(
@@ -406,6 +432,8 @@ Measured run(const Options& o, bool floor) {
         for (auto& g : groups) a += g->acks();
         return a;
     };
+    // The window's events come from the watch stream, which no rate limit thins.
+    if (!floor) target.watch();
     nlohmann::json status0 = floor ? nlohmann::json::object() : target.control("status");
     const double cpu0 = read_sched_times(target.pid()).running;
     const long switches0 = read_memory(target.pid()).ctxt_switches;
@@ -490,6 +518,12 @@ Measured run(const Options& o, bool floor) {
     m.registered = status1.value("peers", std::size_t{0});
     m.up_at_end = status1.value("up", std::size_t{0});
     m.down_at_end = status1.value("down", std::size_t{0});
+    // Every peer's state_changes, which no rate limit thins, while the fleet
+    // still answers (not at 1 M peers: the answer is some 400 bytes a peer).
+    std::optional<nlohmann::json> peer_list;
+    if (total + overload_peers <= 200'000) peer_list = target.control("peers");
+    // Events logged after this are the fleet stopping.
+    const TimePoint stopped_at = Clock::now();
     phase.store(Phase::stop);
     for (auto& g : groups) g->join();
 
@@ -511,45 +545,117 @@ Measured run(const Options& o, bool floor) {
         }
     for (auto& g : groups)
         for (const auto& f : g->overload_fleets()) m.busy_rejects += f->busy_rejects();
-    // Each silenced peer makes one suspect and one down event; any beyond is false.
     m.silenced_down = std::min<std::size_t>(m.down_at_end, silenced_total);
-    m.false_downs = m.downs > silenced_total ? m.downs - silenced_total : 0;
-    m.false_suspects = m.suspects > silenced_total ? m.suspects - silenced_total : 0;
-    const auto over = [&](const char* kind) -> std::size_t {
-        const auto in_window = event_count(status1, kind) - event_count(status0, kind);
-        return in_window > silenced_total ? in_window - silenced_total : 0;
+    m.events_not_logged =
+        daemon_field(status1, "events_not_logged") + daemon_field(status1, "log_records_dropped");
+
+    // False events are counted by name (the watch stream, the log before it): among the
+    // peers of the base fleet that never stopped answering. A silenced peer's
+    // suspect and down are expected; the overload group is reported apart.
+    std::unordered_set<std::string> silenced_names, group_names;
+    for (auto& g : groups) {
+        for (const auto& f : g->fleets())
+            for (const auto& p : f->peers())
+                if (p.silenced) silenced_names.insert(p.name);
+        for (const auto& f : g->overload_fleets())
+            for (const auto& p : f->peers()) group_names.insert(p.name);
+    }
+    // Before the window, the log's lines (rate-limited); from it on, the watch stream.
+    std::vector<PeerEvent> events;
+    const TimePoint watched_from = target.watched_from();
+    for (auto& e : target.peer_events())
+        if (e.at < watched_from) events.push_back(std::move(e));
+    for (auto& e : target.watched_events()) events.push_back(std::move(e));
+    m.watch_missed = target.watch_missed();
+    struct Tally {
+        std::size_t suspects = 0, downs = 0;
     };
-    m.false_downs_window = over("down");
-    m.false_suspects_window = over("suspect");
+    // The base fleet's false events whose line arrived in [from, to).
+    const auto base_false = [&](TimePoint from, TimePoint to) {
+        Tally t;
+        for (const auto& e : events) {
+            if (e.at < from || e.at >= to || silenced_names.contains(e.name) ||
+                group_names.contains(e.name))
+                continue;
+            t.suspects += e.kind == PeerEvent::Kind::suspect ? 1 : 0;
+            t.downs += e.kind == PeerEvent::Kind::down ? 1 : 0;
+        }
+        return t;
+    };
+    std::size_t logged_suspects = 0, logged_downs = 0;
+    for (const auto& e : events) {
+        if (e.at >= stopped_at) continue;
+        logged_suspects += e.kind == PeerEvent::Kind::suspect ? 1 : 0;
+        logged_downs += e.kind == PeerEvent::Kind::down ? 1 : 0;
+    }
+    m.unattributed_suspects = m.suspects > logged_suspects ? m.suspects - logged_suspects : 0;
+    m.unattributed_downs = m.downs > logged_downs ? m.downs - logged_downs : 0;
+    const Tally whole = base_false(TimePoint::min(), stopped_at);
+    const Tally in_window = base_false(t0, stopped_at);
+    // Without an overload group every event not logged is the base fleet's
+    // (or a silenced peer's: counted false, on the safe side).
+    const bool attribute_rest = overload_peers == 0;
+    m.false_suspects = whole.suspects + (attribute_rest ? m.unattributed_suspects : 0);
+    m.false_downs = whole.downs + (attribute_rest ? m.unattributed_downs : 0);
+    m.false_suspects_window = in_window.suspects;
+    m.false_downs_window = in_window.downs;
+
+    if (peer_list) {
+        m.base_peers_changed_state = 0;
+        m.group.changed_state = 0;
+        for (const auto& p : peer_list->value("peers", nlohmann::json::array())) {
+            const std::string name = p.value("name", "");
+            const auto changes = p.value("state_changes", std::uint64_t{0});
+            if (group_names.contains(name)) {
+                // Up at admission and left at its BYE: one change; more was a
+                // suspect or down on the way.
+                if (p.value("state", "") == "left" && changes > 1) ++m.group.changed_state;
+            } else if (!silenced_names.contains(name) && changes > 0) {
+                ++m.base_peers_changed_state;
+            }
+        }
+    }
+
     if (overload_peers > 0) {
         for (auto& g : groups) m.overload_admitted += g->overload_admitted();
         const double span = std::chrono::duration<double>(off.at - on.at).count();
         m.overload_pairs_per_s = static_cast<double>(off.acks - on.acks) / span;
         m.overload_cpu_percent = 100.0 * (off.cpu - on.cpu) / span;
         m.overload_kernel_drops = off.drops - on.drops;
-        // A silenced peer's suspect event comes one interval after its first
-        // unanswered probe, its down event probes x interval after it.
-        const auto silenced_between = [&](TimePoint from, TimePoint to, Duration lag) {
-            std::size_t n = 0;
-            for (auto& g : groups)
-                for (const auto& f : g->fleets())
-                    for (const auto& p : f->peers())
-                        if (p.silenced && p.first_unanswered && *p.first_unanswered + lag >= from &&
-                            *p.first_unanswered + lag < to)
-                            ++n;
-            return n;
-        };
-        const Duration interval = std::chrono::milliseconds(o.interval_ms);
-        const auto false_between = [&](const Sample& a, const Sample& b, const char* kind,
-                                       Duration lag) -> std::size_t {
-            const std::size_t events = event_count(b.status, kind) - event_count(a.status, kind);
-            const std::size_t expected = silenced_between(a.at, b.at, lag);
-            return events > expected ? events - expected : 0;
-        };
-        m.false_suspects_overload = false_between(on, off, "suspect", interval);
-        m.false_downs_overload = false_between(on, off, "down", detection);
-        m.false_suspects_after_overload = false_between(off, after, "suspect", interval);
-        m.false_downs_after_overload = false_between(off, after, "down", detection);
+        const Tally during = base_false(on.at, off.at);
+        const Tally after_return = base_false(off.at, after.at);
+        m.false_suspects_overload = during.suspects;
+        m.false_downs_overload = during.downs;
+        m.false_suspects_after_overload = after_return.suspects;
+        m.false_downs_after_overload = after_return.downs;
+        // The group: a suspect or down while it still answered is false; a
+        // down after it stopped is what a lost BYE looks like, and right.
+        std::unordered_map<std::string_view, std::uint8_t> fate;  // bit 0 left, bit 1 down
+        for (const auto& e : events) {
+            if (!group_names.contains(e.name)) continue;
+            const bool answering = e.at < off.at;
+            if (e.kind == PeerEvent::Kind::suspect && answering) ++m.group.suspects_during;
+            if (e.kind == PeerEvent::Kind::down) {
+                fate[e.name] |= 2;
+                if (answering)
+                    ++m.group.downs_during;
+                else
+                    ++m.group.down_after;
+            }
+            if (e.kind == PeerEvent::Kind::left) fate[e.name] |= 1;
+        }
+        for (const auto& [name, bits] : fate) {
+            m.group.left += bits & 1;
+            m.group.down += (bits >> 1) & 1;
+        }
+        for (auto& g : groups)
+            for (const auto& f : g->overload_fleets()) {
+                m.group.busy_rejects += f->busy_rejects();
+                for (const auto& p : f->peers()) {
+                    m.group.admitted += p.session != 0 ? 1 : 0;
+                    m.group.still_registering += p.session == 0 && p.reject_diag == 0 ? 1 : 0;
+                }
+            }
         if (off.status.contains("daemon") && off.status["daemon"].contains("load"))
             m.shedding_at_return = off.status["daemon"]["load"].value("shedding", false);
     }
@@ -594,7 +700,8 @@ constexpr const char* kUsage =
     "  --floor-tick-ms MS     the floor's timer step (default 5, the daemon's)\n"
     "  --json                 one JSON object on stdout instead of text\n"
     "  --check                exit 1 unless every peer registered, every silenced peer\n"
-    "                         went down and no other did (behaviour, not speed)\n"
+    "                         went down and no other did (behaviour, not speed); false\n"
+    "                         downs are counted by name, the overload group's apart\n"
     "  --log-dir DIR          keep the daemon's and the floor's stderr there\n"
     "  --seed N               (default 1)\n"
     "  --peers-config LINE    a line for the daemon's [peers] table, e.g.\n"
@@ -763,6 +870,11 @@ int main(int argc, char** argv) {
             {"receive_overflows", d.receive_overflows},
             {"verdicts_withheld", d.verdicts_withheld},
             {"registrations_shed", d.registrations_shed},
+            {"events_not_logged", d.events_not_logged},
+            {"watch_missed", d.watch_missed},
+            {"unattributed_suspects", d.unattributed_suspects},
+            {"unattributed_downs", d.unattributed_downs},
+            {"base_peers_changed_state", d.base_peers_changed_state},
         };
         if (o.overload_peers > 0) {
             const double per_s = 1000.0 / o.interval_ms;
@@ -780,6 +892,16 @@ int main(int argc, char** argv) {
                 {"false_downs", d.false_downs_overload},
                 {"shedding_at_return", d.shedding_at_return},
                 {"false_downs_after", d.false_downs_after_overload},
+                {"group",
+                 {{"admitted", d.group.admitted},
+                  {"left", d.group.left},
+                  {"down", d.group.down},
+                  {"down_after_leaving", d.group.down_after},
+                  {"false_suspects", d.group.suspects_during},
+                  {"false_downs", d.group.downs_during},
+                  {"never_admitted", d.group.still_registering},
+                  {"busy_rejects", d.group.busy_rejects},
+                  {"left_after_changing_state", d.group.changed_state}}},
             };
             j["false_suspects_after_overload"] = d.false_suspects_after_overload;
         }
@@ -799,6 +921,12 @@ int main(int argc, char** argv) {
                 failed +=
                     fmt::format(" {} of {} silenced peers down;", d.silenced_down, d.silenced);
             if (d.false_downs != 0) failed += fmt::format(" {} false downs;", d.false_downs);
+            if (o.overload_peers > 0 && d.watch_missed != 0)
+                failed += fmt::format(" the event stream missed {} events: counts incomplete;",
+                                      d.watch_missed);
+            if (d.group.downs_during != 0)
+                failed +=
+                    fmt::format(" {} overload peers down while answering;", d.group.downs_during);
             if (d.false_suspects_after_overload != 0)
                 failed += fmt::format(" {} false suspects after the overload;",
                                       d.false_suspects_after_overload);

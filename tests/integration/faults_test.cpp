@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "harness.hpp"
+#include "netns_pair.hpp"
 
 namespace keepalive::test {
 namespace {
@@ -51,110 +52,9 @@ constexpr Millis kDownProbe = 200ms;
     throw std::runtime_error(message);
 }
 
-std::string tool(const std::string& name) {
-    for (const char* dir : {"/usr/sbin/", "/sbin/", "/usr/bin/", "/bin/"})
-        if (::access((dir + name).c_str(), X_OK) == 0) return dir + name;
-    return "";
-}
-
-RunResult must(const Strings& argv) {
-    RunResult r = run(argv);
-    if (!r.status.exited_with(0)) {
-        std::string line;
-        for (const auto& a : argv) line += a + " ";
-        fail(line + "failed (" + r.status.to_string() + "): " + r.err);
-    }
-    return r;
-}
-
 double ms(Clock::duration d) {
     return duration<double, std::milli>(d).count();
 }
-
-// The daemon's namespace (kDaemonIp) and the peers' (kPeerIp), joined by a
-// veth pair, with an nft table in the daemon's namespace whose `in` and `out`
-// chains the tests fill.
-class NetnsPair {
-public:
-    NetnsPair() {
-        static int serial = 0;
-        const std::string id = std::to_string(getpid()) + "x" + std::to_string(++serial);
-        daemon_ns_ = "kfd" + id;
-        peer_ns_ = "kfp" + id;
-        ip_ = tool("ip");
-        nft_ = tool("nft");
-        if (ip_.empty() || nft_.empty()) {
-            why_not_ = "needs ip (iproute2) and nft (nftables)";
-            return;
-        }
-        remove_leftovers();
-        const RunResult r = run({ip_, "netns", "add", daemon_ns_});
-        if (!r.status.exited_with(0)) {
-            why_not_ = "cannot create a network namespace: " + r.err;
-            return;
-        }
-        made_daemon_ = true;
-        must({ip_, "netns", "add", peer_ns_});
-        made_peer_ = true;
-        must({ip_, "link", "add", "fd" + id, "netns", daemon_ns_, "type", "veth", "peer", "name",
-              "fp" + id, "netns", peer_ns_});
-        must({ip_, "-n", daemon_ns_, "link", "set", "lo", "up"});
-        must({ip_, "-n", peer_ns_, "link", "set", "lo", "up"});
-        must({ip_, "-n", daemon_ns_, "addr", "add", std::string(kDaemonIp) + "/24", "dev",
-              "fd" + id});
-        must({ip_, "-n", peer_ns_, "addr", "add", std::string(kPeerIp) + "/24", "dev", "fp" + id});
-        must({ip_, "-n", daemon_ns_, "link", "set", "fd" + id, "up"});
-        must({ip_, "-n", peer_ns_, "link", "set", "fp" + id, "up"});
-        nft("add table ip kaf");
-        nft("add chain ip kaf in { type filter hook input priority 0; }");
-        nft("add chain ip kaf out { type filter hook output priority 0; }");
-    }
-    ~NetnsPair() {
-        // Deleting a namespace deletes its end of the veth pair, the other end
-        // with it, and its nft tables.
-        if (made_daemon_) run({ip_, "netns", "del", daemon_ns_});
-        if (made_peer_) run({ip_, "netns", "del", peer_ns_});
-    }
-    NetnsPair(const NetnsPair&) = delete;
-    NetnsPair& operator=(const NetnsPair&) = delete;
-
-    bool ok() const { return why_not_.empty(); }
-    const std::string& why_not() const { return why_not_; }
-
-    // argv run inside the daemon's or the peers' namespace.
-    Strings in_daemon_ns(Strings argv) const { return in(daemon_ns_, std::move(argv)); }
-    Strings in_peer_ns(Strings argv) const { return in(peer_ns_, std::move(argv)); }
-
-    // One nft command in the daemon's namespace.
-    std::string nft(const std::string& command) { return must(in_daemon_ns({nft_, command})).out; }
-
-private:
-    // Namespaces of an earlier run of this test that was killed before it
-    // could remove them: named after a process that no longer exists.
-    void remove_leftovers() {
-        std::error_code ec;
-        for (const auto& entry : std::filesystem::directory_iterator("/run/netns", ec)) {
-            const std::string name = entry.path().filename().string();
-            if (!name.starts_with("kfd") && !name.starts_with("kfp")) continue;
-            const pid_t pid = std::atoi(name.c_str() + 3);
-            if (pid > 0 && ::kill(pid, 0) != 0 && errno == ESRCH) run({ip_, "netns", "del", name});
-        }
-    }
-
-    Strings in(const std::string& ns, Strings argv) const {
-        Strings out{ip_, "netns", "exec", ns};
-        out.insert(out.end(), argv.begin(), argv.end());
-        return out;
-    }
-
-    std::string ip_;
-    std::string nft_;
-    std::string daemon_ns_;
-    std::string peer_ns_;
-    bool made_daemon_ = false;
-    bool made_peer_ = false;
-    std::string why_not_;
-};
 
 class FaultsTest : public ::testing::Test {
 protected:
@@ -168,8 +68,9 @@ protected:
     void start_daemon(SpawnOptions options = {}) {
         write_file(dir_.file("keepalived.toml"), config_.to_toml());
         options.stderr_path = dir_.file("keepalived.log");
-        daemon_.emplace(net_.in_daemon_ns({keepalived_path(), "--config",
-                                           dir_.file("keepalived.toml"), "--log-target", "stderr"}),
+        daemon_.emplace(net_.in(NetnsPair::Side::daemon,
+                                {keepalived_path(), "--config", dir_.file("keepalived.toml"),
+                                 "--log-target", "stderr"}),
                         options);
         if (!wait_until([&] { return !daemon_->running() || status().has_value(); }) ||
             !daemon_->running())
@@ -179,11 +80,11 @@ protected:
     void start_peer(const std::string& name) {
         SpawnOptions options;
         options.stderr_path = dir_.file(name + ".log");
-        peers_.emplace_back(
-            net_.in_peer_ns({peer_path(), "--server", kListen, "--name", name, "--interval",
-                             std::to_string(kInterval.count()) + "ms", "--probes",
-                             std::to_string(kProbes), "--log-target", "stderr"}),
-            options);
+        peers_.emplace_back(net_.in(NetnsPair::Side::other,
+                                    {peer_path(), "--server", kListen, "--name", name, "--interval",
+                                     std::to_string(kInterval.count()) + "ms", "--probes",
+                                     std::to_string(kProbes), "--log-target", "stderr"}),
+                            options);
     }
 
     std::string log() const { return daemon_ ? daemon_->stderr_text() : ""; }
@@ -256,7 +157,14 @@ protected:
                  " probes: " + (r ? r->peer.dump() : "(no row)") + "\nlog:\n" + log());
     }
 
-    NetnsPair net_;
+    // The daemon's namespace (kDaemonIp) and the peers' (kPeerIp); the nft
+    // table kaf is in the daemon's.
+    NetnsPair net_{{.daemon_prefix = "kfd",
+                    .other_prefix = "kfp",
+                    .daemon_ip = kDaemonIp,
+                    .other_ip = kPeerIp,
+                    .filtered = NetnsPair::Side::daemon,
+                    .table = "kaf"}};
     TempDir dir_;
     DaemonConfig config_;
     std::optional<Process> daemon_;

@@ -23,6 +23,7 @@
 
 #include "harness.hpp"
 #include "net/unique_fd.hpp"
+#include "netns_pair.hpp"
 
 namespace keepalive::test {
 namespace {
@@ -39,112 +40,15 @@ constexpr std::uint16_t kPort = 5432;  // inside the target's own namespace: can
     throw std::runtime_error(message);
 }
 
-// The path of a system tool (the harness runs programs by path); empty if none.
-std::string tool(const std::string& name) {
-    for (const char* dir : {"/usr/sbin/", "/sbin/", "/usr/bin/", "/bin/"})
-        if (::access((dir + name).c_str(), X_OK) == 0) return dir + name;
-    return "";
-}
-
-RunResult must(Strings argv) {
-    RunResult r = run(argv);
-    if (!r.status.exited_with(0)) {
-        std::string line;
-        for (const auto& a : argv) line += a + " ";
-        fail(line + "failed (" + r.status.to_string() + "): " + r.err);
-    }
-    return r;
-}
-
 double seconds_since(Clock::time_point t) {
     return duration<double>(Clock::now() - t).count();
 }
 
-// Two namespaces joined by a veth pair: the daemon's (10.231.0.1) and the
-// target's (10.231.0.2), each with its loopback up.
-class NetnsPair {
-public:
-    NetnsPair() {
-        static int serial = 0;
-        const std::string id = std::to_string(getpid()) + "x" + std::to_string(++serial);
-        daemon_ns_ = "kad" + id;
-        target_ns_ = "kat" + id;
-        ip_ = tool("ip");
-        nft_ = tool("nft");
-        if (ip_.empty() || nft_.empty()) {
-            why_not_ = "needs ip (iproute2) and nft (nftables)";
-            return;
-        }
-        const RunResult r = run({ip_, "netns", "add", daemon_ns_});
-        if (!r.status.exited_with(0)) {
-            why_not_ = "cannot create a network namespace: " + r.err;
-            return;
-        }
-        made_daemon_ = true;
-        must({ip_, "netns", "add", target_ns_});
-        made_target_ = true;
-        must({ip_, "link", "add", "a" + id, "netns", daemon_ns_, "type", "veth", "peer", "name",
-              "t" + id, "netns", target_ns_});
-        must({ip_, "-n", daemon_ns_, "link", "set", "lo", "up"});
-        must({ip_, "-n", target_ns_, "link", "set", "lo", "up"});
-        must({ip_, "-n", daemon_ns_, "addr", "add", std::string(kDaemonIp) + "/24", "dev",
-              "a" + id});
-        must({ip_, "-n", target_ns_, "addr", "add", std::string(kTargetIp) + "/24", "dev",
-              "t" + id});
-        must({ip_, "-n", daemon_ns_, "link", "set", "a" + id, "up"});
-        must({ip_, "-n", target_ns_, "link", "set", "t" + id, "up"});
-        // The target's filter: rules are added to and flushed from these chains.
-        nft_target("add table ip ka");
-        nft_target("add chain ip ka in { type filter hook input priority 0; }");
-        nft_target("add chain ip ka out { type filter hook output priority 0; }");
-    }
-    ~NetnsPair() {
-        // Deleting a namespace deletes its end of the veth pair, and with it the other end.
-        if (made_daemon_) run({ip_, "netns", "del", daemon_ns_});
-        if (made_target_) run({ip_, "netns", "del", target_ns_});
-    }
-    NetnsPair(const NetnsPair&) = delete;
-    NetnsPair& operator=(const NetnsPair&) = delete;
-
-    bool ok() const { return why_not_.empty(); }
-    const std::string& why_not() const { return why_not_; }
-    const std::string& daemon_ns() const { return daemon_ns_; }
-    const std::string& ip() const { return ip_; }
-    const std::string& target_ns() const { return target_ns_; }
-
-    void nft_target(const std::string& command) {
-        must({ip_, "netns", "exec", target_ns_, nft_, command});
-    }
-    void clear_rules() {
-        nft_target("flush chain ip ka in");
-        nft_target("flush chain ip ka out");
-    }
-
-    // A TCP socket created in the target's namespace (this thread visits it).
-    UniqueFd target_socket() {
-        UniqueFd here(::open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC));
-        UniqueFd there(::open(("/run/netns/" + target_ns_).c_str(), O_RDONLY | O_CLOEXEC));
-        if (!here || !there || ::setns(there.get(), CLONE_NEWNET) != 0)
-            fail(std::string("cannot enter the target namespace: ") + std::strerror(errno));
-        UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-        if (::setns(here.get(), CLONE_NEWNET) != 0) std::abort();  // would poison every test
-        return fd;
-    }
-
-private:
-    std::string ip_;
-    std::string nft_;
-    std::string daemon_ns_;
-    std::string target_ns_;
-    bool made_daemon_ = false;
-    bool made_target_ = false;
-    std::string why_not_;
-};
-
 // The service: a listener on kTargetIp:kPort in the target's namespace.
 class Service {
 public:
-    explicit Service(NetnsPair& net) : listener_(net.target_socket()) {
+    explicit Service(NetnsPair& net)
+        : listener_(net.socket_in(NetnsPair::Side::other, SOCK_STREAM)) {
         const int one = 1;
         ::setsockopt(listener_.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
         sockaddr_in sin{};
@@ -216,10 +120,10 @@ protected:
         write_config(targets, peers_extra);
         SpawnOptions options;
         options.stderr_path = dir_.file("keepalived.log");
-        daemon_.emplace(
-            Strings{net_.ip(), "netns", "exec", net_.daemon_ns(), keepalived_path(), "--config",
-                    dir_.file("keepalived.toml"), "--log-target", log_target},
-            options);
+        daemon_.emplace(net_.in(NetnsPair::Side::daemon,
+                                Strings{keepalived_path(), "--config", dir_.file("keepalived.toml"),
+                                        "--log-target", log_target}),
+                        options);
         if (!wait_until([&] { return !daemon_->running() || target_rows().has_value(); }))
             fail("keepalived did not come up:\n" + log());
     }
@@ -266,7 +170,14 @@ protected:
         return n;
     }
 
-    NetnsPair net_;
+    // The daemon's namespace (kDaemonIp) and the target's (kTargetIp); the
+    // nft table ka is in the target's.
+    NetnsPair net_{{.daemon_prefix = "kad",
+                    .other_prefix = "kat",
+                    .daemon_ip = kDaemonIp,
+                    .other_ip = kTargetIp,
+                    .filtered = NetnsPair::Side::other,
+                    .table = "ka"}};
     TempDir dir_;
     DaemonConfig config_;
     std::optional<Process> daemon_;
@@ -294,7 +205,7 @@ TEST_F(TargetsTest, StaysUpThroughIdlePeriodsThenSilenceIsDownInTime) {
 
     // The rule takes effect somewhere between these two instants.
     const auto before_drop = Clock::now();
-    net_.nft_target("add rule ip ka in tcp dport " + std::to_string(kPort) + " drop");
+    net_.nft("add rule ip ka in tcp dport " + std::to_string(kPort) + " drop");
     const auto after_drop = Clock::now();
     const auto down = wait_for("db1", "down", "no answer to keepalive probes");
     // The last answer came less than one idle period before the drop, so the
@@ -328,8 +239,8 @@ TEST_F(TargetsTest, ResetAnsweringAProbeIsRestarted) {
     service.accept_one();
     wait_for("db1", "up");
 
-    net_.nft_target("add rule ip ka out tcp sport " + std::to_string(kPort) +
-                    " tcp flags & (fin | rst) != 0 drop");
+    net_.nft("add rule ip ka out tcp sport " + std::to_string(kPort) +
+             " tcp flags & (fin | rst) != 0 drop");
     service.abort_connection();
     net_.clear_rules();
     const auto crashed = Clock::now();
@@ -374,8 +285,8 @@ TEST_F(TargetsTest, OrderlyCloseIsLeftThenRefusedIsDown) {
 // unreachable.
 TEST_F(TargetsTest, IcmpHostUnreachableIsDownUnreachable) {
     Service service(net_);
-    net_.nft_target("add rule ip ka in tcp dport " + std::to_string(kPort) +
-                    " reject with icmp type host-unreachable");
+    net_.nft("add rule ip ka in tcp dport " + std::to_string(kPort) +
+             " reject with icmp type host-unreachable");
     const auto started = Clock::now();
     start_daemon({TargetSpec{}});
     wait_for("db1", "down", "unreachable");
@@ -389,8 +300,8 @@ TEST_F(TargetsTest, IcmpHostUnreachableIsDownUnreachable) {
     // Once connected, Linux ignores ICMP errors that quote a keepalive probe
     // (its sequence number is below the window): the probes go unanswered,
     // and the reconnect that follows tells "unreachable".
-    net_.nft_target("add rule ip ka in tcp dport " + std::to_string(kPort) +
-                    " reject with icmp type host-unreachable");
+    net_.nft("add rule ip ka in tcp dport " + std::to_string(kPort) +
+             " reject with icmp type host-unreachable");
     wait_for("db1", "down", "no answer to keepalive probes");
     wait_for("db1", "down", "unreachable", 40s);
 }
@@ -501,11 +412,11 @@ protected:
     Process& start_agent(const std::string& name, const std::string& interval, int probes) {
         SpawnOptions options;
         options.stderr_path = dir_.file("peer-" + name + ".log");
-        agent_.emplace(
-            Strings{net_.ip(), "netns", "exec", net_.target_ns(), peer_path(), "--server",
-                    std::string(kDaemonIp) + ":7371", "--name", name, "--interval", interval,
-                    "--probes", std::to_string(probes), "--log-target", "stderr"},
-            options);
+        agent_.emplace(net_.in(NetnsPair::Side::other,
+                               Strings{peer_path(), "--server", std::string(kDaemonIp) + ":7371",
+                                       "--name", name, "--interval", interval, "--probes",
+                                       std::to_string(probes), "--log-target", "stderr"}),
+                       options);
         wait_for_peer(name, "up");
         // Past probation: a session that never answered is forgotten when it goes down.
         if (!wait_until([&] {
@@ -575,7 +486,7 @@ TEST_F(IcmpTest, FastDownOnIcmpDeclaresDownAtOnce) {
 TEST_F(IcmpTest, HostUnreachableIsTheReason) {
     start_daemon({});
     start_agent("agent3", "200ms", 3);
-    net_.nft_target("add rule ip ka in udp sport 7371 reject with icmp type host-unreachable");
+    net_.nft("add rule ip ka in udp sport 7371 reject with icmp type host-unreachable");
     wait_for_peer("agent3", "down");
     EXPECT_EQ(peer("agent3").at("last_error"),
               "unreachable (ICMP host unreachable from 10.231.0.2)");
@@ -589,10 +500,10 @@ TEST_F(IcmpTest, RegisterForATargetsNameIsRejected) {
     wait_for("db1", "up");
     SpawnOptions options;
     options.stderr_path = dir_.file("peer-db1.log");
-    Process impostor(
-        Strings{net_.ip(), "netns", "exec", net_.target_ns(), peer_path(), "--server",
-                std::string(kDaemonIp) + ":7371", "--name", "db1", "--log-target", "stderr"},
-        options);
+    Process impostor(net_.in(NetnsPair::Side::other,
+                             Strings{peer_path(), "--server", std::string(kDaemonIp) + ":7371",
+                                     "--name", "db1", "--log-target", "stderr"}),
+                     options);
     ASSERT_TRUE(wait_until([&] {
         return impostor.stderr_text().find("rejected the registration: not permitted") !=
                std::string::npos;
