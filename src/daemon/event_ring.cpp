@@ -2,42 +2,71 @@
 
 #include <fmt/format.h>
 
-#include "daemon/event_text.hpp"
+#include <algorithm>
+#include <cstring>
 
 namespace keepalive {
+
+EventName::EventName(std::string_view name) {
+    std::copy_n(name.begin(), std::min(name.size(), kMaxSize), bytes_.begin());
+}
+
+// A name has no NUL: the first one ends it.
+std::string_view EventName::view() const {
+    return {bytes_.data(), ::strnlen(bytes_.data(), kMaxSize)};
+}
+
+std::string_view EventRecord::state_text() const {
+    return kind == EventKind::forgotten ? "forgotten" : to_string(state);
+}
+
+std::string_view EventRecord::previous_state_text() const {
+    return previous ? to_string(*previous) : std::string_view();
+}
+
+std::string EventRecord::session_text() const {
+    return fmt::format("{:08x}", session);
+}
 
 nlohmann::json EventRecord::to_json() const {
     return {
         {"seq", seq},
         {"time", time},
         {"event", to_string(kind)},
-        {"name", name},
-        {"address", address},
-        {"state", state},
-        {"previous_state", previous_state},
-        {"session", fmt::format("{:08x}", session)},
-        {"reason", reason},
+        {"name", name.view()},
+        {"address", address.to_string()},
+        {"state", state_text()},
+        {"previous_state", previous_state_text()},
+        {"session", session_text()},
+        {"reason", reason.text()},
     };
 }
 
+EventRing::EventRing(std::size_t capacity) : capacity_(std::max<std::size_t>(capacity, 1)) {
+    // Reserved, not made: a large reservation is fresh pages from the kernel,
+    // resident only as records fill them.
+    ring_.reserve(capacity_);
+}
+
 const EventRecord& EventRing::push(const PeerEvent& event, double wall_time) {
-    if (ring_.size() >= capacity_ && !ring_.empty()) ring_.pop_front();
-    EventRecord& r = ring_.emplace_back();
-    r.seq = next_seq_++;
-    r.kind = event.kind;
-    r.name = event.peer.name;
-    r.address = event.peer.address.to_string();
-    r.state = event.kind == EventKind::forgotten ? "forgotten" : to_string(event.peer.state);
-    r.previous_state = event.previous ? std::string(to_string(*event.previous)) : std::string();
-    r.session = event.peer.session;
-    r.reason = event_reason(event);
+    const std::uint64_t seq = next_seq_++;
+    if (ring_.size() < capacity_) ring_.emplace_back();
+    EventRecord& r = ring_[index(seq)];
+    r.seq = seq;
     r.time = wall_time;
+    r.reason = EventReason::of(event);
+    r.address = event.peer.address;
+    r.session = event.peer.session;
+    r.kind = event.kind;
+    r.state = event.peer.state;
+    r.previous = event.previous;
+    r.name = EventName(event.peer.name.view());
     return r;
 }
 
 const EventRecord* EventRing::find(std::uint64_t seq) const {
     if (seq < oldest_seq() || seq >= next_seq_) return nullptr;
-    return &ring_[static_cast<std::size_t>(seq - oldest_seq())];
+    return &ring_[index(seq)];
 }
 
 }  // namespace keepalive

@@ -4,28 +4,54 @@
 // after a short disconnect.
 #pragma once
 
+#include <array>
 #include <cstdint>
-#include <deque>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "core/peer.hpp"
+#include "daemon/event_text.hpp"
 
 namespace keepalive {
 
-// One event as it is streamed, hooked and journalled; keys of to_json()
-// match the journal fields (PEER_NAME -> name, ...).
+// A peer's name held inline (1 to 64 bytes of A-Z a-z 0-9 . _ - : @, the
+// KAP/1 name rule, which targets and legacy peers follow too), padded with
+// NULs: a copy that outlives the peer, in 64 bytes.
+class EventName {
+public:
+    static constexpr std::size_t kMaxSize = 64;
+
+    EventName() = default;
+    // Keeps the first kMaxSize bytes; no valid name is longer.
+    explicit EventName(std::string_view name);
+    std::string_view view() const;
+
+private:
+    std::array<char, kMaxSize> bytes_{};
+};
+
+// One event as it is streamed, hooked and journalled, held typed (the ring
+// keeps 10 000): the words are made when it is read. Keys of to_json() match
+// the journal fields (PEER_NAME -> name, ...).
 struct EventRecord {
     std::uint64_t seq = 0;
-    EventKind kind = EventKind::registered;
-    std::string name;
-    std::string address;
-    std::string state;           // after the event; "forgotten" for a forgotten peer
-    std::string previous_state;  // empty for a new registration
-    std::uint32_t session = 0;
-    std::string reason;
     double time = 0;  // wall clock, seconds since the epoch
+    EventReason reason;
+    Address address;
+    std::uint32_t session = 0;
+    EventKind kind = EventKind::registered;
+    PeerState state = PeerState::up;    // after the event
+    std::optional<PeerState> previous;  // none for a new registration
+    EventName name;
+
+    // "up", ...; "forgotten" for a forgotten peer.
+    std::string_view state_text() const;
+    // "" for a new registration.
+    std::string_view previous_state_text() const;
+    std::string session_text() const;  // "0000abcd"
 
     nlohmann::json to_json() const;
 };
@@ -34,9 +60,10 @@ class EventRing {
 public:
     static constexpr std::size_t kDefaultCapacity = 10'000;
 
-    explicit EventRing(std::size_t capacity = kDefaultCapacity) : capacity_(capacity) {}
+    // Reserves room for `capacity` records (at least one), touched only as they come.
+    explicit EventRing(std::size_t capacity = kDefaultCapacity);
 
-    // Numbers and keeps the event (dropping the oldest when full); returns it.
+    // Numbers and keeps the event (in place of the oldest when full); returns it.
     const EventRecord& push(const PeerEvent& event, double wall_time);
 
     // The seq the next event will get; the last one given is next_seq() - 1.
@@ -47,9 +74,12 @@ public:
     const EventRecord* find(std::uint64_t seq) const;
 
 private:
+    // Where the record of this seq is (or will be) held.
+    std::size_t index(std::uint64_t seq) const { return (seq - 1) % capacity_; }
+
     std::size_t capacity_;
     std::uint64_t next_seq_ = 1;
-    std::deque<EventRecord> ring_;
+    std::vector<EventRecord> ring_;  // filled up to capacity_, then overwritten in seq order
 };
 
 }  // namespace keepalive

@@ -109,43 +109,68 @@ std::string_view fixed_reason(EventCause cause) {
     return "";
 }
 
-std::string event_reason(const PeerEvent& e) {
+EventReason EventReason::of(const PeerEvent& e) {
+    EventReason r;
+    r.cause = e.cause;
+    r.duration = e.duration;
+    r.rtt = e.health.rtt;
+    r.count = e.count;
+    r.lost = e.health.lost;
+    r.window = e.health.window;
+    r.forgotten_in = e.previous ? *e.previous : e.peer.state;
+    r.probes_before = e.probes_before;
+    r.loss_over = e.health.loss_over;
+    r.rtt_over = e.health.rtt_over;
+    if (e.previous_address || e.error || !e.detail.empty())
+        r.rare.make() = Rare{e.previous_address, e.error, std::string(e.detail)};
+    return r;
+}
+
+std::string EventReason::text() const {
     const auto address = [&] {
-        return e.previous_address ? e.previous_address->to_string() : std::string("?");
+        return rare && rare->previous_address ? rare->previous_address->to_string()
+                                              : std::string("?");
     };
-    switch (e.cause) {
+    const NetworkError* error = rare && rare->error ? &*rare->error : nullptr;
+    const HealthFigures health{
+        .lost = lost, .window = window, .rtt = rtt, .loss_over = loss_over, .rtt_over = rtt_over};
+    switch (cause) {
         case EventCause::grant_changed:
             return fmt::format("registered again (was {} ms x {})",
-                               duration_cast<milliseconds>(e.duration).count(), e.probes_before);
+                               duration_cast<milliseconds>(duration).count(), probes_before);
         case EventCause::taken_over:
             return fmt::format("taken over from {} by a new incarnation", address());
         case EventCause::moved:
             return "moved from " + address();
         case EventCause::damping_ended:
-            return "ack received; damping ended after answering for " + format_duration(e.duration);
+            return "ack received; damping ended after answering for " + format_duration(duration);
         case EventCause::recovered:
-            return "recovered: " + health_text(e.health);
+            return "recovered: " + health_text(health);
         case EventCause::degraded:
-            return degraded_text(e.health);
+            return degraded_text(health);
         case EventCause::damped:
             return fmt::format(
-                "damped: back {} times within {}; held down until it has answered for {}", e.count,
-                format_duration(e.duration), format_duration(e.duration));
+                "damped: back {} times within {}; held down until it has answered for {}", count,
+                format_duration(duration), format_duration(duration));
         case EventCause::unanswered:
-            return fmt::format("{} probe{} unanswered", e.count, e.count == 1 ? "" : "s");
+            return fmt::format("{} probe{} unanswered", count, count == 1 ? "" : "s");
         case EventCause::detection_expired:
-            if (e.error) return "detection time expired: " + network_error_text(*e.error);
+            if (error) return "detection time expired: " + network_error_text(*error);
             return "detection time expired";
         case EventCause::icmp_refused:
-            return network_error_text(e.error.value_or(NetworkError{.error = ECONNREFUSED}));
+            return network_error_text(error ? *error : NetworkError{.error = ECONNREFUSED});
         case EventCause::forgotten:
-            return fmt::format("forgotten after {} {}", format_duration(e.duration),
-                               e.previous ? to_string(*e.previous) : to_string(e.peer.state));
+            return fmt::format("forgotten after {} {}", format_duration(duration),
+                               to_string(forgotten_in));
         case EventCause::configuration_changed:
-            return fmt::format("configuration changed, was {}", e.detail);
+            return fmt::format("configuration changed, was {}", rare ? rare->detail : "");
         default:
-            return std::string(fixed_reason(e.cause));
+            return std::string(fixed_reason(cause));
     }
+}
+
+std::string event_reason(const PeerEvent& e) {
+    return EventReason::of(e).text();
 }
 
 std::string describe(const PeerEvent& e) {

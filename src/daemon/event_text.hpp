@@ -8,13 +8,43 @@
 
 #include <string>
 
+#include "core/boxed.hpp"
 #include "core/peer.hpp"
 #include "core/peer_table.hpp"
 
 namespace keepalive {
 
+// An event's cause and the figures its words need (see PeerEvent), held by
+// value so that the event ring keeps these instead of the words: 48 bytes and
+// no allocation, but for the few causes that carry an address, a network
+// error or a target's old configuration.
+struct EventReason {
+    struct Rare {
+        std::optional<Address> previous_address;  // taken_over, moved
+        std::optional<NetworkError> error;        // detection_expired (if any), icmp_refused
+        std::string detail;                       // configuration_changed
+    };
+
+    Duration duration{};      // grant_changed, damping_ended, damped, forgotten
+    OptionalDuration rtt;     // recovered, degraded
+    Boxed<Rare> rare;         // none unless one of its parts is set
+    std::uint32_t count = 0;  // unanswered, damped
+    std::uint32_t lost = 0;   // recovered, degraded: the loss window
+    std::uint32_t window = 0;
+    EventCause cause = EventCause::registered;
+    PeerState forgotten_in = PeerState::up;  // forgotten: the state it was in
+    std::uint8_t probes_before = 0;          // grant_changed
+    bool loss_over = false;                  // degraded
+    bool rtt_over = false;
+
+    static EventReason of(const PeerEvent& event);
+    // The words, e.g. "detection time expired" or "3 probes unanswered".
+    std::string text() const;
+};
+
 // Why the event happened, e.g. "detection time expired" or "3 probes
-// unanswered" (PEER_REASON, KEEPALIVE_REASON, the event's "reason").
+// unanswered" (PEER_REASON, KEEPALIVE_REASON, the event's "reason"):
+// EventReason::of(event).text().
 std::string event_reason(const PeerEvent& event);
 // The reason of a cause that needs no figures (the TCP targets' causes), e.g.
 // "connection refused"; "" for the others.

@@ -33,14 +33,17 @@ std::vector<std::string> environment(const EventRecord& e) {
     std::vector<std::string> env;
     for (char** p = environ; p != nullptr && *p != nullptr; ++p)
         if (inherited(*p)) env.emplace_back(*p);
-    env.push_back("KEEPALIVE_PEER_NAME=" + e.name);
-    env.push_back("KEEPALIVE_PEER_STATE=" + e.state);
-    env.push_back("KEEPALIVE_PEER_PREVIOUS_STATE=" + e.previous_state);
-    env.push_back("KEEPALIVE_PEER_ADDRESS=" + e.address);
-    env.push_back("KEEPALIVE_PEER_SESSION=" + e.to_json().at("session").get<std::string>());
-    env.push_back("KEEPALIVE_EVENT=" + std::string(to_string(e.kind)));
-    env.push_back("KEEPALIVE_EVENT_SEQ=" + std::to_string(e.seq));
-    env.push_back("KEEPALIVE_REASON=" + e.reason);
+    const auto add = [&](std::string_view key, std::string_view value) {
+        env.push_back(fmt::format("KEEPALIVE_{}={}", key, value));
+    };
+    add("PEER_NAME", e.name.view());
+    add("PEER_STATE", e.state_text());
+    add("PEER_PREVIOUS_STATE", e.previous_state_text());
+    add("PEER_ADDRESS", e.address.to_string());
+    add("PEER_SESSION", e.session_text());
+    add("EVENT", to_string(e.kind));
+    add("EVENT_SEQ", std::to_string(e.seq));
+    add("REASON", e.reason.text());
     return env;
 }
 
@@ -71,7 +74,7 @@ std::string one_line(std::string_view text) {
 
 bool hook_matches(const HookConfig& hook, const EventRecord& e) {
     return hook.states.empty() ||
-           std::find(hook.states.begin(), hook.states.end(), e.state) != hook.states.end();
+           std::find(hook.states.begin(), hook.states.end(), e.state_text()) != hook.states.end();
 }
 
 HookRunner::HookRunner(EventLoop& loop, Logger& log) : loop_(loop), log_(log) {
@@ -97,9 +100,10 @@ void HookRunner::on_event(const EventRecord& event) {
                           pending_, dropped_);
             continue;
         }
-        auto& queue = queues_[event.name];
+        const std::string name(event.name.view());
+        auto& queue = queues_[name];
         // A peer is in ready_ exactly when it has queued jobs and none running.
-        if (queue.empty() && !busy_[event.name]) ready_.push_back(event.name);
+        if (queue.empty() && !busy_[name]) ready_.push_back(name);
         queue.push_back(Job{hook, event});
         ++pending_;
     }
@@ -130,8 +134,8 @@ void HookRunner::pump() {
 bool HookRunner::start(Job job) {
     const std::string& path = job.hook.exec.front();
     const auto failed = [&](const char* what, int error) {
-        log_.logf(LOG_WARNING, "hook {} for peer {} (event {}): {}: {}", path, job.event.name,
-                  job.event.seq, what, std::strerror(error));
+        log_.logf(LOG_WARNING, "hook {} for peer {} (event {}): {}: {}", path,
+                  job.event.name.view(), job.event.seq, what, std::strerror(error));
         return false;
     };
     int pipe_fds[2];
@@ -243,11 +247,11 @@ void HookRunner::on_exit(int pidfd) {
               (sig ? "SIG" + std::string(sig) : std::to_string(info.si_status));
     }
     std::string message = fmt::format("hook {} for peer {} (event {}, {}) {}", r.job.hook.exec[0],
-                                      e.name, e.seq, e.state, how);
+                                      e.name.view(), e.seq, e.state_text(), how);
     if (!r.stderr_text.empty()) message += ": " + one_line(r.stderr_text);
     log_.log(priority, message);
 
-    const std::string name = e.name;
+    const std::string name(e.name.view());
     running_.erase(it);
     auto q = queues_.find(name);
     if (q != queues_.end() && !q->second.empty()) {
