@@ -61,6 +61,14 @@ TimePoint step_at_or_after(TimePoint t) {
     return t.time_since_epoch() % kWheelStep == Duration::zero() ? t : step_after(t);
 }
 
+// CLOCK_MONOTONIC, whatever clock the daemon was given: what a step took in
+// real time, waits for the disk included.
+Duration wall_time() {
+    timespec ts{};
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec);
+}
+
 Duration thread_cpu_time() {
     timespec ts{};
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
@@ -308,6 +316,7 @@ void Daemon::state_changed() {
 
 bool Daemon::save_state(bool final) {
     const TimePoint now = loop_.now();
+    const Duration started = wall_time();
     const bool saved = state_.save(
         core_.snapshot(now,
                        [this](std::uint32_t id) {
@@ -315,6 +324,8 @@ bool Daemon::save_state(bool final) {
                            return it == listeners_.end() ? Address{} : it->second.socket.local();
                        }),
         now);
+    save_stats_.record_step(wall_time() - started);
+    save_stats_.finished(core_.peers().size(), wall_time() - started, saved);
     if (!final)
         loop_.arm_timer(state_timer_,
                         now + std::min<Duration>(kStateRefresh, config_.peers.forget_after / 2));
@@ -832,6 +843,16 @@ nlohmann::json Daemon::status() const {
     for (std::size_t k = 0; k < kEventKindCount; ++k)
         events[std::string(to_string(static_cast<EventKind>(k)))] = event_counts_[k];
     d["control_refused_no_fd"] = control_ ? control_->refused_no_fd() : 0;
+    // The saved peer table: how long saving it held the loop (wall time, the
+    // disk's waits included).
+    d["state"] = {
+        {"saves", save_stats_.saves},
+        {"save_failures", save_stats_.failures},
+        {"last_save_peers", save_stats_.last_peers},
+        {"last_save_ms", duration_cast<milliseconds>(save_stats_.last_duration).count()},
+        {"last_save_steps", save_stats_.last_steps},
+        {"longest_save_step_us", duration_cast<microseconds>(save_stats_.longest_step).count()},
+    };
     d["loop"] = {
         {"iterations", stats_.iterations},
         {"longest_iteration_us", duration_cast<microseconds>(stats_.longest).count()},
@@ -845,6 +866,18 @@ nlohmann::json Daemon::status() const {
         {"suspended_us", duration_cast<microseconds>(sleep_.total()).count()},
     };
     return j;
+}
+
+void Daemon::SaveStats::record_step(Duration wall) {
+    longest_step = std::max(longest_step, wall);
+    ++steps;
+}
+
+void Daemon::SaveStats::finished(std::size_t peers, Duration wall, bool saved) {
+    ++(saved ? saves : failures);
+    last_peers = peers;
+    last_duration = wall;
+    last_steps = std::exchange(steps, 0);
 }
 
 // CPU time, not wall time: what the loop itself spent, whatever else the

@@ -169,6 +169,19 @@ private:
         void record(Duration busy);
     };
     LoopStats stats_;
+    // Saves of the peer table (periodic and final), for status.
+    struct SaveStats {
+        std::uint64_t saves = 0;
+        std::uint64_t failures = 0;  // no copy written
+        std::size_t last_peers = 0;
+        Duration last_duration{};  // wall time from the first step to the last
+        std::uint64_t last_steps = 0;
+        Duration longest_step{};  // wall time, the disk's waits included
+        std::uint64_t steps = 0;  // of the save in progress
+        void record_step(Duration wall);
+        void finished(std::size_t peers, Duration wall, bool saved);
+    };
+    SaveStats save_stats_;
     EventLoop::TimerId watchdog_timer_;
     EventLoop::TimerId metrics_timer_;
     Duration last_lag_{};            // how late wheel_timer_ ran last time
