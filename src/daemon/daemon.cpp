@@ -176,7 +176,8 @@ Daemon::Daemon(Config config, Logger& log, const ClockSource& clock, RandomSourc
     adopt_passed_fds();
     if (auto r = reconcile_listeners(endpoints(config_)); !r) throw std::runtime_error(r.error());
     if (listeners_.empty()) throw std::runtime_error("no address to listen on");
-    state_timer_ = loop_.add_timer([this] { save_state(false); });
+    state_timer_ = loop_.add_timer([this] { begin_periodic_save(); });
+    save_step_timer_ = loop_.add_timer([this] { save_step(); });
     restore_state();
     hooks_ = std::make_unique<HookRunner>(loop_, log_);
     hooks_->configure(config_.hooks);
@@ -314,22 +315,80 @@ void Daemon::state_changed() {
     if (!armed || *armed > soon) loop_.arm_timer(state_timer_, soon);
 }
 
-bool Daemon::save_state(bool final) {
+Address Daemon::listener_address(std::uint32_t id) const {
+    const auto it = listeners_.find(id);
+    return it == listeners_.end() ? Address{} : it->second.socket.local();
+}
+
+// Whole, in this iteration: the loop is ending, and the copy must be complete
+// before BYE 8 promises the peers a takeover. A periodic save in progress is
+// abandoned for it.
+bool Daemon::save_final() {
     const TimePoint now = loop_.now();
+    loop_.arm_timer(save_step_timer_, std::nullopt);
     const Duration started = wall_time();
     const bool saved = state_.save(
-        core_.snapshot(now,
-                       [this](std::uint32_t id) {
-                           const auto it = listeners_.find(id);
-                           return it == listeners_.end() ? Address{} : it->second.socket.local();
-                       }),
-        now);
+        core_.snapshot(now, [this](std::uint32_t id) { return listener_address(id); }), now);
     save_stats_.record_step(wall_time() - started);
     save_stats_.finished(core_.peers().size(), wall_time() - started, saved);
-    if (!final)
-        loop_.arm_timer(state_timer_,
-                        now + std::min<Duration>(kStateRefresh, config_.peers.forget_after / 2));
     return saved;
+}
+
+void Daemon::begin_periodic_save() {
+    if (stopping_) return;
+    if (state_.saving()) {  // due again before the last one ended: once it has
+        save_again_ = true;
+        return;
+    }
+    const TimePoint now = loop_.now();
+    if (!state_.begin_save(core_.epoch(), now)) {
+        save_stats_.finished(0, Duration::zero(), false);
+        arm_next_save(now);
+        return;
+    }
+    save_cursor_ = 0;
+    save_as_of_ = now;
+    save_started_ = wall_time();
+    loop_.arm_timer(save_step_timer_, now);
+}
+
+// kSavePeersPerStep peers per iteration, whatever the table's size: the next
+// step runs on the next iteration, after whatever the sockets have brought.
+void Daemon::save_step() {
+    if (!state_.saving() || stopping_) return;
+    const TimePoint now = loop_.now();
+    const Duration started = wall_time();
+    save_cursor_ = core_.peers().for_each_from(
+        save_cursor_, kSavePeersPerStep, [this](PeerTable::Slot, const Peer& p) {
+            to_record(p, save_as_of_, listener_address(p.route->socket), save_record_);
+            state_.add(save_record_);
+        });
+    if (save_cursor_ != PeerTable::kNone) {
+        state_.write_piece(now);
+        save_stats_.record_step(wall_time() - started);
+        if (state_.saving()) {
+            loop_.arm_timer(save_step_timer_, now);
+            return;
+        }
+        save_stats_.finished(0, wall_time() - save_started_, false);  // every copy failed
+    } else {
+        const bool saved = state_.finish_save(now);
+        save_stats_.record_step(wall_time() - started);
+        save_stats_.finished(state_.records(), wall_time() - save_started_, saved);
+    }
+    arm_next_save(now);
+}
+
+// Soon if a save fell due while this one ran (what changed meanwhile may be
+// missing from it), else at the refresh period; never later than a save
+// state_changed() asked for.
+void Daemon::arm_next_save(TimePoint now) {
+    TimePoint next =
+        now + (save_again_ ? kStateSaveDelay
+                           : std::min<Duration>(kStateRefresh, config_.peers.forget_after / 2));
+    if (const auto armed = loop_.timer_deadline(state_timer_)) next = std::min(next, *armed);
+    loop_.arm_timer(state_timer_, next);
+    save_again_ = false;
 }
 
 void Daemon::keep_in_fd_store(Listener& listener) {
@@ -705,7 +764,7 @@ void Daemon::stop(bool for_good) {
     notify("STOPPING=1");
     // BYE 8 is a promise that the next process takes the sessions over: only
     // when they are saved.
-    if (state_.enabled() && !for_good && save_state(true)) {
+    if (state_.enabled() && !for_good && save_final()) {
         log_.log(LOG_INFO,
                  "stopping: peer table saved; telling every peer we will be back (BYE 8)");
         core_.shutdown(kap::Diag::restarting);
@@ -846,6 +905,7 @@ nlohmann::json Daemon::status() const {
     // The saved peer table: how long saving it held the loop (wall time, the
     // disk's waits included).
     d["state"] = {
+        {"saving", state_.saving()},
         {"saves", save_stats_.saves},
         {"save_failures", save_stats_.failures},
         {"last_save_peers", save_stats_.last_peers},
