@@ -95,7 +95,9 @@ protected:
 
     // The saved table a previous process left: `up` peers up, then `left`
     // peers that left long enough ago to be forgotten `forgotten_in` after start.
-    void seed(std::size_t up, std::size_t left = 0, Duration forgotten_in = 2500ms) {
+    // (`steady`: the state of the first ones; left peers are never probed.)
+    void seed(std::size_t up, std::size_t left = 0, Duration forgotten_in = 2500ms,
+              PeerState steady = PeerState::up) {
         ServerSnapshot s;
         s.epoch = 42;
         const SaveStamp now = save_stamp_now();
@@ -121,7 +123,7 @@ protected:
                                .acks_received = 5,
                                .rtt = std::nullopt});
         };
-        for (std::size_t i = 0; i < up; ++i) record(fmt::format("p-{}", i), PeerState::up, 1s);
+        for (std::size_t i = 0; i < up; ++i) record(fmt::format("p-{}", i), steady, 1s);
         for (std::size_t i = 0; i < left; ++i)
             record(fmt::format("gone-{}", i), PeerState::left, 10min - forgotten_in);
         write_file(state, encode_snapshot(s));
@@ -160,41 +162,46 @@ protected:
         EXPECT_FALSE(saving());
         return steps;
     }
-    // A KAP/1 agent played by the test on `fd`: registers through CHALLENGE
-    // and ACCEPT, the daemon stepped meanwhile (and its save with it).
-    void register_peer(const UniqueFd& fd, const std::string& name) {
-        const auto send = [&](const kap::Message& m) {
-            const Bytes bytes = encode(m);
-            sockaddr_in to{};
-            to.sin_family = AF_INET;
-            to.sin_port = htons(port);
-            to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-            ASSERT_EQ(::sendto(fd.get(), bytes.data(), bytes.size(), 0,
-                               reinterpret_cast<const sockaddr*>(&to), sizeof to),
-                      static_cast<ssize_t>(bytes.size()));
-        };
-        const auto await = [&]() -> std::optional<kap::Message> {
-            for (int i = 0; i < 1000; ++i) {
-                std::uint8_t buf[2048];
-                const ssize_t n = ::recv(fd.get(), buf, sizeof buf, 0);
-                if (n > 0)
-                    if (auto m = kap::decode(
-                            std::span<const std::uint8_t>(buf, static_cast<std::size_t>(n))))
-                        return *m;
-                // From 1 000 peers on, the daemon reads on its wheel's grid.
-                clock.advance(1ms);
-                step();
-            }
-            return std::nullopt;
-        };
+    // A KAP/1 agent played by the test on `fd`, registering in two halves:
+    // REGISTER, answered with a CHALLENGE (its cookie stays valid for 60 s),
+    // then the REGISTER with that cookie, answered with ACCEPT. The daemon is
+    // stepped meanwhile (and its save with it).
+    void send_to_daemon(const UniqueFd& fd, const kap::Message& m) {
+        const Bytes bytes = encode(m);
+        sockaddr_in to{};
+        to.sin_family = AF_INET;
+        to.sin_port = htons(port);
+        to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        ASSERT_EQ(::sendto(fd.get(), bytes.data(), bytes.size(), 0,
+                           reinterpret_cast<const sockaddr*>(&to), sizeof to),
+                  static_cast<ssize_t>(bytes.size()));
+    }
+    std::optional<kap::Message> await(const UniqueFd& fd) {
+        for (int i = 0; i < 1000; ++i) {
+            std::uint8_t buf[2048];
+            const ssize_t n = ::recv(fd.get(), buf, sizeof buf, 0);
+            if (n > 0)
+                if (auto m =
+                        kap::decode(std::span<const std::uint8_t>(buf, static_cast<std::size_t>(n))))
+                    return *m;
+            // From 1 000 peers on, the daemon reads on its wheel's grid.
+            clock.advance(1ms);
+            step();
+        }
+        return std::nullopt;
+    }
+    kap::Register challenged(const UniqueFd& fd, const std::string& name) {
         kap::Register r{7, 0x5eed, 10'000, 3, {}, name};
-        send({.body = r});
-        const auto challenge = await();
-        ASSERT_TRUE(challenge.has_value());
-        ASSERT_EQ(kap::type_of(*challenge), kap::Type::challenge);
-        r.cookie = std::get<kap::Challenge>(challenge->body).cookie;
-        send({.body = r});
-        const auto accept = await();
+        send_to_daemon(fd, {.body = r});
+        const auto challenge = await(fd);
+        EXPECT_TRUE(challenge && kap::type_of(*challenge) == kap::Type::challenge);
+        if (challenge && kap::type_of(*challenge) == kap::Type::challenge)
+            r.cookie = std::get<kap::Challenge>(challenge->body).cookie;
+        return r;
+    }
+    void accepted(const UniqueFd& fd, const kap::Register& r) {
+        send_to_daemon(fd, {.body = r});
+        const auto accept = await(fd);
         ASSERT_TRUE(accept.has_value());
         ASSERT_EQ(kap::type_of(*accept), kap::Type::accept);
     }
@@ -262,35 +269,42 @@ TEST_F(StateSaveTest, ManyPeersAreSavedOverManyBoundedStepsAndLoadBack) {
 // once, no name is in it twice as alive, and the save that fell due meanwhile
 // follows and holds the newcomers.
 TEST_F(StateSaveTest, PeersThatComeAndGoMidSaveAreHandled) {
-    constexpr std::size_t kUp = 64 * Daemon::kSavePeersPerStep;
+    constexpr std::size_t kUp = 32 * Daemon::kSavePeersPerStep;
     constexpr std::size_t kGone = 300;
-    seed(kUp, kGone);  // the left peers last: the save reaches them last
+    // All left, so that no probe keeps the loop busy: the "p-" ones for
+    // another 10 minutes, the "gone-" ones (last: the save reaches them last)
+    // for 3 s.
+    seed(kUp, kGone, 3s, PeerState::left);
     ASSERT_NO_FATAL_FAILURE(start());
     ASSERT_EQ(daemon->status()["peers"], kUp + kGone);
+    // Two newcomers, one of them under the name of a peer about to be forgotten.
+    const UniqueFd fresh = loopback_socket(), again = loopback_socket();
+    const kap::Register fresh_register = challenged(fresh, "fresh");
+    const kap::Register again_register = challenged(again, "gone-0");
     ASSERT_NO_FATAL_FAILURE(begin_save());
     step();
     step();
     ASSERT_TRUE(saving());
-    // The left peers' forget_after runs out: they leave the table mid-save.
-    clock.advance(1s);
+    // The gone peers' forget_after runs out: they leave the table mid-save.
+    clock.advance(2s);
     for (int i = 0; i < 100 && daemon->status()["events"]["forgotten"] != kGone; ++i) step();
     ASSERT_EQ(daemon->status()["events"]["forgotten"], kGone);
     ASSERT_TRUE(saving());
-    // Newcomers, one of them under a forgotten peer's name.
-    const UniqueFd fresh = loopback_socket(), again = loopback_socket();
-    ASSERT_NO_FATAL_FAILURE(register_peer(fresh, "fresh"));
-    ASSERT_NO_FATAL_FAILURE(register_peer(again, "gone-0"));
+    ASSERT_NO_FATAL_FAILURE(accepted(fresh, fresh_register));
+    ASSERT_NO_FATAL_FAILURE(accepted(again, again_register));
     ASSERT_EQ(daemon->status()["peers"], kUp + 2);
     EXPECT_TRUE(saving());  // all of the above happened mid-save
     finish_save();
     ASSERT_EQ(saves(), 1u);
 
     const ServerSnapshot first = saved();
-    std::map<std::string, int> alive;
-    for (const PeerRecord& r : first.peers)
+    std::map<std::string, int> alive, records;
+    for (const PeerRecord& r : first.peers) {
+        ++records[r.name];
         if (answering(r.state)) ++alive[r.name];
+    }
     for (const auto& [name, n] : alive) EXPECT_EQ(n, 1) << name;
-    for (std::size_t i = 0; i < kUp; ++i) EXPECT_EQ(alive[fmt::format("p-{}", i)], 1) << i;
+    for (std::size_t i = 0; i < kUp; ++i) EXPECT_EQ(records[fmt::format("p-{}", i)], 1) << i;
     std::set<std::uint32_t> sessions;
     for (const PeerRecord& r : first.peers) EXPECT_TRUE(sessions.insert(r.session).second);
     // The forgotten peers the save had not reached are not in it.
