@@ -95,6 +95,8 @@ constexpr Duration kStateSaveDelay = std::chrono::seconds(2);
 // ... and at least this often, so that a saved copy is never older than
 // forget_after (which would make the next process ignore it).
 constexpr Duration kStateRefresh = std::chrono::seconds(60);
+// How often the end of a save (fsync and rename, on a helper thread) is checked.
+constexpr Duration kSavePoll = std::chrono::milliseconds(5);
 
 // fd-store names of the sockets the daemon bound itself, by kind; the rest of
 // the name makes each one unique (FDSTOREREMOVE removes by name).
@@ -357,6 +359,16 @@ void Daemon::begin_periodic_save() {
 void Daemon::save_step() {
     if (!state_.saving() || stopping_) return;
     const TimePoint now = loop_.now();
+    if (state_.finishing()) {
+        const auto saved = state_.poll_save(now);
+        if (!saved) {
+            loop_.arm_timer(save_step_timer_, now + kSavePoll);
+            return;
+        }
+        save_stats_.finished(state_.records(), wall_time() - save_started_, *saved);
+        arm_next_save(now);
+        return;
+    }
     const Duration started = wall_time();
     save_cursor_ = core_.peers().for_each_from(
         save_cursor_, kSavePeersPerStep, [this](PeerTable::Slot, const Peer& p) {
@@ -372,9 +384,13 @@ void Daemon::save_step() {
         }
         save_stats_.finished(0, wall_time() - save_started_, false);  // every copy failed
     } else {
-        const bool saved = state_.finish_save(now);
+        state_.finish_save(now);
         save_stats_.record_step(wall_time() - started);
-        save_stats_.finished(state_.records(), wall_time() - save_started_, saved);
+        if (state_.saving()) {  // its fsync and rename, on the state store's thread
+            loop_.arm_timer(save_step_timer_, now);
+            return;
+        }
+        save_stats_.finished(0, wall_time() - save_started_, false);
     }
     arm_next_save(now);
 }

@@ -319,37 +319,55 @@ void StateStore::write_piece(TimePoint now) {
     }
 }
 
-bool StateStore::finish_save(TimePoint now) {
+void StateStore::finish_save(TimePoint now) {
     Pending& p = pending_;
-    if (!p.active) return false;
+    if (!p.active) return;
     p.encoder.finish(p.buffer);
     write_piece(now);
-    if (!p.active) return false;  // every copy failed (logged)
-    bool saved = false;
-    if (p.memfd) {
-        if (keep_memfd(next_memfd_, p.memfd_error))
-            saved = true;
-        else
-            p.memfd = false;
+    if (!p.active) return;  // every copy failed (logged)
+    p.finishing = true;
+    p.memfd_saved = p.memfd && keep_memfd(next_memfd_, p.memfd_error);
+    p.file_saved = false;
+    p.synced = false;
+    if (!p.file) {
+        p.synced = true;
+        return;
     }
-    if (p.file) {
-        const int synced = fsync(p.file.get()) == 0 ? 0 : errno;
-        p.file.reset();
+    // Off the loop: an fsync waits for the disk, seconds on a busy one.
+    p.syncer = std::thread([this] {
+        Pending& q = pending_;
+        const int synced = fsync(q.file.get()) == 0 ? 0 : errno;
+        q.file.reset();
         if (synced != 0) {
-            p.file_error = "write " + tmp_path() + ": " + errno_text(synced);
+            q.file_error = "write " + tmp_path() + ": " + errno_text(synced);
             unlink(tmp_path().c_str());
-        } else if (replace_file(p.file_error)) {
-            saved = true;
+        } else {
+            q.file_saved = replace_file(q.file_error);
         }
-    }
+        q.synced.store(true, std::memory_order_release);
+    });
+}
+
+std::optional<bool> StateStore::poll_save(TimePoint now) {
+    Pending& p = pending_;
+    if (!p.finishing) return false;
+    if (!p.synced.load(std::memory_order_acquire)) return std::nullopt;
+    if (p.syncer.joinable()) p.syncer.join();
     log_failures(now);
+    p.finishing = false;
     p.active = false;
     p.buffer.clear();
-    return saved;
+    return p.memfd_saved || p.file_saved;
+}
+
+StateStore::~StateStore() {
+    if (pending_.syncer.joinable()) pending_.syncer.join();
 }
 
 void StateStore::abort_save() {
     Pending& p = pending_;
+    if (p.syncer.joinable()) p.syncer.join();  // at a stop: the rename may as well finish
+    p.finishing = false;
     if (!p.active) return;
     if (p.file) {
         p.file.reset();

@@ -16,9 +16,11 @@
 #pragma once
 
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "core/peer_snapshot.hpp"
@@ -76,8 +78,14 @@ public:
     bool begin_save(std::uint64_t epoch, TimePoint now);
     void add(const PeerRecord& record) { pending_.encoder.add(record, pending_.buffer); }
     void write_piece(TimePoint now);
-    bool finish_save(TimePoint now);
+    // finish_save() writes the end; the file's fsync and rename then run on a
+    // helper thread (they wait for the disk, which may take seconds): call
+    // poll_save() until it answers (nullopt: not yet).
+    void finish_save(TimePoint now);
+    std::optional<bool> poll_save(TimePoint now);
+    bool finishing() const { return pending_.finishing; }
     void abort_save();
+    ~StateStore();
     bool saving() const { return pending_.active; }
     // Records added to the save in progress (or to the last one).
     std::uint32_t records() const { return pending_.encoder.count(); }
@@ -107,6 +115,11 @@ private:
         UniqueFd file;                     // the temporary copy; closed if writing it failed
         bool memfd = false;                // writing memfds_[next_memfd_]
         std::string file_error, memfd_error;
+        bool finishing = false;
+        bool memfd_saved = false;
+        std::thread syncer;  // fsync, rename, fsync of the directory
+        std::atomic<bool> synced{false};
+        bool file_saved = false;  // written by syncer before `synced`
     };
     // Logs (rate-limited) and clears the errors of the save in progress.
     void log_failures(TimePoint now);

@@ -156,6 +156,7 @@ protected:
     int finish_save() {
         int steps = 0;
         while (saving() && steps < kMaxSteps) {
+            clock.advance(1ms);  // the end (fsync, rename) is checked every few ms
             step();
             ++steps;
         }
@@ -230,8 +231,13 @@ TEST_F(StateSaveTest, ManyPeersAreSavedOverManyBoundedStepsAndLoadBack) {
     int steps = 0;
     std::uintmax_t written = 0;
     while (saving() && steps < kMaxSteps) {
-        // Until the last step, the saved copy is the previous one, whole.
-        ASSERT_EQ(read_file(state), before) << "step " << steps;
+        // The saved copy is always whole: the previous one until the new one
+        // is (its rename runs on a helper thread, between two steps).
+        const auto now_saved = read_file(state);
+        ASSERT_TRUE(now_saved == before || (saving() && save_status()["saves"] == 0 &&
+                                            decode_snapshot(now_saved)))
+            << "step " << steps;
+        clock.advance(1ms);  // the end (fsync, rename) is checked every few ms
         step();
         ++steps;
         std::error_code ec;
