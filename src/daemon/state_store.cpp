@@ -10,6 +10,7 @@
 #include <cstring>
 #include <ctime>
 #include <fstream>
+#include <system_error>
 
 namespace keepalive {
 namespace {
@@ -334,7 +335,7 @@ void StateStore::finish_save(TimePoint now) {
         return;
     }
     // Off the loop: an fsync waits for the disk, seconds on a busy one.
-    p.syncer = std::thread([this] {
+    const auto sync = [this] {
         Pending& q = pending_;
         const int synced = fsync(q.file.get()) == 0 ? 0 : errno;
         q.file.reset();
@@ -345,7 +346,12 @@ void StateStore::finish_save(TimePoint now) {
             q.file_saved = replace_file(q.file_error);
         }
         q.synced.store(true, std::memory_order_release);
-    });
+    };
+    try {
+        p.syncer = std::thread(sync);
+    } catch (const std::system_error&) {
+        sync();  // no thread to be had: on the loop, as before
+    }
 }
 
 std::optional<bool> StateStore::poll_save(TimePoint now) {
