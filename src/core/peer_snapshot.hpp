@@ -82,8 +82,8 @@ private:
     std::uint32_t count_ = 0;
 };
 
-// Reads versions 1 and 2. Checks the magic, version, length and checksum, and every record's fields;
-// the error says what was wrong ("truncated", "checksum mismatch", ...).
+// Reads versions 1 and 2. Checks the magic, version, length and checksum, and every record's
+// fields; the error says what was wrong ("truncated", "checksum mismatch", ...).
 Result<ServerSnapshot, std::string> decode_snapshot(std::span<const std::uint8_t> bytes);
 
 }  // namespace keepalive

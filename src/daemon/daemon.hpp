@@ -154,13 +154,13 @@ private:
     bool wake_watchers_ = false;
     std::unique_ptr<TargetSet> targets_;  // after core_: it checks names against them
     StateStore state_;
-    EventLoop::TimerId state_timer_;       // the next periodic save is due
-    EventLoop::TimerId save_step_timer_;   // armed to now while a save is in progress
-    PeerTable::Slot save_cursor_ = 0;      // the table's next slot to save
-    TimePoint save_as_of_{};               // when the save in progress began
-    Duration save_started_{};              // the same, in wall time
-    bool save_again_ = false;              // a save fell due while one was in progress
-    PeerRecord save_record_;               // reused for every record
+    EventLoop::TimerId state_timer_;      // the next periodic save is due
+    EventLoop::TimerId save_step_timer_;  // armed to now while a save is in progress
+    PeerTable::Slot save_cursor_ = 0;     // the table's next slot to save
+    TimePoint save_as_of_{};              // when the save in progress began
+    Duration save_started_{};             // the same, in wall time
+    bool save_again_ = false;             // a save fell due while one was in progress
+    PeerRecord save_record_;              // reused for every record
 
     std::unique_ptr<ControlServer> control_;
     EventLoop::TimerId wheel_timer_;

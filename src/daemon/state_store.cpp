@@ -269,8 +269,8 @@ bool StateStore::begin_save(std::uint64_t epoch, TimePoint now) {
     p.file_error.clear();
     p.memfd_error.clear();
     if (!path_.empty()) {
-        p.file.reset(open(tmp_path().c_str(),
-                          O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600));
+        p.file.reset(
+            open(tmp_path().c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600));
         if (!p.file) p.file_error = "open " + tmp_path() + ": " + errno_text(errno);
     }
     p.memfd = fd_store_ && open_memfd(next_memfd_, p.memfd_error);
@@ -308,8 +308,7 @@ void StateStore::write_piece(TimePoint now) {
         } else {
             // Start this piece's writeback now, so that the fsync at the end
             // has less left to wait for. Only a hint: fsync does what it did not.
-            sync_file_range(fd, offset, static_cast<off_t>(p.buffer.size()),
-                            SYNC_FILE_RANGE_WRITE);
+            sync_file_range(fd, offset, static_cast<off_t>(p.buffer.size()), SYNC_FILE_RANGE_WRITE);
         }
     }
     p.offset += p.buffer.size();

@@ -192,7 +192,9 @@ public:
 
     struct Agent final : PeerSessionSink {
         Agent(Network& net, Address a, const std::string& name, RandomSource& random)
-            : network(net), address(a), session(PeerSessionOptions{name, 1000, 3, {}}, random, *this) {}
+            : network(net),
+              address(a),
+              session(PeerSessionOptions{name, 1000, 3, {}}, random, *this) {}
         void send(std::span<const std::uint8_t> d) override {
             const auto m = kap::decode(d);
             if (m && kap::type_of(*m) == kap::Type::register_) ++registers;

@@ -46,7 +46,8 @@ std::vector<std::uint8_t> read_file(const std::string& path) {
 
 void write_file(const std::string& path, const std::vector<std::uint8_t>& bytes) {
     std::ofstream(path, std::ios::binary)
-        .write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+        .write(reinterpret_cast<const char*>(bytes.data()),
+               static_cast<std::streamsize>(bytes.size()));
 }
 
 UniqueFd loopback_socket(std::uint16_t port = 0) {
@@ -182,8 +183,8 @@ protected:
             std::uint8_t buf[2048];
             const ssize_t n = ::recv(fd.get(), buf, sizeof buf, 0);
             if (n > 0)
-                if (auto m =
-                        kap::decode(std::span<const std::uint8_t>(buf, static_cast<std::size_t>(n))))
+                if (auto m = kap::decode(
+                        std::span<const std::uint8_t>(buf, static_cast<std::size_t>(n))))
                     return *m;
             // From 1 000 peers on, the daemon reads on its wheel's grid.
             clock.advance(1ms);
@@ -234,8 +235,8 @@ TEST_F(StateSaveTest, ManyPeersAreSavedOverManyBoundedStepsAndLoadBack) {
         // The saved copy is always whole: the previous one until the new one
         // is (its rename runs on a helper thread, between two steps).
         const auto now_saved = read_file(state);
-        ASSERT_TRUE(now_saved == before || (saving() && save_status()["saves"] == 0 &&
-                                            decode_snapshot(now_saved)))
+        ASSERT_TRUE(now_saved == before ||
+                    (saving() && save_status()["saves"] == 0 && decode_snapshot(now_saved)))
             << "step " << steps;
         clock.advance(1ms);  // the end (fsync, rename) is checked every few ms
         step();
@@ -258,10 +259,12 @@ TEST_F(StateSaveTest, ManyPeersAreSavedOverManyBoundedStepsAndLoadBack) {
     const auto names = by_name(s);
     ASSERT_EQ(s.peers.size(), kPeers);
     ASSERT_EQ(names.size(), kPeers);
-    for (std::size_t i = 0; i < kPeers; i += 997) EXPECT_TRUE(names.contains(fmt::format("p-{}", i)));
+    for (std::size_t i = 0; i < kPeers; i += 997)
+        EXPECT_TRUE(names.contains(fmt::format("p-{}", i)));
     const auto status = save_status();
     EXPECT_EQ(status["last_save_peers"], kPeers);
-    EXPECT_GE(status["last_save_steps"].get<int>(), static_cast<int>(kPeers / Daemon::kSavePeersPerStep));
+    EXPECT_GE(status["last_save_steps"].get<int>(),
+              static_cast<int>(kPeers / Daemon::kSavePeersPerStep));
 
     // The next process takes every peer over from it.
     daemon.reset();
