@@ -9,6 +9,8 @@ namespace keepalive {
 
 static_assert(sizeof(crypto_auth_hmacsha256_state) <= 208, "HmacSha256::state_ is too small");
 static_assert(alignof(crypto_auth_hmacsha256_state) <= 16);
+static_assert(sizeof(crypto_hash_sha256_state) <= 128, "Sha256::state_ is too small");
+static_assert(alignof(crypto_hash_sha256_state) <= 16);
 static_assert(crypto_shorthash_KEYBYTES == 16 && crypto_shorthash_BYTES == 8);
 
 void crypto_init() {
@@ -21,6 +23,23 @@ Sha256Digest sha256(std::span<const std::uint8_t> data) {
     crypto_init();
     Sha256Digest out;
     crypto_hash_sha256(out.data(), data.data(), data.size());
+    return out;
+}
+
+Sha256::Sha256() {
+    crypto_init();
+    crypto_hash_sha256_init(reinterpret_cast<crypto_hash_sha256_state*>(state_.data()));
+}
+
+void Sha256::update(std::span<const std::uint8_t> data) {
+    crypto_hash_sha256_update(reinterpret_cast<crypto_hash_sha256_state*>(state_.data()),
+                              data.data(), data.size());
+}
+
+Sha256Digest Sha256::finish() {
+    Sha256Digest out;
+    crypto_hash_sha256_final(reinterpret_cast<crypto_hash_sha256_state*>(state_.data()),
+                             out.data());
     return out;
 }
 

@@ -20,6 +20,18 @@ void crypto_init();
 // SHA-256 (FIPS 180-4), e.g. a checksum over saved state.
 Sha256Digest sha256(std::span<const std::uint8_t> data);
 
+// SHA-256 over data given a piece at a time: update, then finish once.
+class Sha256 {
+public:
+    Sha256();
+    void update(std::span<const std::uint8_t> data);
+    Sha256Digest finish();
+
+private:
+    // crypto_hash_sha256_state, kept opaque so that the header needs no sodium.h.
+    alignas(16) std::array<std::uint8_t, 128> state_;
+};
+
 // HMAC-SHA256 (RFC 2104) with a key of any length.
 Sha256Digest hmac_sha256(std::span<const std::uint8_t> key, std::span<const std::uint8_t> data);
 

@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "core/codec.hpp"
@@ -21,8 +22,10 @@ constexpr std::size_t kRecordFixedSize = 1 + 1 + 1 + 1 + 4 + 8 + 3 * kAddressSiz
 constexpr std::uint64_t kNoRtt = UINT64_MAX;
 constexpr Duration kMaxInterval = milliseconds(kap::kMaxIntervalMs);
 
+// Appends to a buffer the caller owns.
 class Writer {
 public:
+    explicit Writer(std::vector<std::uint8_t>& out) : out_(out) {}
     void u8(std::uint8_t v) { out_.push_back(v); }
     void u16(std::uint16_t v) { be(v, 2); }
     void u32(std::uint32_t v) { be(v, 4); }
@@ -34,13 +37,12 @@ public:
         u16(a.port());
         u32(a.scope_id());
     }
-    std::vector<std::uint8_t>& out() { return out_; }
 
 private:
     void be(std::uint64_t v, int n) {
         for (int i = n - 1; i >= 0; --i) out_.push_back(static_cast<std::uint8_t>(v >> (8 * i)));
     }
-    std::vector<std::uint8_t> out_;
+    std::vector<std::uint8_t>& out_;
 };
 
 // Reads within bounds checked by the caller (every record's fixed part is
@@ -100,39 +102,89 @@ Duration from_ns(std::uint64_t ns) {
     return Duration(static_cast<Duration::rep>(std::min<std::uint64_t>(ns, INT64_MAX)));
 }
 
-}  // namespace
-
-std::vector<std::uint8_t> encode_snapshot(const ServerSnapshot& s) {
-    Writer w;
+void write_header(Writer& w, const ServerSnapshot& s, std::uint32_t version) {
     w.bytes(kMagic);
-    w.u32(ServerSnapshot::kVersion);
+    w.u32(version);
     w.u64(static_cast<std::uint64_t>(s.saved_realtime_ns));
     w.u64(static_cast<std::uint64_t>(s.saved_boottime_ns));
     w.bytes(s.boot_id);
     w.u64(s.epoch);
+}
+
+void write_record(Writer& w, const PeerRecord& p) {
+    w.u8(static_cast<std::uint8_t>(p.name.size()));
+    w.u8(static_cast<std::uint8_t>(p.protocol));
+    w.u8(static_cast<std::uint8_t>(p.state));
+    w.u8(p.probes);
+    w.u32(p.session);
+    w.u64(p.incarnation);
+    w.address(p.address);
+    w.address(p.listener);
+    w.address(p.route_local);
+    w.u64(to_ns(p.interval));
+    w.u64(to_ns(p.state_age));
+    w.u64(p.seq_sent);
+    w.u64(p.seq_acked);
+    w.u64(p.probes_sent);
+    w.u64(p.acks_received);
+    w.u64(p.rtt ? to_ns(*p.rtt) : kNoRtt);
+    w.bytes(std::span(reinterpret_cast<const std::uint8_t*>(p.name.data()), p.name.size()));
+}
+
+}  // namespace
+
+void to_record(const Peer& p, TimePoint as_of, const Address& listener, PeerRecord& out) {
+    out.name.assign(p.name.view());
+    out.protocol = p.protocol;
+    out.state = p.state;
+    out.probes = p.probes;
+    out.session = p.session;
+    out.incarnation = p.incarnation;
+    out.address = p.address;
+    out.listener = listener;
+    out.route_local = p.route->local;
+    out.interval = p.interval;
+    out.state_age = std::max(as_of - p.since, Duration::zero());
+    out.seq_sent = p.seq_sent;
+    out.seq_acked = p.seq_acked;
+    out.probes_sent = p.probes_sent;
+    out.acks_received = p.acks_received;
+    out.rtt = p.rtt;
+}
+
+std::vector<std::uint8_t> encode_snapshot(const ServerSnapshot& s) {
+    std::vector<std::uint8_t> out;
+    Writer w(out);
+    write_header(w, s, ServerSnapshot::kVersion);
     w.u32(static_cast<std::uint32_t>(s.peers.size()));
-    for (const PeerRecord& p : s.peers) {
-        w.u8(static_cast<std::uint8_t>(p.name.size()));
-        w.u8(static_cast<std::uint8_t>(p.protocol));
-        w.u8(static_cast<std::uint8_t>(p.state));
-        w.u8(p.probes);
-        w.u32(p.session);
-        w.u64(p.incarnation);
-        w.address(p.address);
-        w.address(p.listener);
-        w.address(p.route_local);
-        w.u64(to_ns(p.interval));
-        w.u64(to_ns(p.state_age));
-        w.u64(p.seq_sent);
-        w.u64(p.seq_acked);
-        w.u64(p.probes_sent);
-        w.u64(p.acks_received);
-        w.u64(p.rtt ? to_ns(*p.rtt) : kNoRtt);
-        w.bytes(std::span(reinterpret_cast<const std::uint8_t*>(p.name.data()), p.name.size()));
-    }
-    const Sha256Digest digest = sha256(w.out());
-    w.bytes(digest);
-    return std::move(w.out());
+    for (const PeerRecord& p : s.peers) write_record(w, p);
+    w.bytes(sha256(out));
+    return out;
+}
+
+void SnapshotEncoder::begin(const ServerSnapshot& header, std::vector<std::uint8_t>& out) {
+    hash_ = Sha256();
+    count_ = 0;
+    const std::size_t from = out.size();
+    Writer w(out);
+    write_header(w, header, ServerSnapshot::kStreamedVersion);
+    hash_.update(std::span(out).subspan(from));
+}
+
+void SnapshotEncoder::add(const PeerRecord& record, std::vector<std::uint8_t>& out) {
+    const std::size_t from = out.size();
+    Writer w(out);
+    write_record(w, record);
+    hash_.update(std::span(out).subspan(from));
+    ++count_;
+}
+
+void SnapshotEncoder::finish(std::vector<std::uint8_t>& out) {
+    const std::size_t from = out.size();
+    Writer w(out);
+    w.u32(count_);
+    hash_.update(std::span(out).subspan(from));
+    w.bytes(hash_.finish());
 }
 
 Result<ServerSnapshot, std::string> decode_snapshot(std::span<const std::uint8_t> bytes) {
@@ -142,9 +194,13 @@ Result<ServerSnapshot, std::string> decode_snapshot(std::span<const std::uint8_t
         return E{bytes.size() < kMagic.size() ? "truncated (no header)" : "not a state file"};
     Reader r(bytes);
     r.bytes(kMagic.size());
-    if (const std::uint32_t version = r.u32(); version != ServerSnapshot::kVersion)
+    const std::uint32_t version = r.u32();
+    if (version != ServerSnapshot::kVersion && version != ServerSnapshot::kStreamedVersion)
         return E{"format version " + std::to_string(version) + ", this keepalived reads " +
-                 std::to_string(ServerSnapshot::kVersion)};
+                 std::to_string(ServerSnapshot::kVersion) + " and " +
+                 std::to_string(ServerSnapshot::kStreamedVersion)};
+    // Both versions hold the same fields: version 2 has its record count
+    // after the records instead of before.
     if (bytes.size() < kHeaderSize + kChecksumSize) return E{"truncated (no header)"};
     const auto body = bytes.first(bytes.size() - kChecksumSize);
     const Sha256Digest digest = sha256(body);
@@ -152,14 +208,15 @@ Result<ServerSnapshot, std::string> decode_snapshot(std::span<const std::uint8_t
         return E{"checksum mismatch (truncated or corrupt)"};
 
     ServerSnapshot s;
-    Reader b(body);
+    const bool streamed = version == ServerSnapshot::kStreamedVersion;
+    Reader b(streamed ? body.first(body.size() - 4) : body);
     b.bytes(kMagic.size() + 4);
     s.saved_realtime_ns = static_cast<std::int64_t>(b.u64());
     s.saved_boottime_ns = static_cast<std::int64_t>(b.u64());
     const auto boot = b.bytes(16);
     std::copy(boot.begin(), boot.end(), s.boot_id.begin());
     s.epoch = b.u64();
-    const std::uint32_t count = b.u32();
+    const std::uint32_t count = streamed ? Reader(body.last(4)).u32() : b.u32();
     if (count > b.left() / kRecordFixedSize) return E{"peer count larger than the file"};
     s.peers.reserve(count);
     for (std::uint32_t i = 0; i < count; ++i) {

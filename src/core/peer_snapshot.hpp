@@ -12,6 +12,7 @@
 
 #include "core/address.hpp"
 #include "core/clock.hpp"
+#include "core/crypto.hpp"
 #include "core/peer.hpp"
 #include "core/result.hpp"
 
@@ -41,7 +42,10 @@ struct PeerRecord {
 };
 
 struct ServerSnapshot {
+    // 1: written whole (the count before the records); 2: written a piece at
+    // a time by SnapshotEncoder (the count after them). Both are read.
     static constexpr std::uint32_t kVersion = 1;
+    static constexpr std::uint32_t kStreamedVersion = 2;
 
     std::uint64_t epoch = 0;
     // When it was saved: wall clock and CLOCK_BOOTTIME in ns, and the boot it
@@ -56,8 +60,30 @@ struct ServerSnapshot {
 };
 
 std::vector<std::uint8_t> encode_snapshot(const ServerSnapshot& snapshot);
-// Checks the magic, version, length and checksum, and every record's fields;
-// the error says what was wrong ("truncated", "checksum mismatch", ...).
+// `peer`'s record, its time in state as of `as_of` (zero if it changed
+// since), into `out`, reusing out's storage for the name.
+void to_record(const Peer& peer, TimePoint as_of, const Address& listener, PeerRecord& out);
+
+// Encodes a snapshot one record at a time (format version 2), so that a large
+// table can be saved over many loop iterations: the record count and the
+// checksum come at the end, once every record has gone by. Each call appends
+// its bytes to `out`; what they append, in order, is one snapshot.
+class SnapshotEncoder {
+public:
+    // The header: `header`'s epoch and save stamps (its peers are ignored).
+    void begin(const ServerSnapshot& header, std::vector<std::uint8_t>& out);
+    void add(const PeerRecord& record, std::vector<std::uint8_t>& out);
+    // The count and the checksum; then begin() may start another.
+    void finish(std::vector<std::uint8_t>& out);
+    std::uint32_t count() const { return count_; }
+
+private:
+    Sha256 hash_;
+    std::uint32_t count_ = 0;
+};
+
+// Reads versions 1 and 2. Checks the magic, version, length and checksum, and every record's
+// fields; the error says what was wrong ("truncated", "checksum mismatch", ...).
 Result<ServerSnapshot, std::string> decode_snapshot(std::span<const std::uint8_t> bytes);
 
 }  // namespace keepalive

@@ -13,22 +13,7 @@ ServerSnapshot ServerCore::snapshot(
     s.epoch = epoch_;
     s.peers.reserve(table_.size());
     table_.for_each([&](Slot, const Peer& p) {
-        s.peers.push_back({.name = std::string(p.name),
-                           .protocol = p.protocol,
-                           .state = p.state,
-                           .probes = p.probes,
-                           .session = p.session,
-                           .incarnation = p.incarnation,
-                           .address = p.address,
-                           .listener = listener_of(p.route->socket),
-                           .route_local = p.route->local,
-                           .interval = p.interval,
-                           .state_age = now - p.since,
-                           .seq_sent = p.seq_sent,
-                           .seq_acked = p.seq_acked,
-                           .probes_sent = p.probes_sent,
-                           .acks_received = p.acks_received,
-                           .rtt = p.rtt});
+        to_record(p, now, listener_of(p.route->socket), s.peers.emplace_back());
     });
     return s;
 }

@@ -61,6 +61,14 @@ TimePoint step_at_or_after(TimePoint t) {
     return t.time_since_epoch() % kWheelStep == Duration::zero() ? t : step_after(t);
 }
 
+// CLOCK_MONOTONIC, whatever clock the daemon was given: what a step took in
+// real time, waits for the disk included.
+Duration wall_time() {
+    timespec ts{};
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec);
+}
+
 Duration thread_cpu_time() {
     timespec ts{};
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
@@ -87,6 +95,8 @@ constexpr Duration kStateSaveDelay = std::chrono::seconds(2);
 // ... and at least this often, so that a saved copy is never older than
 // forget_after (which would make the next process ignore it).
 constexpr Duration kStateRefresh = std::chrono::seconds(60);
+// How often the end of a save (fsync and rename, on a helper thread) is checked.
+constexpr Duration kSavePoll = std::chrono::milliseconds(5);
 
 // fd-store names of the sockets the daemon bound itself, by kind; the rest of
 // the name makes each one unique (FDSTOREREMOVE removes by name).
@@ -168,7 +178,8 @@ Daemon::Daemon(Config config, Logger& log, const ClockSource& clock, RandomSourc
     adopt_passed_fds();
     if (auto r = reconcile_listeners(endpoints(config_)); !r) throw std::runtime_error(r.error());
     if (listeners_.empty()) throw std::runtime_error("no address to listen on");
-    state_timer_ = loop_.add_timer([this] { save_state(false); });
+    state_timer_ = loop_.add_timer([this] { begin_periodic_save(); });
+    save_step_timer_ = loop_.add_timer([this] { save_step(); });
     restore_state();
     hooks_ = std::make_unique<HookRunner>(loop_, log_);
     hooks_->configure(config_.hooks);
@@ -306,19 +317,94 @@ void Daemon::state_changed() {
     if (!armed || *armed > soon) loop_.arm_timer(state_timer_, soon);
 }
 
-bool Daemon::save_state(bool final) {
+Address Daemon::listener_address(std::uint32_t id) const {
+    const auto it = listeners_.find(id);
+    return it == listeners_.end() ? Address{} : it->second.socket.local();
+}
+
+// Whole, in this iteration: the loop is ending, and the copy must be complete
+// before BYE 8 promises the peers a takeover. A periodic save in progress is
+// abandoned for it.
+bool Daemon::save_final() {
     const TimePoint now = loop_.now();
+    loop_.arm_timer(save_step_timer_, std::nullopt);
+    const Duration started = wall_time();
     const bool saved = state_.save(
-        core_.snapshot(now,
-                       [this](std::uint32_t id) {
-                           const auto it = listeners_.find(id);
-                           return it == listeners_.end() ? Address{} : it->second.socket.local();
-                       }),
-        now);
-    if (!final)
-        loop_.arm_timer(state_timer_,
-                        now + std::min<Duration>(kStateRefresh, config_.peers.forget_after / 2));
+        core_.snapshot(now, [this](std::uint32_t id) { return listener_address(id); }), now);
+    save_stats_.record_step(wall_time() - started);
+    save_stats_.finished(core_.peers().size(), wall_time() - started, saved);
     return saved;
+}
+
+void Daemon::begin_periodic_save() {
+    if (stopping_) return;
+    if (state_.saving()) {  // due again before the last one ended: once it has
+        save_again_ = true;
+        return;
+    }
+    const TimePoint now = loop_.now();
+    if (!state_.begin_save(core_.epoch(), now)) {
+        save_stats_.finished(0, Duration::zero(), false);
+        arm_next_save(now);
+        return;
+    }
+    save_cursor_ = 0;
+    save_as_of_ = now;
+    save_started_ = wall_time();
+    loop_.arm_timer(save_step_timer_, now);
+}
+
+// kSavePeersPerStep peers per iteration, whatever the table's size: the next
+// step runs on the next iteration, after whatever the sockets have brought.
+void Daemon::save_step() {
+    if (!state_.saving() || stopping_) return;
+    const TimePoint now = loop_.now();
+    if (state_.finishing()) {
+        const auto saved = state_.poll_save(now);
+        if (!saved) {
+            loop_.arm_timer(save_step_timer_, now + kSavePoll);
+            return;
+        }
+        save_stats_.finished(state_.records(), wall_time() - save_started_, *saved);
+        arm_next_save(now);
+        return;
+    }
+    const Duration started = wall_time();
+    save_cursor_ = core_.peers().for_each_from(
+        save_cursor_, kSavePeersPerStep, [this](PeerTable::Slot, const Peer& p) {
+            to_record(p, save_as_of_, listener_address(p.route->socket), save_record_);
+            state_.add(save_record_);
+        });
+    if (save_cursor_ != PeerTable::kNone) {
+        state_.write_piece(now);
+        save_stats_.record_step(wall_time() - started);
+        if (state_.saving()) {
+            loop_.arm_timer(save_step_timer_, now);
+            return;
+        }
+        save_stats_.finished(0, wall_time() - save_started_, false);  // every copy failed
+    } else {
+        state_.finish_save(now);
+        save_stats_.record_step(wall_time() - started);
+        if (state_.saving()) {  // its fsync and rename, on the state store's thread
+            loop_.arm_timer(save_step_timer_, now);
+            return;
+        }
+        save_stats_.finished(0, wall_time() - save_started_, false);
+    }
+    arm_next_save(now);
+}
+
+// Soon if a save fell due while this one ran (what changed meanwhile may be
+// missing from it), else at the refresh period; never later than a save
+// state_changed() asked for.
+void Daemon::arm_next_save(TimePoint now) {
+    TimePoint next =
+        now + (save_again_ ? kStateSaveDelay
+                           : std::min<Duration>(kStateRefresh, config_.peers.forget_after / 2));
+    if (const auto armed = loop_.timer_deadline(state_timer_)) next = std::min(next, *armed);
+    loop_.arm_timer(state_timer_, next);
+    save_again_ = false;
 }
 
 void Daemon::keep_in_fd_store(Listener& listener) {
@@ -694,7 +780,7 @@ void Daemon::stop(bool for_good) {
     notify("STOPPING=1");
     // BYE 8 is a promise that the next process takes the sessions over: only
     // when they are saved.
-    if (state_.enabled() && !for_good && save_state(true)) {
+    if (state_.enabled() && !for_good && save_final()) {
         log_.log(LOG_INFO,
                  "stopping: peer table saved; telling every peer we will be back (BYE 8)");
         core_.shutdown(kap::Diag::restarting);
@@ -832,6 +918,17 @@ nlohmann::json Daemon::status() const {
     for (std::size_t k = 0; k < kEventKindCount; ++k)
         events[std::string(to_string(static_cast<EventKind>(k)))] = event_counts_[k];
     d["control_refused_no_fd"] = control_ ? control_->refused_no_fd() : 0;
+    // The saved peer table: how long saving it held the loop (wall time, the
+    // disk's waits included).
+    d["state"] = {
+        {"saving", state_.saving()},
+        {"saves", save_stats_.saves},
+        {"save_failures", save_stats_.failures},
+        {"last_save_peers", save_stats_.last_peers},
+        {"last_save_ms", duration_cast<milliseconds>(save_stats_.last_duration).count()},
+        {"last_save_steps", save_stats_.last_steps},
+        {"longest_save_step_us", duration_cast<microseconds>(save_stats_.longest_step).count()},
+    };
     d["loop"] = {
         {"iterations", stats_.iterations},
         {"longest_iteration_us", duration_cast<microseconds>(stats_.longest).count()},
@@ -845,6 +942,18 @@ nlohmann::json Daemon::status() const {
         {"suspended_us", duration_cast<microseconds>(sleep_.total()).count()},
     };
     return j;
+}
+
+void Daemon::SaveStats::record_step(Duration wall) {
+    longest_step = std::max(longest_step, wall);
+    ++steps;
+}
+
+void Daemon::SaveStats::finished(std::size_t peers, Duration wall, bool saved) {
+    ++(saved ? saves : failures);
+    last_peers = peers;
+    last_duration = wall;
+    last_steps = std::exchange(steps, 0);
 }
 
 // CPU time, not wall time: what the loop itself spent, whatever else the

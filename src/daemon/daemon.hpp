@@ -51,6 +51,9 @@ public:
     // One iteration of the event loop (EventLoop::run_once). Never throws:
     // after READY every handler counts and logs its failures.
     void run_once(std::optional<Duration> timeout);
+    // Peers a periodic save writes per loop iteration: about a millisecond's work.
+    static constexpr std::size_t kSavePeersPerStep = 1024;
+
     // A stop was asked for (signal, or "shutdown-for-good"): run() returns.
     bool stopping() const { return stopping_; }
     // The `keepalivectl status --json` answer, as the control socket gives it.
@@ -79,8 +82,14 @@ private:
     // save them (debounced) as they change, and keep the sockets in the fd store.
     void restore_state();
     void state_changed();
-    // final: at stop, to every store. True if a copy was written.
-    bool save_state(bool final);
+    // At stop, whole, to every store. True if a copy was written.
+    bool save_final();
+    // The periodic save, streamed: begun by state_timer_, then one piece of
+    // kSavePeersPerStep peers per loop iteration (state_store.hpp).
+    void begin_periodic_save();
+    void save_step();
+    void arm_next_save(TimePoint now);
+    Address listener_address(std::uint32_t id) const;
     void keep_in_fd_store(Listener& listener);
     // Opens the listeners in `wanted` that are not open yet and closes the
     // configured ones not in it. All or nothing: on a bind failure nothing changes.
@@ -145,7 +154,13 @@ private:
     bool wake_watchers_ = false;
     std::unique_ptr<TargetSet> targets_;  // after core_: it checks names against them
     StateStore state_;
-    EventLoop::TimerId state_timer_;
+    EventLoop::TimerId state_timer_;      // the next periodic save is due
+    EventLoop::TimerId save_step_timer_;  // armed to now while a save is in progress
+    PeerTable::Slot save_cursor_ = 0;     // the table's next slot to save
+    TimePoint save_as_of_{};              // when the save in progress began
+    Duration save_started_{};             // the same, in wall time
+    bool save_again_ = false;             // a save fell due while one was in progress
+    PeerRecord save_record_;              // reused for every record
 
     std::unique_ptr<ControlServer> control_;
     EventLoop::TimerId wheel_timer_;
@@ -169,6 +184,19 @@ private:
         void record(Duration busy);
     };
     LoopStats stats_;
+    // Saves of the peer table (periodic and final), for status.
+    struct SaveStats {
+        std::uint64_t saves = 0;
+        std::uint64_t failures = 0;  // no copy written
+        std::size_t last_peers = 0;
+        Duration last_duration{};  // wall time from the first step to the last
+        std::uint64_t last_steps = 0;
+        Duration longest_step{};  // wall time, the disk's waits included
+        std::uint64_t steps = 0;  // of the save in progress
+        void record_step(Duration wall);
+        void finished(std::size_t peers, Duration wall, bool saved);
+    };
+    SaveStats save_stats_;
     EventLoop::TimerId watchdog_timer_;
     EventLoop::TimerId metrics_timer_;
     Duration last_lag_{};            // how late wheel_timer_ ran last time

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <ctime>
 #include <fstream>
+#include <system_error>
 
 namespace keepalive {
 namespace {
@@ -52,7 +53,7 @@ std::string errno_text(int e) {
     return std::strerror(e);
 }
 
-bool write_all(int fd, const std::vector<std::uint8_t>& bytes, off_t offset) {
+bool write_all(int fd, std::span<const std::uint8_t> bytes, off_t offset) {
     std::size_t done = 0;
     while (done < bytes.size()) {
         const ssize_t n =
@@ -148,6 +149,7 @@ std::optional<LoadedState> StateStore::load() {
 }
 
 bool StateStore::save(ServerSnapshot snapshot, TimePoint now) {
+    abort_save();
     const SaveStamp stamp = save_stamp_now();
     snapshot.saved_realtime_ns = stamp.realtime_ns;
     snapshot.saved_boottime_ns = stamp.boottime_ns;
@@ -174,23 +176,20 @@ bool StateStore::save(ServerSnapshot snapshot, TimePoint now) {
 
 bool StateStore::write_memfd(const std::vector<std::uint8_t>& bytes, std::string& error) {
     const std::size_t i = next_memfd_;
-    if (!memfds_[i]) {
-        memfds_[i] = UniqueFd(memfd_create(kMemfdNames[i], MFD_CLOEXEC));
-        if (!memfds_[i]) {
-            error = "memfd_create: " + errno_text(errno);
-            return false;
-        }
-    }
-    const int fd = memfds_[i].get();
-    // Shrink first: a crash between the two leaves a short copy that fails its
-    // checksum, and the other memfd still holds the previous snapshot.
-    if (ftruncate(fd, 0) != 0 || !write_all(fd, bytes, 0)) {
+    if (!open_memfd(i, error)) return false;
+    if (!write_all(memfds_[i].get(), bytes, 0)) {
         error = "write: " + errno_text(errno);
         return false;
     }
+    return keep_memfd(i, error);
+}
+
+// Hands memfds_[i], now holding the newest copy, to systemd if it does not
+// have it yet; the next save overwrites the other one.
+bool StateStore::keep_memfd(std::size_t i, std::string& error) {
     if (!stored_[i]) {
         const std::string message = std::string("FDSTORE=1\nFDNAME=") + kMemfdNames[i];
-        int fds[1] = {fd};
+        int fds[1] = {memfds_[i].get()};
         if (sd_pid_notify_with_fds(0, 0, message.c_str(), fds, 1) <= 0) {
             error = "FDSTORE=1 was not accepted";
             return false;
@@ -201,8 +200,25 @@ bool StateStore::write_memfd(const std::vector<std::uint8_t>& bytes, std::string
     return true;
 }
 
+bool StateStore::open_memfd(std::size_t i, std::string& error) {
+    if (!memfds_[i]) {
+        memfds_[i] = UniqueFd(memfd_create(kMemfdNames[i], MFD_CLOEXEC));
+        if (!memfds_[i]) {
+            error = "memfd_create: " + errno_text(errno);
+            return false;
+        }
+    }
+    // Shrink first: a crash before the copy is whole leaves a short one that
+    // fails its checksum, and the other memfd still holds the previous snapshot.
+    if (ftruncate(memfds_[i].get(), 0) != 0) {
+        error = "ftruncate: " + errno_text(errno);
+        return false;
+    }
+    return true;
+}
+
 bool StateStore::write_file(const std::vector<std::uint8_t>& bytes, std::string& error) const {
-    const std::string tmp = path_ + ".tmp";
+    const std::string tmp = tmp_path();
     const UniqueFd fd(
         open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600));
     if (!fd) {
@@ -214,6 +230,11 @@ bool StateStore::write_file(const std::vector<std::uint8_t>& bytes, std::string&
         unlink(tmp.c_str());
         return false;
     }
+    return replace_file(error);
+}
+
+bool StateStore::replace_file(std::string& error) const {
+    const std::string tmp = tmp_path();
     if (rename(tmp.c_str(), path_.c_str()) != 0) {
         error = "rename: " + errno_text(errno);
         unlink(tmp.c_str());
@@ -229,6 +250,7 @@ bool StateStore::write_file(const std::vector<std::uint8_t>& bytes, std::string&
 }
 
 void StateStore::discard() {
+    abort_save();
     if (!path_.empty() && unlink(path_.c_str()) != 0 && errno != ENOENT)
         log_.logf(LOG_WARNING, "cannot remove the state file {}: {}", path_, errno_text(errno));
     for (std::size_t i = 0; i < memfds_.size(); ++i) {
@@ -239,6 +261,139 @@ void StateStore::discard() {
         }
         memfds_[i].reset();
     }
+}
+
+bool StateStore::begin_save(std::uint64_t epoch, TimePoint now) {
+    abort_save();
+    Pending& p = pending_;
+    p.file_error.clear();
+    p.memfd_error.clear();
+    if (!path_.empty()) {
+        p.file.reset(
+            open(tmp_path().c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600));
+        if (!p.file) p.file_error = "open " + tmp_path() + ": " + errno_text(errno);
+    }
+    p.memfd = fd_store_ && open_memfd(next_memfd_, p.memfd_error);
+    if (!p.file && !p.memfd) {
+        log_failures(now);
+        return false;
+    }
+    ServerSnapshot header;
+    header.epoch = epoch;
+    const SaveStamp stamp = save_stamp_now();
+    header.saved_realtime_ns = stamp.realtime_ns;
+    header.saved_boottime_ns = stamp.boottime_ns;
+    header.boot_id = stamp.boot_id;
+    p.buffer.clear();
+    p.offset = 0;
+    p.encoder.begin(header, p.buffer);
+    p.active = true;
+    return true;
+}
+
+void StateStore::write_piece(TimePoint now) {
+    Pending& p = pending_;
+    if (!p.active || p.buffer.empty()) return;
+    const auto offset = static_cast<off_t>(p.offset);
+    if (p.memfd && !write_all(memfds_[next_memfd_].get(), p.buffer, offset)) {
+        p.memfd_error = "write: " + errno_text(errno);
+        p.memfd = false;
+    }
+    if (p.file) {
+        const int fd = p.file.get();
+        if (!write_all(fd, p.buffer, offset)) {
+            p.file_error = "write " + tmp_path() + ": " + errno_text(errno);
+            p.file.reset();
+            unlink(tmp_path().c_str());
+        } else {
+            // Start this piece's writeback now, so that the fsync at the end
+            // has less left to wait for. Only a hint: fsync does what it did not.
+            sync_file_range(fd, offset, static_cast<off_t>(p.buffer.size()), SYNC_FILE_RANGE_WRITE);
+        }
+    }
+    p.offset += p.buffer.size();
+    p.buffer.clear();
+    if (!p.file && !p.memfd) {
+        log_failures(now);
+        abort_save();
+    }
+}
+
+void StateStore::finish_save(TimePoint now) {
+    Pending& p = pending_;
+    if (!p.active) return;
+    p.encoder.finish(p.buffer);
+    write_piece(now);
+    if (!p.active) return;  // every copy failed (logged)
+    p.finishing = true;
+    p.memfd_saved = p.memfd && keep_memfd(next_memfd_, p.memfd_error);
+    p.file_saved = false;
+    p.synced = false;
+    if (!p.file) {
+        p.synced = true;
+        return;
+    }
+    // Off the loop: an fsync waits for the disk, seconds on a busy one.
+    const auto sync = [this] {
+        Pending& q = pending_;
+        const int synced = fsync(q.file.get()) == 0 ? 0 : errno;
+        q.file.reset();
+        if (synced != 0) {
+            q.file_error = "write " + tmp_path() + ": " + errno_text(synced);
+            unlink(tmp_path().c_str());
+        } else {
+            q.file_saved = replace_file(q.file_error);
+        }
+        q.synced.store(true, std::memory_order_release);
+    };
+    try {
+        p.syncer = std::thread(sync);
+    } catch (const std::system_error&) {
+        sync();  // no thread to be had: on the loop, as before
+    }
+}
+
+std::optional<bool> StateStore::poll_save(TimePoint now) {
+    Pending& p = pending_;
+    if (!p.finishing) return false;
+    if (!p.synced.load(std::memory_order_acquire)) return std::nullopt;
+    if (p.syncer.joinable()) p.syncer.join();
+    log_failures(now);
+    p.finishing = false;
+    p.active = false;
+    p.buffer.clear();
+    return p.memfd_saved || p.file_saved;
+}
+
+StateStore::~StateStore() {
+    if (pending_.syncer.joinable()) pending_.syncer.join();
+}
+
+void StateStore::abort_save() {
+    Pending& p = pending_;
+    if (p.syncer.joinable()) p.syncer.join();  // at a stop: the rename may as well finish
+    p.finishing = false;
+    if (!p.active) return;
+    if (p.file) {
+        p.file.reset();
+        unlink(tmp_path().c_str());
+    }
+    // A memfd written in part fails its checksum; the other holds the previous copy.
+    p.memfd = false;
+    p.active = false;
+    p.buffer.clear();
+}
+
+void StateStore::log_failures(TimePoint now) {
+    Pending& p = pending_;
+    if (!p.memfd_error.empty())
+        log_.log_limited("state-memfd", LOG_WARNING,
+                         "cannot keep the peer table in the fd store: " + p.memfd_error, now);
+    if (!p.file_error.empty())
+        log_.log_limited("state-file", LOG_WARNING,
+                         "cannot write the state file " + path_ + ": " + p.file_error, now);
+    p.memfd_error.clear();
+    p.file_error.clear();
 }
 
 }  // namespace keepalive

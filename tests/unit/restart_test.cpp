@@ -103,15 +103,61 @@ TEST(Snapshot, EveryFlippedBitIsRefused) {
 
 TEST(Snapshot, OtherVersionAndGarbageAreRefusedWithTheReason) {
     auto bytes = encode_snapshot(sample_snapshot());
-    bytes[11] = 2;  // version, big-endian after the 8-byte magic
+    bytes[11] = 3;  // version, big-endian after the 8-byte magic
     const auto other = decode_snapshot(bytes);
     ASSERT_FALSE(other);
-    EXPECT_NE(other.error().find("version 2"), std::string::npos) << other.error();
+    EXPECT_NE(other.error().find("version 3"), std::string::npos) << other.error();
 
     const Bytes garbage(200, 0x5a);
     const auto g = decode_snapshot(garbage);
     ASSERT_FALSE(g);
     EXPECT_EQ(g.error(), "not a state file");
+}
+
+// Version 2, as a save spread over many loop iterations writes it.
+std::vector<std::uint8_t> encode_streamed(const ServerSnapshot& s) {
+    std::vector<std::uint8_t> out;
+    SnapshotEncoder encoder;
+    encoder.begin(s, out);
+    for (const PeerRecord& p : s.peers) encoder.add(p, out);
+    encoder.finish(out);
+    EXPECT_EQ(encoder.count(), s.peers.size());
+    return out;
+}
+
+TEST(Snapshot, StreamedVersionRoundTripsAndHoldsWhatTheWholeOneHolds) {
+    const ServerSnapshot s = sample_snapshot();
+    const auto streamed = encode_streamed(s);
+    EXPECT_EQ(streamed[11], ServerSnapshot::kStreamedVersion);
+    EXPECT_EQ(streamed.size(), encode_snapshot(s).size());
+    const auto back = decode_snapshot(streamed);
+    ASSERT_TRUE(back) << back.error();
+    EXPECT_EQ(*back, s);
+    const auto none = decode_snapshot(encode_streamed(ServerSnapshot{}));
+    ASSERT_TRUE(none) << none.error();
+    EXPECT_TRUE(none->peers.empty());
+    // An encoder begun again starts a new snapshot.
+    std::vector<std::uint8_t> twice;
+    SnapshotEncoder encoder;
+    encoder.begin(s, twice);
+    encoder.add(s.peers[0], twice);
+    twice.clear();
+    encoder.begin(s, twice);
+    for (const PeerRecord& p : s.peers) encoder.add(p, twice);
+    encoder.finish(twice);
+    EXPECT_EQ(twice, streamed);
+}
+
+TEST(Snapshot, StreamedVersionRefusesEveryTruncationAndFlippedBit) {
+    const auto bytes = encode_streamed(sample_snapshot());
+    for (std::size_t n = 0; n < bytes.size(); ++n)
+        EXPECT_FALSE(decode_snapshot(std::span(bytes.data(), n))) << "length " << n;
+    for (std::size_t i = 0; i < bytes.size(); ++i)
+        for (int bit = 0; bit < 8; ++bit) {
+            auto copy = bytes;
+            copy[i] ^= static_cast<std::uint8_t>(1u << bit);
+            EXPECT_FALSE(decode_snapshot(copy)) << "byte " << i << " bit " << bit;
+        }
 }
 
 TEST(Snapshot, ChecksummedButInvalidRecordsAreRefused) {
@@ -146,7 +192,9 @@ public:
 
     struct Agent final : PeerSessionSink {
         Agent(Network& net, Address a, const std::string& name, RandomSource& random)
-            : network(net), address(a), session(PeerSessionOptions{name, 1000, 3, {}}, random, *this) {}
+            : network(net),
+              address(a),
+              session(PeerSessionOptions{name, 1000, 3, {}}, random, *this) {}
         void send(std::span<const std::uint8_t> d) override {
             const auto m = kap::decode(d);
             if (m && kap::type_of(*m) == kap::Type::register_) ++registers;
