@@ -143,7 +143,11 @@ Result<UdpSocket, std::string> UdpSocket::finish_setup(UniqueFd fd, std::string_
         if (getsockopt(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, &v6only, &optlen) < 0)
             return Err{error_text("cannot read IPV6_V6ONLY of", what, errno)};
     }
-    if (!enable_pktinfo(fd.get(), family))
+    // Only a wildcard socket needs to be told which address a datagram came
+    // to: one bound to an address receives on that address alone, and it is
+    // the source of its replies anyway (see send_batch). The control message
+    // would cost each datagram a few hundred nanoseconds for nothing.
+    if (local->is_any() && !enable_pktinfo(fd.get(), family))
         return Err{error_text("cannot enable pktinfo on", what, errno)};
     enable_recverr(fd.get(), family);
     // The kernel then tells, with the datagrams that follow, how many it
@@ -203,6 +207,10 @@ socklen_t UdpSocket::destination(const Address& to, sockaddr_storage& sa) const 
     sin6->sin6_port = htons(to.port());
     set_v4_mapped(sin6->sin6_addr, to);
     return sizeof(sockaddr_in6);
+}
+
+bool UdpSocket::is_bound_to(const Address& a) const {
+    return !local_.is_any() && a.same_host(local_) && a.scope_id() == local_.scope_id();
 }
 
 std::size_t UdpSocket::receive_batch(const std::function<void(const Received&)>& fn,
@@ -335,7 +343,9 @@ std::size_t UdpSocket::send_batch(std::span<const OutDatagram> batch) noexcept {
         h.msg_iovlen = 1;
         tx.msgs[k].msg_len = 0;
 
-        if (d.from && !d.from->is_any()) {
+        // No pktinfo when the socket is bound to that very address: the kernel
+        // takes it as the source by itself.
+        if (d.from && !d.from->is_any() && !is_bound_to(*d.from)) {
             const bool via_v4 = d.to.family() == Address::Family::v4;
             if ((d.from->family() == Address::Family::v4) != via_v4) {
                 ++send_errors_;

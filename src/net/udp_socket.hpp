@@ -118,6 +118,8 @@ private:
                                                        sys::Ops& ops);
     // Fills `sa` with the destination for `to`; 0 if this socket cannot reach that family.
     socklen_t destination(const Address& to, struct sockaddr_storage& sa) const;
+    // Bound to this very address (not a wildcard): it is the source of what the socket sends.
+    bool is_bound_to(const Address& a) const;
 
     UniqueFd fd_;
     sys::Ops* ops_;

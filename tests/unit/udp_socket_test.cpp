@@ -86,6 +86,15 @@ TEST(UdpSocketTest, BindV4LoopbackResolvesPort) {
     EXPECT_EQ(s.local().host_string(), "127.0.0.1");
     EXPECT_NE(s.local().port(), 0);
     EXPECT_TRUE(is_nonblocking_cloexec(s.fd()));
+    // Bound to one address, it needs no pktinfo: that address is every datagram's.
+    int pktinfo = 1;
+    socklen_t len = sizeof pktinfo;
+    ASSERT_EQ(getsockopt(s.fd(), IPPROTO_IP, IP_PKTINFO, &pktinfo, &len), 0);
+    EXPECT_EQ(pktinfo, 0);
+}
+
+TEST(UdpSocketTest, WildcardSocketAsksForPktinfo) {
+    UdpSocket s = bind_or_die("0.0.0.0:0");
     int pktinfo = 0;
     socklen_t len = sizeof pktinfo;
     ASSERT_EQ(getsockopt(s.fd(), IPPROTO_IP, IP_PKTINFO, &pktinfo, &len), 0);
@@ -281,7 +290,7 @@ TEST(UdpSocketTest, AdoptExistingFd) {
     ASSERT_TRUE(peer.send_to(s.local(), std::vector<std::uint8_t>{'h', 'i'}));
     const auto got = receive(s, 1);
     ASSERT_EQ(got.size(), 1u);
-    EXPECT_EQ(got[0].to, s.local());  // pktinfo was enabled
+    EXPECT_EQ(got[0].to, s.local());
     EXPECT_EQ(got[0].from, peer.local());
 }
 
