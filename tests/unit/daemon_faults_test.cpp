@@ -448,6 +448,26 @@ TEST(DaemonFaults, TimerfdFailureIsCountedAndRetried) {
     EXPECT_FALSE(d.ops.faults_pending());
 }
 
+// A daemon that cannot bind (the port is taken) throws from its
+// constructor, and what it had built by then is undone cleanly (the
+// in-process tests retry so on a port another test took meanwhile).
+TEST(DaemonStart, APortInUseFailsTheStartAndLeavesNothingBehind) {
+    UniqueFd taken(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+    sockaddr_in sin{};
+    sin.sin_family = AF_INET;
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof sin;
+    ASSERT_EQ(::bind(taken.get(), reinterpret_cast<sockaddr*>(&sin), sizeof sin), 0);
+    ASSERT_EQ(::getsockname(taken.get(), reinterpret_cast<sockaddr*>(&sin), &len), 0);
+    InProcessDaemon first;  // a working one, for its config's shape
+    first.write_config(ntohs(sin.sin_port));
+    auto config = load_config(first.config_path());
+    ASSERT_TRUE(static_cast<bool>(config));
+    for (int i = 0; i < 3; ++i)
+        EXPECT_THROW(Daemon(*config, first.log, first.clock, first.random, first.ops, first.ops),
+                     std::runtime_error);
+}
+
 // The daemon's stderr, kept in a file while the test runs.
 class CapturedStderr {
 public:
