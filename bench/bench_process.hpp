@@ -401,10 +401,22 @@ private:
     }
 
     void read_stderr() {
+        read_lines(stderr_fd_, [this](std::string_view line, TimePoint arrived) {
+            on_line(line, arrived);
+        });
+    }
+    void read_watch() {
+        read_lines(watch_fd_, [this](std::string_view line, TimePoint arrived) {
+            on_watch_line(line, arrived);
+        });
+    }
+    // Calls on_line(line, arrival) for each line read from `fd` until EOF.
+    template <typename OnLine>
+    static void read_lines(int fd, OnLine on_line) {
         std::string pending;
         char buf[65536];
         for (;;) {
-            const ssize_t n = ::read(stderr_fd_, buf, sizeof buf);
+            const ssize_t n = ::read(fd, buf, sizeof buf);
             if (n < 0 && errno == EINTR) continue;
             if (n <= 0) break;
             const TimePoint arrived = Clock::now();
@@ -413,23 +425,6 @@ private:
             for (std::size_t nl; (nl = pending.find('\n', start)) != std::string::npos;
                  start = nl + 1)
                 on_line(std::string_view(pending).substr(start, nl - start), arrived);
-            pending.erase(0, start);
-        }
-    }
-
-    void read_watch() {
-        std::string pending;
-        char buf[65536];
-        for (;;) {
-            const ssize_t n = ::recv(watch_fd_, buf, sizeof buf, 0);
-            if (n < 0 && errno == EINTR) continue;
-            if (n <= 0) break;
-            const TimePoint arrived = Clock::now();
-            pending.append(buf, static_cast<std::size_t>(n));
-            std::size_t start = 0;
-            for (std::size_t nl; (nl = pending.find('\n', start)) != std::string::npos;
-                 start = nl + 1)
-                on_watch_line(std::string_view(pending).substr(start, nl - start), arrived);
             pending.erase(0, start);
         }
     }
