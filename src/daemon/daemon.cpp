@@ -61,31 +61,28 @@ TimePoint step_at_or_after(TimePoint t) {
     return t.time_since_epoch() % kWheelStep == Duration::zero() ? t : step_after(t);
 }
 
-// CLOCK_MONOTONIC, whatever clock the daemon was given: what a step took in
-// real time, waits for the disk included.
-Duration wall_time() {
+Duration read_clock(clockid_t id) {
     timespec ts{};
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(id, &ts);
     return std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec);
 }
 
+// CLOCK_MONOTONIC, whatever clock the daemon was given: what a step took in
+// real time, waits for the disk included.
+Duration wall_time() {
+    return read_clock(CLOCK_MONOTONIC);
+}
+
 Duration thread_cpu_time() {
-    timespec ts{};
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec);
+    return read_clock(CLOCK_THREAD_CPUTIME_ID);
 }
 
 // CLOCK_BOOTTIME minus CLOCK_MONOTONIC (see SleepDetector); nullopt when the
 // thread was held up between the readings for too long to trust them.
 std::optional<Duration> time_asleep() {
-    const auto read = [](clockid_t id) {
-        timespec ts{};
-        clock_gettime(id, &ts);
-        return std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec);
-    };
-    const Duration before = read(CLOCK_MONOTONIC);
-    const Duration boot = read(CLOCK_BOOTTIME);
-    if (read(CLOCK_MONOTONIC) - before > std::chrono::milliseconds(1)) return std::nullopt;
+    const Duration before = read_clock(CLOCK_MONOTONIC);
+    const Duration boot = read_clock(CLOCK_BOOTTIME);
+    if (read_clock(CLOCK_MONOTONIC) - before > std::chrono::milliseconds(1)) return std::nullopt;
     return boot - before;
 }
 
@@ -331,8 +328,9 @@ bool Daemon::save_final() {
     const Duration started = wall_time();
     const bool saved = state_.save(
         core_.snapshot(now, [this](std::uint32_t id) { return listener_address(id); }), now);
-    save_stats_.record_step(wall_time() - started);
-    save_stats_.finished(core_.peers().size(), wall_time() - started, saved);
+    const Duration took = wall_time() - started;
+    save_stats_.record_step(took);
+    save_stats_.finished(core_.peers().size(), took, saved);
     return saved;
 }
 
@@ -375,23 +373,18 @@ void Daemon::save_step() {
             to_record(p, save_as_of_, listener_address(p.route->socket), save_record_);
             state_.add(save_record_);
         });
-    if (save_cursor_ != PeerTable::kNone) {
+    // The last piece also ends the save: its fsync and rename then run on the
+    // state store's thread, and the next steps poll for them.
+    if (save_cursor_ != PeerTable::kNone)
         state_.write_piece(now);
-        save_stats_.record_step(wall_time() - started);
-        if (state_.saving()) {
-            loop_.arm_timer(save_step_timer_, now);
-            return;
-        }
-        save_stats_.finished(0, wall_time() - save_started_, false);  // every copy failed
-    } else {
+    else
         state_.finish_save(now);
-        save_stats_.record_step(wall_time() - started);
-        if (state_.saving()) {  // its fsync and rename, on the state store's thread
-            loop_.arm_timer(save_step_timer_, now);
-            return;
-        }
-        save_stats_.finished(0, wall_time() - save_started_, false);
+    save_stats_.record_step(wall_time() - started);
+    if (state_.saving()) {
+        loop_.arm_timer(save_step_timer_, now);
+        return;
     }
+    save_stats_.finished(0, wall_time() - save_started_, false);  // every copy failed
     arm_next_save(now);
 }
 

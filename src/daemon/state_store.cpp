@@ -91,6 +91,18 @@ SaveStamp save_stamp_now() {
     return {clock_ns(CLOCK_REALTIME), clock_ns(CLOCK_BOOTTIME), read_boot_id()};
 }
 
+namespace {
+
+// Marks the snapshot as saved now (its age on load is counted from here).
+void stamp_now(ServerSnapshot& snapshot) {
+    const SaveStamp stamp = save_stamp_now();
+    snapshot.saved_realtime_ns = stamp.realtime_ns;
+    snapshot.saved_boottime_ns = stamp.boottime_ns;
+    snapshot.boot_id = stamp.boot_id;
+}
+
+}  // namespace
+
 Duration age_of(const ServerSnapshot& s, const SaveStamp& now) {
     constexpr std::array<std::uint8_t, 16> unknown{};
     const bool same_boot = s.boot_id != unknown && s.boot_id == now.boot_id;
@@ -150,27 +162,13 @@ std::optional<LoadedState> StateStore::load() {
 
 bool StateStore::save(ServerSnapshot snapshot, TimePoint now) {
     abort_save();
-    const SaveStamp stamp = save_stamp_now();
-    snapshot.saved_realtime_ns = stamp.realtime_ns;
-    snapshot.saved_boottime_ns = stamp.boottime_ns;
-    snapshot.boot_id = stamp.boot_id;
+    stamp_now(snapshot);
     const auto bytes = encode_snapshot(snapshot);
-    std::string error;
+    std::string memfd_error, file_error;
     bool saved = false;
-    if (fd_store_) {
-        if (write_memfd(bytes, error))
-            saved = true;
-        else
-            log_.log_limited("state-memfd", LOG_WARNING,
-                             "cannot keep the peer table in the fd store: " + error, now);
-    }
-    if (!path_.empty()) {
-        if (write_file(bytes, error))
-            saved = true;
-        else
-            log_.log_limited("state-file", LOG_WARNING,
-                             "cannot write the state file " + path_ + ": " + error, now);
-    }
+    if (fd_store_ && write_memfd(bytes, memfd_error)) saved = true;
+    if (!path_.empty() && write_file(bytes, file_error)) saved = true;
+    log_failures(memfd_error, file_error, now);
     return saved;
 }
 
@@ -219,8 +217,7 @@ bool StateStore::open_memfd(std::size_t i, std::string& error) {
 
 bool StateStore::write_file(const std::vector<std::uint8_t>& bytes, std::string& error) const {
     const std::string tmp = tmp_path();
-    const UniqueFd fd(
-        open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600));
+    const UniqueFd fd = open_tmp();
     if (!fd) {
         error = "open " + tmp + ": " + errno_text(errno);
         return false;
@@ -231,6 +228,11 @@ bool StateStore::write_file(const std::vector<std::uint8_t>& bytes, std::string&
         return false;
     }
     return replace_file(error);
+}
+
+UniqueFd StateStore::open_tmp() const {
+    return UniqueFd(
+        open(tmp_path().c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600));
 }
 
 bool StateStore::replace_file(std::string& error) const {
@@ -269,21 +271,17 @@ bool StateStore::begin_save(std::uint64_t epoch, TimePoint now) {
     p.file_error.clear();
     p.memfd_error.clear();
     if (!path_.empty()) {
-        p.file.reset(
-            open(tmp_path().c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600));
+        p.file = open_tmp();
         if (!p.file) p.file_error = "open " + tmp_path() + ": " + errno_text(errno);
     }
     p.memfd = fd_store_ && open_memfd(next_memfd_, p.memfd_error);
     if (!p.file && !p.memfd) {
-        log_failures(now);
+        log_failures(p.memfd_error, p.file_error, now);
         return false;
     }
     ServerSnapshot header;
     header.epoch = epoch;
-    const SaveStamp stamp = save_stamp_now();
-    header.saved_realtime_ns = stamp.realtime_ns;
-    header.saved_boottime_ns = stamp.boottime_ns;
-    header.boot_id = stamp.boot_id;
+    stamp_now(header);
     p.buffer.clear();
     p.offset = 0;
     p.encoder.begin(header, p.buffer);
@@ -314,7 +312,7 @@ void StateStore::write_piece(TimePoint now) {
     p.offset += p.buffer.size();
     p.buffer.clear();
     if (!p.file && !p.memfd) {
-        log_failures(now);
+        log_failures(p.memfd_error, p.file_error, now);
         abort_save();
     }
 }
@@ -358,7 +356,7 @@ std::optional<bool> StateStore::poll_save(TimePoint now) {
     if (!p.finishing) return false;
     if (!p.synced.load(std::memory_order_acquire)) return std::nullopt;
     if (p.syncer.joinable()) p.syncer.join();
-    log_failures(now);
+    log_failures(p.memfd_error, p.file_error, now);
     p.finishing = false;
     p.active = false;
     p.buffer.clear();
@@ -384,16 +382,15 @@ void StateStore::abort_save() {
     p.buffer.clear();
 }
 
-void StateStore::log_failures(TimePoint now) {
-    Pending& p = pending_;
-    if (!p.memfd_error.empty())
+void StateStore::log_failures(std::string& memfd_error, std::string& file_error, TimePoint now) {
+    if (!memfd_error.empty())
         log_.log_limited("state-memfd", LOG_WARNING,
-                         "cannot keep the peer table in the fd store: " + p.memfd_error, now);
-    if (!p.file_error.empty())
+                         "cannot keep the peer table in the fd store: " + memfd_error, now);
+    if (!file_error.empty())
         log_.log_limited("state-file", LOG_WARNING,
-                         "cannot write the state file " + path_ + ": " + p.file_error, now);
-    p.memfd_error.clear();
-    p.file_error.clear();
+                         "cannot write the state file " + path_ + ": " + file_error, now);
+    memfd_error.clear();
+    file_error.clear();
 }
 
 }  // namespace keepalive

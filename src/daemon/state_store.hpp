@@ -104,6 +104,8 @@ private:
     bool keep_memfd(std::size_t i, std::string& error);
 
     std::string tmp_path() const { return path_ + ".tmp"; }
+    // The temporary copy, created empty (invalid if it cannot be opened; errno says why).
+    UniqueFd open_tmp() const;
     // Makes the synced temporary copy the state file.
     bool replace_file(std::string& error) const;
 
@@ -121,8 +123,8 @@ private:
         std::atomic<bool> synced{false};
         bool file_saved = false;  // written by syncer before `synced`
     };
-    // Logs (rate-limited) and clears the errors of the save in progress.
-    void log_failures(TimePoint now);
+    // Logs (rate-limited) and clears a save's errors, each copy's.
+    void log_failures(std::string& memfd_error, std::string& file_error, TimePoint now);
 
     std::string path_;
     bool fd_store_;
