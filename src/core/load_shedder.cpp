@@ -29,12 +29,7 @@ void LoadShedder::roll(TimePoint now) {
     // of the load held. Shedding would send every peer of it to a longer
     // backoff; pacing, by the probes the peers held will cost, is enough.
     const bool burst = registers_ > probes_;
-    // The share the peers held take: newcomers' REGISTERs (handshakes, busy
-    // answers) end once they are registered. A REGISTER is one datagram in
-    // and one out, as a probe and its ACK are, so the work is split by count.
-    const double held = probes_ + registers_ == 0 ? fraction
-                                                  : fraction * static_cast<double>(probes_) /
-                                                        static_cast<double>(probes_ + registers_);
+    const double held = held_share(fraction);
     judge(held, overflowed_, !burst);
     last_fraction_ = windows == 1 ? fraction : 0;  // the last whole window was idle
     last_overflowed_ = windows == 1 && overflowed_;
@@ -49,6 +44,23 @@ void LoadShedder::roll(TimePoint now) {
     probes_ = 0;
     registers_ = 0;
     added_ = 0;
+}
+
+// The share of the window the peers held took. Newcomers' REGISTERs
+// (handshakes, busy answers) end once they are registered; a REGISTER is one
+// datagram in and one out, as a probe and its ACK are, so the work is split
+// by count. But a handshake costs more than a probe (a MAC, an insert, an
+// event), so a storm's windows are also held to what their probes cost in
+// the last window without newcomers, allowing for a table that grew since.
+double LoadShedder::held_share(double fraction) {
+    if (probes_ + registers_ == 0) return fraction;
+    const double probes = static_cast<double>(probes_);
+    const double split = fraction * probes / (probes + static_cast<double>(registers_));
+    if (probes_ >= kMinProbesToPace && registers_ <= kSteadyRegisterShare * probes) {
+        steady_cost_ = split / probes;
+        return split;
+    }
+    return steady_cost_ > 0 ? std::min(split, steady_cost_ * kCostRise * probes) : split;
 }
 
 // Room for half the headroom the peers held leave below the threshold, at

@@ -13,11 +13,13 @@
 //
 // A registration storm is not an overload: handshakes inflate a window's CPU
 // per probe, and a fleet registering at once overflows any receive queue. So
-// the cost per probe is the lowest of the recent windows (allowed to rise by
-// kCostRise a window), the headroom is what the probes held leave (not the
-// handshakes', which end), and a window that read more newcomers' REGISTERs
-// than it sent probes does not start shedding, however busy or overflowed:
-// pacing alone answers it.
+// the load held in a window with newcomers' REGISTERs is at most what its
+// probes cost in the last window without them (kCostRise above it, for a
+// table that grew); the cost per probe that paces is the lowest of the
+// recent windows (allowed to rise by kCostRise a window), the headroom is
+// what the probes held leave (not the handshakes', which end), and a window
+// that read more newcomers' REGISTERs than it sent probes does not start
+// shedding, however busy or overflowed: pacing alone answers it.
 //
 // The hysteresis is for the load: an episode begun by overflows alone ends
 // once they stop, if the load stays under the threshold.
@@ -45,6 +47,9 @@ public:
     static constexpr double kRoomUnknownCost = 10'000;
     // How much the remembered cost per probe may rise from one window to the next.
     static constexpr double kCostRise = 1.25;
+    // A window with fewer newcomers' REGISTERs than this share of its probes
+    // measures the steady cost per probe.
+    static constexpr double kSteadyRegisterShare = 0.01;
 
     // busy_percent: shed from a window in which the peers held kept the loop
     // busy at least this share of the time (1 .. 100), or whose receive queue
@@ -101,6 +106,7 @@ public:
 private:
     void roll(TimePoint now);
     void judge(double held, bool overflowed, bool may_start);
+    double held_share(double fraction);
     void pace(double held);
     static double rate_of(Duration interval) {
         return 1.0 / std::max(std::chrono::duration<double>(interval).count(), 1e-3);
@@ -119,6 +125,7 @@ private:
     std::uint64_t probes_ = 0;        // sent in this window
     std::uint64_t registers_ = 0;     // newcomers' REGISTERs read in this window
     double cost_ = 0;                 // share of a second per probe, 0 until known
+    double steady_cost_ = 0;          // the same in the last window without newcomers
     double room_ = kRoomUnknownCost;  // probes/s newcomers may add in this window
     double added_ = 0;                // probes/s added this window
 };

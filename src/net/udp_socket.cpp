@@ -16,7 +16,11 @@ namespace {
 
 // Room for one IP_PKTINFO or IPV6_PKTINFO message, with slack for anything else the kernel adds.
 constexpr std::size_t kControlSize = 128;
-constexpr int kReceiveBufferBytes = 1 << 20;
+// Asked of every socket the daemon binds; the kernel grants at most
+// net.core.rmem_max (and counts twice that). A registration storm's retries
+// arrive in bursts of tens of thousands of datagrams: every one the queue
+// cannot hold is an overflow, and an overflow puts the ACKs in doubt.
+constexpr int kReceiveBufferBytes = 8 << 20;
 
 struct alignas(cmsghdr) ControlBuffer {
     unsigned char bytes[kControlSize];
@@ -423,15 +427,14 @@ std::size_t UdpSocket::drain_errors(const std::function<void(const SendError&)>&
                 std::memcpy(&off, CMSG_DATA(c) + offender_at,
                             std::min(room - offender_at, sizeof off));
                 if (off.ss_family == AF_INET || off.ss_family == AF_INET6)
-                    reporter = Address::from_sockaddr(reinterpret_cast<const sockaddr*>(&off),
-                                                      off.ss_family == AF_INET
-                                                          ? sizeof(sockaddr_in)
-                                                          : sizeof(sockaddr_in6));
+                    reporter = Address::from_sockaddr(
+                        reinterpret_cast<const sockaddr*>(&off),
+                        off.ss_family == AF_INET ? sizeof(sockaddr_in) : sizeof(sockaddr_in6));
             }
-            fn(SendError{*to, static_cast<int>(ee.ee_errno), reporter,
-                         std::span<const std::uint8_t>(
-                             data.data(), std::min<std::size_t>(static_cast<std::size_t>(n),
-                                                                data.size()))});
+            fn(SendError{
+                *to, static_cast<int>(ee.ee_errno), reporter,
+                std::span<const std::uint8_t>(
+                    data.data(), std::min<std::size_t>(static_cast<std::size_t>(n), data.size()))});
         }
     }
     return read;

@@ -498,12 +498,14 @@ private:
 TEST(DaemonLog, TheEndOfASheddingEpisodeIsToldWhenThePeriodAllows) {
     CapturedStderr captured;
     InProcessDaemon d;
-    // More datagrams than the receive buffer holds, while the loop is not reading.
+    // More datagrams than the receive buffer holds, while the loop is not
+    // reading: the daemon asks 8 MiB, counted twice, and a small datagram
+    // takes some 768 bytes of it.
     UniqueFd flood(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
     sockaddr_storage ss;
     const socklen_t len = d.address.to_sockaddr(ss);
     const std::uint8_t junk[8] = {};
-    for (int i = 0; i < 20'000; ++i)
+    for (int i = 0; i < 50'000; ++i)
         ::sendto(flood.get(), junk, sizeof junk, 0, reinterpret_cast<const sockaddr*>(&ss), len);
     const auto load = [&] { return d.status()["daemon"]["load"]; };
     const auto steps_for = [&](Duration span) {

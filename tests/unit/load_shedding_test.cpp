@@ -144,11 +144,12 @@ TEST(LoadShedder, HandshakesDoNotShrinkThePaceOfTheWindowsAfter) {
     s.note_busy(450ms, kStart + 1500ms);
     clock.set(kStart + 2s);
     ASSERT_FALSE(s.shedding(clock.now()));
-    // The remembered 5 us may rise by a quarter in a window: 6.25 us. The
-    // 20 000 probes held take a third of the 45% (the 40 000 REGISTERs the
-    // rest): half of 60% headroom at 6.25 us, not at 22.5 us (6 667).
+    // The 20 000 probes held take at most what they cost in the last window
+    // without newcomers (5 us) and a quarter more: 12.5%, not the third of
+    // the 45% the count gives them (15%). Half of 62.5% headroom at 6.25 us,
+    // not at 22.5 us (13 888).
     EXPECT_NEAR(s.cost_per_probe(), 6.25e-6, 1e-12);
-    EXPECT_NEAR(s.room(), 48'000, 1);
+    EXPECT_NEAR(s.room(), 50'000, 1);
 }
 
 // A million agents retrying with backoff keep the loop busy with busy
@@ -206,6 +207,31 @@ TEST(LoadShedder, ARegistrationBurstPacesButDoesNotShed) {
     clock.set(kStart + 4s);
     EXPECT_TRUE(s.shedding(clock.now()));
     EXPECT_EQ(s.episodes(), 1u);
+}
+
+// Handshakes cost more than probes: a MAC, an insert, an event. Split by
+// count, a storm's windows looked over the threshold and shed the storm
+// itself; the probes held are taken at most at their cost in the last
+// window without newcomers. An overload of the peers held still sheds.
+TEST(LoadShedder, AStormsHandshakesAreNotTakenForTheLoadHeld) {
+    FakeClock clock{kStart};
+    LoadShedder s(75, clock.now());
+    const auto window = [&](int probes, int registers, double share) {
+        for (int i = 0; i < probes; ++i) s.note_probe();
+        for (int i = 0; i < registers; ++i) s.note_register();
+        s.note_busy(std::chrono::duration_cast<Duration>(1s * share), clock.now() + 500ms);
+        clock.advance(1s);
+        return s.shedding(clock.now());
+    };
+    EXPECT_FALSE(window(100'000, 0, 0.50));  // 5 us a probe
+    // 95% busy with 20 000 REGISTERs: 79% by count, at most 62.5% by cost.
+    for (int w = 0; w < 5; ++w) EXPECT_FALSE(window(100'000, 20'000, 0.95)) << "window " << w;
+    EXPECT_EQ(s.episodes(), 0u);
+    EXPECT_NEAR(s.cost_per_probe(), 6.25e-6, 1e-12);  // 5 us and a quarter, not 7.9 us
+    // The cost a window without newcomers measures is the one believed.
+    EXPECT_TRUE(window(100'000, 0, 0.80));
+    EXPECT_EQ(s.episodes(), 1u);
+    EXPECT_TRUE(window(100'000, 20'000, 0.95)) << "8 us a probe: 80% held";
 }
 
 // The hysteresis is for the load. An episode the overflows alone began
