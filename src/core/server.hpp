@@ -199,8 +199,15 @@ public:
     // missed, up to kMaxWithheld probes in a row.
     // It counts towards shedding load too (note_loop_busy).
     void doubt_receive(TimePoint now) {
-        if (now > receive_doubt_) receive_doubt_ = now;
+        doubt_unread(now);
         shedder_.note_overflow(now);
+    }
+    // Datagrams addressed to the daemon were left unread when probes fell
+    // due (a receive queue deeper than one step reads): an ACK among them
+    // would not count. The same doubt, without the overflow's shedding: a
+    // queue of REGISTERs is a registration burst, and pacing answers it.
+    void doubt_unread(TimePoint now) {
+        if (now > receive_doubt_) receive_doubt_ = now;
     }
     // One loop iteration ending at `now` took `cpu` of the daemon's CPU time.
     // Over capacity (limits().shed_busy_percent), a REGISTER for a name the

@@ -120,9 +120,9 @@ struct PeerSnap {
 std::vector<PeerSnap> snapshot(const PeerTable& table) {
     std::vector<PeerSnap> out;
     table.for_each([&](PeerTable::Slot, const Peer& p) {
-        out.push_back({std::string(p.name), p.session, p.incarnation, p.address, *p.route, p.interval, p.probes,
-                       p.state, p.since, p.seq_sent, p.seq_acked, p.missed, p.rtt, p.probes_sent,
-                       p.acks_received});
+        out.push_back({std::string(p.name), p.session, p.incarnation, p.address, *p.route,
+                       p.interval, p.probes, p.state, p.since, p.seq_sent, p.seq_acked, p.missed,
+                       p.rtt, p.probes_sent, p.acks_received});
     });
     return out;
 }
@@ -1789,6 +1789,31 @@ TEST_F(ServerTest, DoubtAboutOwnReceptionWithholdsOneVerdictNotMore) {
     run_until(probe_at + 400ms);
     EXPECT_EQ(peer("p").state, PeerState::down);
     EXPECT_EQ(sink.events.back().at, probe_at + 400ms);
+}
+
+// ACKs left in a queue deeper than one step reads are doubted like lost
+// ones, but a queue is no overflow: it sheds nothing.
+TEST_F(ServerTest, DatagramsLeftUnreadWithholdAVerdictAndShedNothing) {
+    add_peer("p", kAlpha, 200, 1);
+    run_for(1s);
+    responders[kAlpha].answering = false;
+    const std::size_t sent = probes_to(kAlpha).size();
+    while (probes_to(kAlpha).size() == sent) run_for(1ms);
+    const TimePoint probe_at = probes_to(kAlpha).back().at;
+    run_for(50ms);
+    server->doubt_unread(clock.now());
+    run_until(probe_at + 200ms);
+    EXPECT_EQ(peer("p").state, PeerState::up);
+    EXPECT_EQ(server->verdicts_withheld(), 1u);
+    run_until(probe_at + 400ms);
+    EXPECT_EQ(peer("p").state, PeerState::down);
+    // An overflow then would have a newcomer told busy for 3 s after its
+    // window closed.
+    run_until(probe_at + 1200ms);
+    add_peer("q", kBeta, 200, 1);
+    EXPECT_EQ(peer("q").state, PeerState::up);
+    EXPECT_EQ(server->registrations_shed(), 0u);
+    EXPECT_EQ(server->load().episodes(), 0u);
 }
 
 TEST_F(ServerTest, ADeadPeerIsFoundEvenWhileTheServerKeepsDoubting) {
