@@ -1,7 +1,6 @@
 #include "core/random.hpp"
 
-#include <array>
-#include <cstring>
+#include <utility>
 
 #include "core/crypto.hpp"
 
@@ -18,11 +17,11 @@ std::uint64_t RandomSource::below(std::uint64_t bound) {
 }
 
 std::uint64_t SystemRandom::next_u64() {
-    std::array<std::uint8_t, 8> bytes;
-    random_bytes(bytes);
-    std::uint64_t v = 0;
-    std::memcpy(&v, bytes.data(), sizeof v);
-    return v;
+    if (next_ == pool_.size()) {
+        random_bytes({reinterpret_cast<std::uint8_t*>(pool_.data()), sizeof pool_});
+        next_ = 0;
+    }
+    return std::exchange(pool_[next_++], 0);
 }
 
 std::uint64_t SeededRandom::next_u64() {

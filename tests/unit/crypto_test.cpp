@@ -1,7 +1,10 @@
 // The libsodium wrappers against published vectors (HMAC-SHA256: RFC 4231;
 // SipHash-2-4: the SipHash paper), and the registration cookie's validity window and bindings.
+#include "core/crypto.hpp"
+
 #include <gtest/gtest.h>
 
+#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -9,7 +12,7 @@
 #include "core/address.hpp"
 #include "core/clock.hpp"
 #include "core/cookie.hpp"
-#include "core/crypto.hpp"
+#include "core/random.hpp"
 
 namespace keepalive {
 namespace {
@@ -104,6 +107,18 @@ TEST(RandomBytes, FillsAndDiffers) {
     const std::array<std::uint8_t, 32> zero{};
     EXPECT_NE(a, zero);  // 2^-256 odds of a false failure
     EXPECT_NE(a, b);
+}
+
+// Values come from a pool refilled 32 at a time: none repeats across
+// refills, and two sources (two processes, or a restart) never share one.
+TEST(SystemRandom, NoValueRepeatsAcrossRefillsOrSources) {
+    SystemRandom a;
+    SystemRandom b;
+    std::set<std::uint64_t> seen;
+    for (int i = 0; i < 1000; ++i) {
+        EXPECT_TRUE(seen.insert(a.next_u64()).second) << i;  // 2^-44 odds of a false failure
+        EXPECT_TRUE(seen.insert(b.next_u64()).second) << i;
+    }
 }
 
 TEST(ConstantTimeEqual, ComparesContentAndLength) {
