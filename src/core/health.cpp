@@ -1,5 +1,8 @@
 #include "core/health.hpp"
 
+#include <algorithm>
+#include <chrono>
+
 namespace keepalive {
 
 void LossWindow::record(bool lost, std::uint32_t size) {
@@ -20,7 +23,10 @@ void LossWindow::record(bool lost, std::uint32_t size) {
 // TCP's smoothing (RFC 6298, alpha 1/8): one slow answer does not make a
 // peer degraded, a lasting change does within a few probes.
 void PeerHealth::rtt_sample(Duration rtt) {
-    srtt_ns_ = srtt_ns_ < 0 ? rtt.count() : srtt_ns_ + (rtt.count() - srtt_ns_) / 8;
+    const std::int64_t us = std::clamp<std::int64_t>(
+        std::chrono::duration_cast<std::chrono::microseconds>(rtt).count(), 0, INT32_MAX);
+    // Between two values in range: stays in range.
+    srtt_us_ = static_cast<std::int32_t>(srtt_us_ < 0 ? us : srtt_us_ + (us - srtt_us_) / 8);
 }
 
 HealthFigures PeerHealth::judge(const HealthPolicy& policy, bool degraded_now,
@@ -57,8 +63,7 @@ void FlapDamper::unanswered() {
 }
 
 bool FlapDamper::released(TimePoint now, const HealthPolicy& policy) const {
-    return !policy.hold_down ||
-           (answering_since_ && now - *answering_since_ >= *policy.hold_down);
+    return !policy.hold_down || (answering_since_ && now - *answering_since_ >= *policy.hold_down);
 }
 
 }  // namespace keepalive

@@ -60,7 +60,7 @@ public:
     void rtt_sample(Duration rtt);
     // Forget the past: a new session, or a peer back from down (its loss
     // window is cleared apart).
-    void reset() { srtt_ns_ = -1; }
+    void reset() { srtt_us_ = -1; }
 
     // The peer's figures, and what is over its limit under `policy` (nothing
     // if it is healthy). `degraded_now` selects the thresholds: entering needs
@@ -70,11 +70,14 @@ public:
                         const LossWindow* window) const;
 
     std::optional<Duration> smoothed_rtt() const {
-        return srtt_ns_ < 0 ? std::nullopt : std::optional<Duration>(Duration(srtt_ns_));
+        return srtt_us_ < 0 ? std::nullopt
+                            : std::optional<Duration>(std::chrono::microseconds(srtt_us_));
     }
 
 private:
-    std::int64_t srtt_ns_ = -1;  // none yet: an RTT is never negative
+    // Whole microseconds, as shown, in 4 bytes (a peer record holds it);
+    // saturates at 2^31-1 us. None yet: an RTT is never negative.
+    std::int32_t srtt_us_ = -1;
 };
 
 // Recent recoveries of one peer, for damping.

@@ -22,8 +22,8 @@ TimerWheel::TimerWheel(TimePoint start, Duration tick, std::size_t slots)
     if (tick_ns_ <= 0) {
         throw std::invalid_argument("TimerWheel: tick must be positive");
     }
-    if (!std::has_single_bit(slots) || slots > (std::size_t{1} << 31)) {
-        throw std::invalid_argument("TimerWheel: slots must be a power of two <= 2^31");
+    if (!std::has_single_bit(slots) || slots > (std::size_t{1} << 30)) {
+        throw std::invalid_argument("TimerWheel: slots must be a power of two <= 2^30");
     }
     slots_.resize(slots);
     occupied_.resize((slots + 63) / 64);
@@ -51,7 +51,7 @@ TimePoint TimerWheel::tick_start(std::int64_t tick, std::uint64_t plus) const {
 
 bool TimerWheel::live(Handle h) const {
     return h.index < entries_.size() && entries_[h.index].generation == h.generation &&
-           entries_[h.index].state != State::free;
+           !entries_[h.index].free();
 }
 
 bool TimerWheel::pending(Handle h) const {
@@ -68,14 +68,14 @@ std::optional<TimePoint> TimerWheel::deadline(Handle h) const {
 void TimerWheel::link(std::uint32_t index, std::size_t slot) {
     Entry& e = entries_[index];
     Slot& s = slots_[slot];
-    e.slot = static_cast<std::uint32_t>(slot);
-    e.state = State::linked;
-    e.next = nil;
-    e.prev = s.tail;
+    const std::uint32_t end = kEnd | static_cast<std::uint32_t>(slot);
+    e.next = end;
     if (s.tail == nil) {
+        e.prev = end;
         s.head = index;
         occupied_[slot >> 6] |= std::uint64_t{1} << (slot & 63);
     } else {
+        e.prev = s.tail;
         entries_[s.tail].next = index;
     }
     s.tail = index;
@@ -84,14 +84,14 @@ void TimerWheel::link(std::uint32_t index, std::size_t slot) {
 void TimerWheel::link_front(std::uint32_t index, std::size_t slot) {
     Entry& e = entries_[index];
     Slot& s = slots_[slot];
-    e.slot = static_cast<std::uint32_t>(slot);
-    e.state = State::linked;
-    e.prev = nil;
-    e.next = s.head;
+    const std::uint32_t end = kEnd | static_cast<std::uint32_t>(slot);
+    e.prev = end;
     if (s.head == nil) {
+        e.next = end;
         s.tail = index;
         occupied_[slot >> 6] |= std::uint64_t{1} << (slot & 63);
     } else {
+        e.next = s.head;
         entries_[s.head].prev = index;
     }
     s.head = index;
@@ -99,27 +99,31 @@ void TimerWheel::link_front(std::uint32_t index, std::size_t slot) {
 
 void TimerWheel::unlink(std::uint32_t index) {
     Entry& e = entries_[index];
-    Slot& s = slots_[e.slot];
-    if (e.prev == nil) {
-        s.head = e.next;
+    const bool head = (e.prev & kEnd) != 0;
+    const bool tail = (e.next & kEnd) != 0;
+    // A neighbour takes over this entry's link, an end mark included.
+    if (head) {
+        slots_[e.prev & ~kEnd].head = tail ? nil : e.next;
     } else {
         entries_[e.prev].next = e.next;
     }
-    if (e.next == nil) {
-        s.tail = e.prev;
+    if (tail) {
+        slots_[e.next & ~kEnd].tail = head ? nil : e.prev;
     } else {
         entries_[e.next].prev = e.prev;
     }
-    if (s.head == nil) {
-        occupied_[e.slot >> 6] &= ~(std::uint64_t{1} << (e.slot & 63));
+    if (head && tail) {
+        const std::uint32_t slot = e.prev & ~kEnd;
+        occupied_[slot >> 6] &= ~(std::uint64_t{1} << (slot & 63));
     }
-    e.next = e.prev = nil;
+    e.next = nil;
+    e.prev = kDue;  // the caller releases it, or it is due
 }
 
 void TimerWheel::release(std::uint32_t index) {
     Entry& e = entries_[index];
     ++e.generation;
-    e.state = State::free;
+    e.prev = kFree;
     e.next = free_head_;
     free_head_ = index;
     --size_;
@@ -130,7 +134,7 @@ TimerWheel::Handle TimerWheel::schedule(TimePoint deadline, std::uint32_t payloa
     if (index != nil) {
         free_head_ = entries_[index].next;
     } else {
-        if (entries_.size() >= nil) {
+        if (entries_.size() >= kEnd) {
             throw std::length_error("TimerWheel: too many pending entries");
         }
         index = static_cast<std::uint32_t>(entries_.size());
@@ -152,7 +156,7 @@ bool TimerWheel::cancel(Handle h) {
     }
     // A due entry is out of its slot; releasing it bumps its generation, so the
     // running advance() skips it.
-    if (entries_[h.index].state == State::linked) {
+    if (entries_[h.index].linked()) {
         unlink(h.index);
     }
     release(h.index);
@@ -181,10 +185,9 @@ std::optional<TimePoint> TimerWheel::next_wakeup() const {
     // Due entries not fired yet (inside fn, or left by a limited advance()):
     // due now. due_ is sorted, so the first still-live one is the earliest.
     for (std::size_t i = fire_pos_; i < due_.size(); ++i) {
-        const Due& d = due_[i];
-        const Entry& e = entries_[d.index];
-        if (e.generation == d.generation && e.state == State::due) {
-            best = d.deadline;
+        const Entry& e = entries_[due_[i].index];
+        if (e.due()) {
+            best = e.deadline;
             break;
         }
     }
@@ -201,7 +204,8 @@ std::optional<TimePoint> TimerWheel::next_wakeup() const {
     // usually its first entry rather than the whole list.
     const TimePoint lowest = dist > 0 ? tick_start(cur_tick_, dist) : TimePoint::min();
     TimePoint earliest = TimePoint::max();
-    for (std::uint32_t i = slots_[(from + dist) & mask_].head; i != nil; i = entries_[i].next) {
+    for (std::uint32_t i = slots_[(from + dist) & mask_].head; (i & kEnd) == 0;
+         i = entries_[i].next) {
         earliest = std::min(earliest, entries_[i].deadline);
         if (earliest == lowest) break;
     }
@@ -225,14 +229,12 @@ std::optional<TimePoint> TimerWheel::next_wakeup() const {
 
 void TimerWheel::collect_slot(std::size_t slot, TimePoint now) {
     std::uint32_t i = slots_[slot].head;
-    while (i != nil) {
+    while ((i & kEnd) == 0) {  // nil or the tail's end mark
         const std::uint32_t next = entries_[i].next;
         Entry& e = entries_[i];
         if (e.deadline <= now) {
-            unlink(i);
-            e.state = State::due;
-            due_.push_back(Due{e.deadline, e.payload, i, e.generation,
-                               static_cast<std::uint32_t>(due_.size())});
+            unlink(i);  // now due
+            due_.push_back(Due{i, static_cast<std::uint32_t>(due_.size())});
         }
         i = next;
     }
@@ -282,8 +284,10 @@ void TimerWheel::collect_due(TimePoint now) {
     // fire ahead of anything scheduled since). So collection order breaks
     // deadline ties as schedule order would. Slots are usually collected in
     // order already (one slot); sort only when needed.
-    const auto before = [](const Due& a, const Due& b) {
-        return a.deadline != b.deadline ? a.deadline < b.deadline : a.order < b.order;
+    const auto before = [this](const Due& a, const Due& b) {
+        const TimePoint da = entries_[a.index].deadline;
+        const TimePoint db = entries_[b.index].deadline;
+        return da != db ? da < db : a.order < b.order;
     };
     if (!std::is_sorted(due_.begin(), due_.end(), before)) {
         std::sort(due_.begin(), due_.end(), before);
@@ -295,12 +299,12 @@ void TimerWheel::collect_due(TimePoint now) {
     now_ = std::max(now_, now);
 }
 
-bool TimerWheel::take_due(const Due& d) {
-    const Entry& e = entries_[d.index];
-    if (e.generation != d.generation || e.state != State::due) {
+bool TimerWheel::take_due(std::uint32_t index) {
+    const Entry& e = entries_[index];
+    if (!e.due()) {
         return false;  // cancelled by an earlier callback of this advance()
     }
-    release(d.index);
+    release(index);
     return true;
 }
 
@@ -314,10 +318,9 @@ void TimerWheel::end_advance() noexcept {
     // first; at its front, in firing order, so that they stay ahead of the
     // entries fn scheduled (later ones, maybe with the same deadline).
     for (std::size_t i = due_.size(); i > fire_pos_; --i) {
-        const Due& d = due_[i - 1];
-        const Entry& e = entries_[d.index];
-        if (e.generation == d.generation && e.state == State::due) {
-            link_front(d.index, slot_of_tick(cur_tick_));
+        const std::uint32_t index = due_[i - 1].index;
+        if (entries_[index].due()) {
+            link_front(index, slot_of_tick(cur_tick_));
         }
     }
     due_.clear();

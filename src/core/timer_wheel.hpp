@@ -40,7 +40,7 @@ public:
     };
 
     // `tick` is the slot width and must be positive; `slots` must be a power of
-    // two, at most 2^31. `start` is the wheel's initial current time. Throws
+    // two, at most 2^30. `start` is the wheel's initial current time. Throws
     // std::invalid_argument on bad parameters.
     explicit TimerWheel(TimePoint start, Duration tick = std::chrono::milliseconds(1),
                         std::size_t slots = 4096);
@@ -53,7 +53,7 @@ public:
 
     // Adds an entry firing at `deadline`. Any deadline is accepted: one at or
     // before the wheel's current time (the latest `now` given to advance(), or
-    // `start`) fires on the next advance(). Throws std::length_error if 2^32-1
+    // `start`) fires on the next advance(). Throws std::length_error if 2^31
     // entries are already pending, and std::bad_alloc when the pool cannot grow.
     Handle schedule(TimePoint deadline, std::uint32_t payload);
     // Room for `n` pending entries: up to that many, schedule() and advance() allocate nothing.
@@ -126,39 +126,46 @@ public:
 private:
     static constexpr std::uint32_t nil = UINT32_MAX;
 
-    enum class State : std::uint8_t {
-        free,    // on the free list
-        linked,  // in a slot list
-        due,     // taken out of its slot by a running advance(), not yet fired
-    };
+    // An entry is 24 bytes (one per peer): where it is and what state it is
+    // in are told by its links. A linked entry's prev is the entry before it,
+    // or kEnd | slot at the head of its slot's list; its next is the entry
+    // after it, or kEnd | slot at the tail. So unlinking finds the slot
+    // without storing it, and entry indexes stay below kEnd.
+    static constexpr std::uint32_t kEnd = std::uint32_t{1} << 31;
+    static constexpr std::uint32_t kFree = UINT32_MAX;     // prev of an entry on the free list
+    static constexpr std::uint32_t kDue = UINT32_MAX - 1;  // prev of one taken out by advance()
 
     // No schedule order is stored: entries of one deadline are always in one
     // slot's list (see collect_due), appended in schedule order.
     struct Entry {
         TimePoint deadline;
         std::uint32_t payload = 0;
-        std::uint32_t next = nil;
-        std::uint32_t prev = nil;
-        std::uint32_t slot = 0;
+        std::uint32_t next = nil;  // free: the next free entry (or nil)
+        std::uint32_t prev = kFree;
         std::uint32_t generation = 0;
-        State state = State::free;
+        bool free() const { return prev == kFree; }
+        bool due() const { return prev == kDue; }
+        bool linked() const { return !free() && !due(); }
     };
-    static_assert(sizeof(Entry) == 32);
+    static_assert(sizeof(Entry) == 24);
 
     struct Slot {
         std::uint32_t head = nil;
         std::uint32_t tail = nil;
     };
 
-    // An entry collected by advance(), with what firing it needs. `order`
-    // is its place in collection order, which breaks deadline ties.
+    // An entry collected by advance(): 8 bytes, as a backlog may collect
+    // every pending entry at once and the scratch keeps its high-water pages.
+    // The deadline and payload are read from the entry. No generation is
+    // needed: an entry is `due` only while its one Due waits in due_ (nothing
+    // is collected until due_ is empty), so a cancelled entry, reused or not,
+    // is never taken for it. `order` is its place in collection order, which
+    // breaks deadline ties.
     struct Due {
-        TimePoint deadline;
-        std::uint32_t payload;
         std::uint32_t index;
-        std::uint32_t generation;
         std::uint32_t order;
     };
+    static_assert(sizeof(Due) == 8);
 
     // Ends an advance() even when fn throws.
     struct AdvanceScope {
@@ -181,7 +188,7 @@ private:
     bool begin_advance();  // true when leftovers of a limited advance() wait in due_
     void collect_due(TimePoint now);
     void collect_slot(std::size_t slot, TimePoint now);
-    bool take_due(const Due& d);
+    bool take_due(std::uint32_t index);
     void end_advance() noexcept;
 
     std::vector<Entry> entries_;
@@ -209,18 +216,22 @@ bool TimerWheel::advance(TimePoint now, Fn&& fn, Ahead&& ahead, std::size_t limi
     AdvanceScope scope{*this};
     if (!carried) collect_due(now);
     for (std::size_t i = fire_pos_; i < fire_pos_ + look_ahead && i < due_.size(); ++i)
-        ahead(due_[i].payload);
+        ahead(entries_[due_[i].index].payload);
     std::size_t fired = 0;
     while (fire_pos_ < due_.size()) {
         if (fired == limit) {
             stopped_at_limit_ = true;  // end_advance() keeps the rest for the next call
             return true;
         }
-        if (fire_pos_ + look_ahead < due_.size()) ahead(due_[fire_pos_ + look_ahead].payload);
-        const Due d = due_[fire_pos_++];
-        if (take_due(d)) {
+        if (fire_pos_ + look_ahead < due_.size())
+            ahead(entries_[due_[fire_pos_ + look_ahead].index].payload);
+        const std::uint32_t index = due_[fire_pos_++].index;
+        // Read before fn runs: fn may reuse the released entry.
+        const std::uint32_t payload = entries_[index].payload;
+        const TimePoint deadline = entries_[index].deadline;
+        if (take_due(index)) {
             ++fired;
-            fn(d.payload, d.deadline);
+            fn(payload, deadline);
         }
     }
     if (!carried) return false;

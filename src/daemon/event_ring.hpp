@@ -55,6 +55,8 @@ struct EventRecord {
 
     nlohmann::json to_json() const;
 };
+// The ring keeps kDefaultCapacity of them, all resident once it has wrapped.
+static_assert(sizeof(EventRecord) <= 152);
 
 class EventRing {
 public:

@@ -15,7 +15,7 @@
 namespace keepalive {
 
 // An event's cause and the figures its words need (see PeerEvent), held by
-// value so that the event ring keeps these instead of the words: 48 bytes and
+// value so that the event ring keeps these instead of the words: 40 bytes and
 // no allocation, but for the few causes that carry an address, a network
 // error or a target's old configuration.
 struct EventReason {
@@ -26,8 +26,8 @@ struct EventReason {
     };
 
     Duration duration{};      // grant_changed, damping_ended, damped, forgotten
-    OptionalDuration rtt;     // recovered, degraded
     Boxed<Rare> rare;         // none unless one of its parts is set
+    OptionalDuration rtt;     // recovered, degraded
     std::uint32_t count = 0;  // unanswered, damped
     std::uint32_t lost = 0;   // recovered, degraded: the loss window
     std::uint32_t window = 0;

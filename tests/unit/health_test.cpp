@@ -31,6 +31,60 @@ TEST(LossWindow, CountsTheLastNOutcomes) {
     EXPECT_EQ(w.size(), 1u);
 }
 
+// The smoothed RTT is held in 4 bytes of whole microseconds (a peer record
+// holds it): exact in microseconds, smoothed with alpha 1/8, truncated below
+// a microsecond, saturating at 2^31-1 us, never negative.
+TEST(PeerHealth, SmoothedRttInWholeMicroseconds) {
+    PeerHealth h;
+    EXPECT_FALSE(h.smoothed_rtt());
+    h.rtt_sample(1999ns);
+    EXPECT_EQ(h.smoothed_rtt(), std::optional<Duration>(1us));
+    h.rtt_sample(81us);  // 1 + (81 - 1) / 8
+    EXPECT_EQ(h.smoothed_rtt(), std::optional<Duration>(11us));
+    h.rtt_sample(3us);  // 11 + (3 - 11) / 8
+    EXPECT_EQ(h.smoothed_rtt(), std::optional<Duration>(10us));
+    h.reset();
+    EXPECT_FALSE(h.smoothed_rtt());
+    h.rtt_sample(0ns);  // an RTT of zero is an RTT
+    EXPECT_EQ(h.smoothed_rtt(), std::optional<Duration>(0us));
+    h.reset();
+    h.rtt_sample(-5us);  // a clock step cannot make it negative
+    EXPECT_EQ(h.smoothed_rtt(), std::optional<Duration>(0us));
+    h.reset();
+    h.rtt_sample(std::chrono::hours(2));
+    EXPECT_EQ(h.smoothed_rtt(), std::optional<Duration>(std::chrono::microseconds(INT32_MAX)));
+    h.rtt_sample(std::chrono::hours(1000));  // stays at the limit, no overflow
+    EXPECT_EQ(h.smoothed_rtt(), std::optional<Duration>(std::chrono::microseconds(INT32_MAX)));
+    h.rtt_sample(0ns);
+    EXPECT_EQ(h.smoothed_rtt(),
+              std::optional<Duration>(std::chrono::microseconds(INT32_MAX - (INT32_MAX / 8))));
+}
+
+// A peer's last RTT in 4 bytes: the same rules, and "none" apart from zero.
+TEST(OptionalDuration, WholeMicrosecondsSaturatingAndNeverNegative) {
+    OptionalDuration none;
+    EXPECT_FALSE(none);
+    EXPECT_EQ(std::optional<Duration>(none), std::nullopt);
+    EXPECT_EQ(none.value_or(7ms), Duration(7ms));
+    EXPECT_EQ(OptionalDuration(std::optional<Duration>()), none);
+    const OptionalDuration zero(Duration(0ns));
+    EXPECT_TRUE(zero);
+    EXPECT_EQ(*zero, Duration(0ns));
+    EXPECT_NE(zero, none);
+    EXPECT_EQ(*OptionalDuration(Duration(1999ns)), Duration(1us));
+    EXPECT_EQ(*OptionalDuration(Duration(1500ms)), Duration(1500ms));
+    EXPECT_EQ(*OptionalDuration(Duration(-3ms)), Duration(0ns));
+    EXPECT_EQ(*OptionalDuration(Duration(std::chrono::microseconds(INT32_MAX))),
+              OptionalDuration::kMax);
+    EXPECT_EQ(*OptionalDuration(OptionalDuration::kMax + 1ns), OptionalDuration::kMax);
+    EXPECT_EQ(*OptionalDuration(Duration::max()), OptionalDuration::kMax);
+    OptionalDuration r(std::optional<Duration>(42us));
+    EXPECT_EQ(std::optional<Duration>(r), std::optional<Duration>(42us));
+    r.reset();
+    EXPECT_FALSE(r.has_value());
+    static_assert(sizeof(OptionalDuration) == 4);
+}
+
 TEST(PeerHealth, HysteresisBands) {
     HealthPolicy policy;
     policy.loss = 0.2;

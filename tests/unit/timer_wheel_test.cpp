@@ -102,6 +102,33 @@ TEST(TimerWheel, RejectsBadParameters) {
     EXPECT_THROW(TimerWheel(t0, 0ms, 64), std::invalid_argument);
     EXPECT_THROW(TimerWheel(t0, -1ms, 64), std::invalid_argument);
     EXPECT_NO_THROW(TimerWheel(t0, 1ns, 1));
+    // Slot numbers are stored with a mark bit in an entry's 32-bit links.
+    EXPECT_THROW(TimerWheel(t0, 1ms, std::size_t{1} << 31), std::invalid_argument);
+}
+
+// Entries keep no slot number: the head and the tail of a slot's list find it
+// through their end marks. Cancel the middle, the head and the tail of one
+// slot's list in turn, and the list and the occupancy stay right.
+TEST(TimerWheel, CancelHeadMiddleAndTailOfOneSlot) {
+    TimerWheel w(t0, 1ms, 64);
+    std::vector<TimerWheel::Handle> h;
+    for (std::uint64_t p = 1; p <= 5; ++p) h.push_back(w.schedule(t0 + 3ms, p));
+    w.schedule(t0 + 67ms, 6);                // the same slot, a revolution later
+    EXPECT_TRUE(w.cancel(h[2]));             // middle
+    EXPECT_TRUE(w.cancel(h[0]));             // head
+    EXPECT_TRUE(w.cancel(h[4]));             // tail
+    const auto c = w.schedule(t0 + 3ms, 7);  // appended after 6
+    EXPECT_EQ(payloads(advance_to(w, t0 + 3ms)), (std::vector<std::uint64_t>{2, 4, 7}));
+    EXPECT_EQ(w.size(), 1u);
+    EXPECT_FALSE(w.cancel(c));
+    EXPECT_EQ(payloads(advance_to(w, t0 + 67ms)), (std::vector<std::uint64_t>{6}));
+    EXPECT_TRUE(w.empty());
+    EXPECT_FALSE(w.next_wakeup());
+    // A lone entry is head and tail at once: cancelling it empties the slot.
+    const auto lone = w.schedule(t0 + 70ms, 8);
+    EXPECT_TRUE(w.cancel(lone));
+    EXPECT_FALSE(w.next_wakeup());
+    EXPECT_EQ(payloads(advance_to(w, t0 + 200ms)), (std::vector<std::uint64_t>{}));
 }
 
 TEST(TimerWheel, EmptyWheel) {
@@ -481,6 +508,38 @@ TEST(TimerWheel, LimitedAdvanceFiresTheRestFirstNextTime) {
     EXPECT_FALSE(w.advance(t0 + 5ms, record, none, 3));
     EXPECT_EQ(got, (std::vector<std::uint64_t>{9}));
     EXPECT_TRUE(w.empty());
+}
+
+// A leftover of a limited advance() is cancelled between calls and its index
+// reused for an entry already due: the leftover must not fire, and the new
+// entry fires with its own payload and deadline once the leftovers are done
+// (due_ records no payload, deadline or generation of its own).
+TEST(TimerWheel, LeftoverCancelledAndIndexReusedBetweenLimitedAdvances) {
+    TimerWheel w(t0);
+    w.schedule(t0 + 1ms, 1);
+    const auto b = w.schedule(t0 + 2ms, 2);
+    w.schedule(t0 + 3ms, 3);
+    std::vector<Fire> got;
+    std::vector<std::uint64_t> seen_ahead;
+    const auto record = [&](std::uint64_t p, TimePoint d) { got.push_back({p, d, t0 + 5ms}); };
+    const auto ahead = [&](std::uint64_t p) { seen_ahead.push_back(p); };
+    EXPECT_TRUE(w.advance(t0 + 5ms, record, ahead, 1));
+    EXPECT_EQ(payloads(got), (std::vector<std::uint64_t>{1}));
+    EXPECT_TRUE(w.cancel(b));
+    const auto c = w.schedule(t0 + 1ms, 4);
+    ASSERT_EQ(c.index, b.index);
+    got.clear();
+    EXPECT_TRUE(w.advance(t0 + 5ms, record, ahead, 5)) << "leftovers only, and 4 is due";
+    EXPECT_EQ(payloads(got), (std::vector<std::uint64_t>{3}));
+    got.clear();
+    EXPECT_FALSE(w.advance(t0 + 5ms, record, ahead, 5));
+    ASSERT_EQ(got.size(), 1u);
+    EXPECT_EQ(got[0].payload, 4u);
+    EXPECT_EQ(got[0].deadline, t0 + 1ms);
+    EXPECT_TRUE(w.empty());
+    // ahead() saw what was collected, in firing order: 1 2 3 first, then 4.
+    ASSERT_GE(seen_ahead.size(), 4u);
+    EXPECT_EQ(seen_ahead.back(), 4u);
 }
 
 TEST(TimerWheel, NestedAdvanceThrowsAndLeavesOuterCallIntact) {
