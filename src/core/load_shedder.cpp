@@ -90,22 +90,12 @@ void LoadShedder::judge(double held, bool overflowed, bool may_start) {
         shedding_ = false;
         return;
     }
-    const double enter = busy_percent_ / 100.0;
-    const double leave =
-        (busy_percent_ > kHysteresisPercent ? busy_percent_ - kHysteresisPercent : 0) / 100.0;
-    if ((held >= enter || overflowed) && (may_start || shedding_)) {
-        if (!shedding_) {
-            ++episodes_;
-            by_load_ = false;
-        }
-        by_load_ = by_load_ || held >= enter;
+    if ((held >= busy_percent_ / 100.0 || overflowed) && (may_start || shedding_)) {
+        if (!shedding_) ++episodes_;
         shedding_ = true;
         calm_ = 0;
-    } else if (shedding_) {
-        // The hysteresis is for the load: an episode only overflows began
-        // ends once they stop, if the load stays under the threshold.
-        calm_ = held <= leave || !by_load_ ? calm_ + 1 : 0;
-        if (calm_ >= kCalmWindows) shedding_ = false;
+    } else if (shedding_ && ++calm_ >= kCalmWindows) {
+        shedding_ = false;
     }
 }
 
