@@ -231,6 +231,15 @@ protected:
         return out;
     }
 
+    // `to` stops answering; runs until the server sends it the next probe, and
+    // returns when that was.
+    TimePoint silence_until_next_probe(const Address& to) {
+        responders[to].answering = false;
+        const std::size_t sent = probes_to(to).size();
+        while (probes_to(to).size() == sent) run_for(1ms);
+        return probes_to(to).back().at;
+    }
+
     std::vector<Event> events_since(std::size_t from) const {
         return {sink.events.begin() + static_cast<std::ptrdiff_t>(from), sink.events.end()};
     }
@@ -1775,11 +1784,8 @@ TEST_F(ServerTest, DoubtAboutOwnReceptionWithholdsOneVerdictNotMore) {
     add_peer("p", kAlpha, 200, 1);
     run_for(1s);
     ASSERT_EQ(peer("p").state, PeerState::up);
-    responders[kAlpha].answering = false;
     // The next probe goes unanswered; the daemon then finds it lost datagrams.
-    const std::size_t sent = probes_to(kAlpha).size();
-    while (probes_to(kAlpha).size() == sent) run_for(1ms);
-    const TimePoint probe_at = probes_to(kAlpha).back().at;
+    const TimePoint probe_at = silence_until_next_probe(kAlpha);
     run_for(50ms);
     server->doubt_receive(clock.now());
     run_until(probe_at + 200ms);
@@ -1796,10 +1802,7 @@ TEST_F(ServerTest, DoubtAboutOwnReceptionWithholdsOneVerdictNotMore) {
 TEST_F(ServerTest, DatagramsLeftUnreadWithholdAVerdictAndShedNothing) {
     add_peer("p", kAlpha, 200, 1);
     run_for(1s);
-    responders[kAlpha].answering = false;
-    const std::size_t sent = probes_to(kAlpha).size();
-    while (probes_to(kAlpha).size() == sent) run_for(1ms);
-    const TimePoint probe_at = probes_to(kAlpha).back().at;
+    const TimePoint probe_at = silence_until_next_probe(kAlpha);
     run_for(50ms);
     server->doubt_unread(clock.now());
     run_until(probe_at + 200ms);
@@ -1819,10 +1822,7 @@ TEST_F(ServerTest, DatagramsLeftUnreadWithholdAVerdictAndShedNothing) {
 TEST_F(ServerTest, ADeadPeerIsFoundEvenWhileTheServerKeepsDoubting) {
     add_peer("p", kAlpha, 200, 2);
     run_for(1s);
-    responders[kAlpha].answering = false;
-    const std::size_t sent = probes_to(kAlpha).size();
-    while (probes_to(kAlpha).size() == sent) run_for(1ms);
-    const TimePoint first_unanswered = probes_to(kAlpha).back().at;
+    const TimePoint first_unanswered = silence_until_next_probe(kAlpha);
     // The server loses datagrams all the time from now on.
     while (peer("p").state != PeerState::down && clock.now() < first_unanswered + 10s) {
         run_for(10ms);
