@@ -17,10 +17,11 @@ namespace {
 // Room for one IP_PKTINFO or IPV6_PKTINFO message, with slack for anything else the kernel adds.
 constexpr std::size_t kControlSize = 128;
 // Asked of every socket the daemon binds; the kernel grants at most
-// net.core.rmem_max (and counts twice that). A registration storm's retries
-// arrive in bursts of tens of thousands of datagrams: every one the queue
-// cannot hold is an overflow, and an overflow puts the ACKs in doubt.
-constexpr int kReceiveBufferBytes = 8 << 20;
+// net.core.rmem_max (and counts twice that). 8 MiB was tried: at 100 000
+// peers at 1 s on a machine where they took 80% of a core, ACKs queued
+// instead of dropped gave 24 928 false suspects in a run against 1 642 at
+// 1 MiB (docs/benchmarks.md, "Fifth session").
+constexpr int kReceiveBufferBytes = 1 << 20;
 
 struct alignas(cmsghdr) ControlBuffer {
     unsigned char bytes[kControlSize];
