@@ -52,6 +52,7 @@ void LoadShedder::roll(TimePoint now) {
 // by count. But a handshake costs more than a probe (a MAC, an insert, an
 // event), so a storm's windows are also held to what their probes cost in
 // the last window without newcomers, allowing for a table that grew since.
+// A window without newcomers is also where that cost is remembered from.
 double LoadShedder::held_share(double fraction) {
     if (probes_ + registers_ == 0) return fraction;
     const double probes = static_cast<double>(probes_);

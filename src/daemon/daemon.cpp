@@ -28,9 +28,9 @@ constexpr int kBatchesPerWakeup = 8;
 
 // Batches read from a socket still backlogged when probes fall due: enough
 // to empty a full receive queue of the 1 MiB UdpSocket asks. A deeper one
-// (rmem_max and SO_RCVBUF raised) is left for the next step, and the
-// verdicts of this one are doubted: a step that read a whole 8 MiB queue
-// took up to 270 ms of REGISTERs in a 1 M registration.
+// (a socket passed by systemd with a larger ReceiveBuffer=) is left for the
+// next step, and the verdicts of this one are doubted: a step that read a
+// whole 8 MiB queue took up to 270 ms of REGISTERs in a 1 M registration.
 constexpr int kDrainBatches = 64;
 
 // STATUS= is sent again for a worse loop lag only past this much more.

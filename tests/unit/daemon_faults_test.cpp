@@ -499,8 +499,8 @@ TEST(DaemonLog, TheEndOfASheddingEpisodeIsToldWhenThePeriodAllows) {
     CapturedStderr captured;
     InProcessDaemon d;
     // More datagrams than the receive buffer holds, while the loop is not
-    // reading: the daemon asks 1 MiB (up to 8 MiB where rmem_max allows
-    // more), counted twice, and a small datagram takes some 768 bytes of it.
+    // reading: the daemon asks 1 MiB, counted twice, and a small datagram
+    // takes some 768 bytes of it (50 000 leave room for a larger buffer).
     UniqueFd flood(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
     sockaddr_storage ss;
     const socklen_t len = d.address.to_sockaddr(ss);
