@@ -4,6 +4,7 @@
 #pragma once
 
 #include <chrono>
+#include <ctime>
 
 namespace keepalive {
 
@@ -34,5 +35,12 @@ public:
 private:
     TimePoint now_;
 };
+
+// CPU time the calling thread has used: how the daemon measures its own load.
+inline Duration thread_cpu_time() {
+    timespec ts{};
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec);
+}
 
 }  // namespace keepalive

@@ -24,6 +24,19 @@ UniqueFd open_reserve() {
     return UniqueFd(::open("/dev/null", O_RDONLY | O_CLOEXEC));
 }
 
+// Adds the CPU time of its scope to `total`.
+class CpuTimeSpent {
+public:
+    explicit CpuTimeSpent(Duration& total) : total_(total), start_(thread_cpu_time()) {}
+    ~CpuTimeSpent() { total_ += thread_cpu_time() - start_; }
+    CpuTimeSpent(const CpuTimeSpent&) = delete;
+    CpuTimeSpent& operator=(const CpuTimeSpent&) = delete;
+
+private:
+    Duration& total_;
+    Duration start_;
+};
+
 }  // namespace
 
 ControlServer::Producer ControlServer::whole(std::string answer) {
@@ -109,6 +122,7 @@ void ControlServer::pause_accepting() {
 }
 
 void ControlServer::on_accept() {
+    const CpuTimeSpent spent(cpu_time_);
     // Bounded: at most one backlog's worth per wake-up.
     for (int i = 0; i < kBacklog; ++i) {
         if (clients_.size() >= kMaxClients && !make_room()) {
@@ -152,6 +166,7 @@ void ControlServer::on_accept() {
 }
 
 void ControlServer::on_client(int fd, std::uint32_t events) {
+    const CpuTimeSpent spent(cpu_time_);
     auto it = clients_.find(fd);
     if (it == clients_.end()) return;
     Client& c = it->second;

@@ -46,6 +46,10 @@ public:
     // Connections closed unanswered because the daemon was out of file
     // descriptors (or epoll could watch no more).
     std::uint64_t refused_no_fd() const { return refused_no_fd_; }
+    // CPU time this thread has spent serving clients (accepting, reading
+    // requests, producing and writing answers), so that the daemon can leave
+    // it out of its load.
+    Duration cpu_time() const { return cpu_time_; }
 
     // A producer for an answer that is already whole.
     static Producer whole(std::string answer);
@@ -89,6 +93,7 @@ private:
     std::unordered_map<int, Client> clients_;
     std::uint64_t next_serial_ = 0;
     std::uint64_t refused_no_fd_ = 0;
+    Duration cpu_time_{};
 };
 
 }  // namespace keepalive

@@ -76,10 +76,6 @@ Duration wall_time() {
     return read_clock(CLOCK_MONOTONIC);
 }
 
-Duration thread_cpu_time() {
-    return read_clock(CLOCK_THREAD_CPUTIME_ID);
-}
-
 // CLOCK_BOOTTIME minus CLOCK_MONOTONIC (see SleepDetector); nullopt when the
 // thread was held up between the readings for too long to trust them.
 std::optional<Duration> time_asleep() {
@@ -209,6 +205,7 @@ Daemon::Daemon(Config config, Logger& log, const ClockSource& clock, RandomSourc
         for (const std::uint32_t id : std::exchange(backlogged_, {}))
             read_socket(id, kDrainBatches);
         if (!backlogged_.empty()) core_.doubt_unread(loop_.now());
+        read_registers();
         wheel_behind_ = core_.on_timer(loop_.now());
         after_work();
         // The ACKs to the probes just sent are read on the next step (at
@@ -216,7 +213,8 @@ Daemon::Daemon(Config config, Logger& log, const ClockSource& clock, RandomSourc
         defer_reads();
     });
     read_timer_ = loop_.add_timer([this] {
-        if (resume_reads()) defer_reads();
+        const bool read = resume_reads();
+        if (read_registers() || read) defer_reads();
         after_work();
     });
     summary_timer_ = loop_.add_timer([this] { log_throttle_summary(); });
@@ -451,6 +449,7 @@ Result<bool, std::string> Daemon::reconcile_listeners(const std::vector<Endpoint
             flush(it->first);
             outbox_.erase(it->first);
             loop_.remove_fd(it->second.socket.fd());
+            if (it->second.registers) loop_.remove_fd(it->second.registers->fd());
             it = listeners_.erase(it);
         } else {
             ++it;
@@ -470,12 +469,32 @@ void Daemon::add_listener(std::optional<Endpoint> configured, UdpSocket socket,
     outbox_[id].reserve(UdpSocket::kBatchSize);
     auto& l = listeners_
                   .emplace(id, Listener{std::move(configured), std::move(socket),
-                                        std::move(fd_store_name)})
+                                        std::move(fd_store_name), std::nullopt})
                   .first->second;
     keep_in_fd_store(l);
     loop_.add_fd(fd, EPOLLIN, [this, id](std::uint32_t events) {
         if (events & EPOLLERR) on_send_errors(id);
         if ((events & EPOLLIN) && read_socket(id, kBatchesPerWakeup)) defer_reads();
+        after_work();
+    });
+    if (!l.configured || l.configured->kind == Kind::kap1) open_register_queue(id, l);
+}
+
+// A registration storm then overflows the REGISTERs' queue alone: the ACKs
+// of the peers held are neither lost to it nor read after it, and a lost
+// REGISTER, which its agent sends again, is no reason to doubt a verdict.
+void Daemon::open_register_queue(std::uint32_t id, Listener& listener) {
+    auto queue =
+        listener.socket.divert(kap::kTypeOffset, static_cast<std::uint8_t>(kap::Type::register_));
+    if (!queue) {
+        log_.logf(LOG_NOTICE, "registrations share the peers' receive queue: {}", queue.error());
+        return;
+    }
+    listener.registers = std::move(*queue);
+    loop_.add_fd(listener.registers->fd(), EPOLLIN, [this, id](std::uint32_t events) {
+        if (events & EPOLLERR) on_send_errors(id, Queue::registers);
+        if ((events & EPOLLIN) && read_socket(id, kBatchesPerWakeup, Queue::registers))
+            defer_reads();
         after_work();
     });
 }
@@ -484,7 +503,10 @@ void Daemon::add_listener(std::optional<Endpoint> configured, UdpSocket socket,
 // kDeferReadsAbove); the wheel timer or read_timer_ reads them then.
 void Daemon::defer_reads() {
     if (reads_deferred_ || core_.peers().size() < kDeferReadsAbove) return;
-    for (auto& [id, l] : listeners_) loop_.modify_fd(l.socket.fd(), 0);
+    for (auto& [id, l] : listeners_) {
+        loop_.modify_fd(l.socket.fd(), 0);
+        if (l.registers) loop_.modify_fd(l.registers->fd(), 0);
+    }
     reads_deferred_ = true;
     loop_.arm_timer(read_timer_, step_after(loop_.now()));
 }
@@ -494,16 +516,27 @@ bool Daemon::resume_reads() {
     if (!reads_deferred_) return false;
     reads_deferred_ = false;
     loop_.arm_timer(read_timer_, std::nullopt);
-    for (auto& [id, l] : listeners_) loop_.modify_fd(l.socket.fd(), EPOLLIN);
+    for (auto& [id, l] : listeners_) {
+        loop_.modify_fd(l.socket.fd(), EPOLLIN);
+        if (l.registers) loop_.modify_fd(l.registers->fd(), EPOLLIN);
+    }
     bool read = false;
     for (auto& [id, l] : listeners_) read = read_socket(id, kBatchesPerWakeup) || read;
     return read;
 }
 
-bool Daemon::read_socket(std::uint32_t id, int max_batches) {
+// Newcomers wait for the peers held: their queues are read after the peers'.
+bool Daemon::read_registers() {
+    bool read = false;
+    for (auto& [id, l] : listeners_)
+        if (l.registers) read = read_socket(id, kBatchesPerWakeup, Queue::registers) || read;
+    return read;
+}
+
+bool Daemon::read_socket(std::uint32_t id, int max_batches, Queue queue) {
     auto it = listeners_.find(id);
     if (it == listeners_.end()) return false;
-    UdpSocket& socket = it->second.socket;
+    UdpSocket& socket = queue == Queue::registers ? *it->second.registers : it->second.socket;
     const Kind kind = it->second.configured ? it->second.configured->kind : Kind::kap1;
     const auto probe_listener = legacy_probe_listener();
     const TimePoint now = loop_.now();
@@ -543,6 +576,9 @@ bool Daemon::read_socket(std::uint32_t id, int max_batches) {
         backlog = n == UdpSocket::kBatchSize;
         read_any = read_any || n > 0;
     }
+    // REGISTERs alone were lost from their own queue (their agents send
+    // them again), and what waits there holds no verdict up.
+    if (queue == Queue::registers) return read_any;
     // The kernel dropped datagrams for us: an ACK may be missing through no
     // fault of its peer.
     if (socket.overflow_drops() != overflows_before) core_.doubt_receive(now);
@@ -555,12 +591,16 @@ bool Daemon::read_socket(std::uint32_t id, int max_batches) {
     return read_any;
 }
 
-// ICMP errors for probes we sent: what they say about the peer is the core's business.
-void Daemon::on_send_errors(std::uint32_t id) {
+// ICMP errors for probes we sent: what they say about the peer is the core's
+// business. The kernel queues an error on either socket of a listener that
+// has two: it picks one by a hash of the addresses, as the steering program
+// does not see ICMP.
+void Daemon::on_send_errors(std::uint32_t id, Queue queue) {
     auto it = listeners_.find(id);
     if (it == listeners_.end()) return;
     const TimePoint now = loop_.now();
-    it->second.socket.drain_errors([&](const UdpSocket::SendError& e) {
+    UdpSocket& socket = queue == Queue::registers ? *it->second.registers : it->second.socket;
+    socket.drain_errors([&](const UdpSocket::SendError& e) {
         core_.on_icmp_error(e.to, e.error, e.reporter, e.quoted, now);
     });
 }
@@ -885,11 +925,16 @@ nlohmann::json Daemon::status() const {
     std::uint64_t send_no_room = 0;
     std::uint64_t receive_errors = 0;
     std::uint64_t overflow_drops = 0;
+    std::uint64_t register_overflows = 0;
     for (const auto& [id, l] : listeners_) {
         send_errors += l.socket.send_errors();
         send_no_room += l.socket.send_no_room();
         receive_errors += l.socket.receive_errors();
         overflow_drops += l.socket.overflow_drops();
+        if (l.registers) {
+            receive_errors += l.registers->receive_errors();
+            register_overflows += l.registers->overflow_drops();
+        }
     }
     auto& d = j["daemon"];
     d["send_errors"] = send_errors;
@@ -903,6 +948,9 @@ nlohmann::json Daemon::status() const {
     // Datagrams the kernel dropped because the daemon did not read them in
     // time, and the verdicts withheld for that reason.
     d["receive_overflows"] = overflow_drops;
+    // REGISTERs dropped from their own queue (a registration storm): no
+    // verdict is withheld for them; their agents send them again.
+    d["register_overflows"] = register_overflows;
     d["verdicts_withheld"] = core_.verdicts_withheld();
     // Over capacity: new registrations answered "busy" (core/load_shedder.hpp).
     const LoadShedder& load = core_.load();
@@ -982,10 +1030,15 @@ void Daemon::start() {
 // is reserved up to max_peers, so a full table is a REJECT, not bad_alloc.
 void Daemon::run_once(std::optional<Duration> timeout) {
     const Duration before = thread_cpu_time();
+    const Duration queries_before = control_ ? control_->cpu_time() : Duration::zero();
     loop_.run_once(timeout);
     const Duration busy = thread_cpu_time() - before;
     stats_.record(busy);
-    core_.note_loop_busy(busy, loop_.now() + busy);
+    // An operator's queries are not load the peers put on the loop: a
+    // `peers --json` of 100 000 peers alone would turn newcomers away.
+    const Duration queries = (control_ ? control_->cpu_time() : Duration::zero()) - queries_before;
+    const Duration held = std::clamp(busy - queries, Duration::zero(), busy);
+    core_.note_loop_busy(held, loop_.now() + busy);
     if (core_.load().shedding() != shedding_) log_shedding();
 }
 

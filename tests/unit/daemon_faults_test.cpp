@@ -90,8 +90,13 @@ public:
     }
 
     void step(int n = 1) {
-        for (int i = 0; i < n; ++i) daemon->run_once(Duration::zero());
+        for (int i = 0; i < n; ++i) {
+            const Duration before = thread_cpu_time();
+            daemon->run_once(Duration::zero());
+            step_cpu += thread_cpu_time() - before;
+        }
     }
+    Duration step_cpu{};  // CPU time the daemon's loop iterations took
     nlohmann::json status() const { return daemon->status(); }
     std::uint64_t counter(const char* name) const {
         return status()["daemon"][name].get<std::uint64_t>();
@@ -531,6 +536,90 @@ TEST(DaemonLog, TheEndOfASheddingEpisodeIsToldWhenThePeriodAllows) {
         << "within 10 s of the last line";
     steps_for(std::chrono::seconds(7));
     EXPECT_NE(captured.text().find("back under capacity"), std::string::npos) << captured.text();
+}
+
+// REGISTERs have a receive queue of their own: a storm of them overflows
+// that queue alone. No verdict is withheld for it, nothing is shed, and the
+// peer held is served throughout.
+TEST(DaemonLoad, ARegistrationStormOverflowsOnlyItsOwnQueue) {
+    InProcessDaemon d;
+    Peer held(d);
+    held.register_as("held", 100, 3);
+    held.run_for(std::chrono::seconds(1));
+    // More REGISTERs than a queue holds (see the flood below), while the
+    // loop is not reading. A bare header: once read, each is dropped as malformed.
+    UniqueFd storm(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+    sockaddr_storage ss;
+    const socklen_t len = d.address.to_sockaddr(ss);
+    std::uint8_t reg[kap::kHeaderSize] = {kap::kMagic0, kap::kMagic1, kap::kVersion};
+    reg[kap::kTypeOffset] = static_cast<std::uint8_t>(kap::Type::register_);
+    const auto send_register = [&] {
+        ::sendto(storm.get(), reg, sizeof reg, 0, reinterpret_cast<const sockaddr*>(&ss), len);
+    };
+    for (int i = 0; i < 50'000; ++i) send_register();
+    d.step(200);
+    send_register();  // the drop count comes with the next datagram queued after the drops
+    d.step(2);
+    ASSERT_GT(d.counter("register_overflows"), 0u) << "the storm fitted in the queue";
+    EXPECT_EQ(d.counter("receive_overflows"), 0u);
+
+    held.run_for(std::chrono::seconds(3));
+    EXPECT_EQ(d.counter("verdicts_withheld"), 0u);
+    EXPECT_FALSE(d.status()["daemon"]["load"]["shedding"]);
+    EXPECT_EQ(d.status()["events"]["suspect"], 0u);
+    EXPECT_EQ(peer_row(d, "held")["state"], "up");
+}
+
+// The kernel queues an ICMP error on either socket of a listener, by a hash
+// of the addresses (the steering program never sees ICMP): a port
+// unreachable reaches the core from both.
+TEST(DaemonLoad, PortUnreachableIsReadFromEitherQueue) {
+    InProcessDaemon d;
+    std::vector<std::unique_ptr<Peer>> peers;
+    for (int i = 0; i < 16; ++i) {
+        peers.push_back(std::make_unique<Peer>(d));
+        peers.back()->register_as(fmt::format("gone-{}", i), 100, 3);
+    }
+    peers.clear();  // closed: each next PROBE meets a closed port
+    for (int i = 0; i < 100; ++i) {
+        d.clock.advance(milliseconds(5));
+        d.step(2);
+    }
+    for (int i = 0; i < 16; ++i) {
+        const auto row = peer_row(d, fmt::format("gone-{}", i));
+        EXPECT_TRUE(row["last_error"].is_string() && row["last_error"].get<std::string>().find(
+                                                         "port unreachable") != std::string::npos)
+            << row.dump();
+    }
+}
+
+// Shedding judges the load the peers put on the loop. An operator's queries
+// are not part of it: however heavy, they never get a newcomer told busy (a
+// `peers --json` of 110 000 peers used to start an episode on its own).
+TEST(DaemonLoad, QueriesAreNotLoadThatTurnsNewcomersAway) {
+    InProcessDaemon d("[peers]\nshed_busy_percent = 2\n");
+    Peer held(d);
+    held.register_as("held", 1000, 3);
+    held.run_for(std::chrono::seconds(3));  // past the window that saw the handshake
+    ASSERT_FALSE(d.status()["daemon"]["load"]["shedding"]);
+
+    // Within one window of the fake clock, queries until the loop has spent
+    // three times the threshold's share of a second (20 ms) on them.
+    const Duration before = d.step_cpu;
+    int queries = 0;
+    for (; queries < 100'000 && d.step_cpu - before < milliseconds(60); ++queries)
+        ASSERT_TRUE(d.query("status").has_value());
+    ASSERT_GE(d.step_cpu - before, milliseconds(60)) << "the queries were too cheap to tell";
+    held.run_for(milliseconds(1100));
+    EXPECT_FALSE(d.status()["daemon"]["load"]["shedding"]) << queries << " queries";
+    EXPECT_LT(d.status()["daemon"]["load"]["busy_percent"], 2) << queries << " queries";
+
+    Peer newcomer(d);
+    newcomer.send({.body = kap::Register{9, 1, 1000, 3, {}, "newcomer"}});
+    const auto reply = newcomer.await();
+    ASSERT_TRUE(reply.has_value());
+    EXPECT_EQ(kap::type_of(*reply), kap::Type::challenge)
+        << "told busy: diag " << static_cast<int>(reply->diag);
 }
 
 // With the real clock: a loop whose timerfd could not be armed does not
