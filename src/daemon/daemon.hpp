@@ -108,7 +108,7 @@ private:
     bool read_socket(std::uint32_t id, int max_batches, Queue queue = Queue::peers);
     void defer_reads();
     bool resume_reads();
-    bool read_registers();
+    bool read_registers(int max_batches);
     void on_send_errors(std::uint32_t id, Queue queue = Queue::peers);
     void after_work();
     void flush(std::uint32_t id) noexcept;
