@@ -217,7 +217,6 @@ struct Measured {
     std::uint64_t max_timer_lag_us = 0;
     std::uint64_t longest_iteration_us = 0;
     std::uint64_t receive_overflows = 0;
-    std::uint64_t register_overflows = 0;
     std::uint64_t verdicts_withheld = 0;
     std::uint64_t busy_rejects = 0;
     std::uint64_t suspects = 0;
@@ -512,7 +511,6 @@ Measured run(const Options& o, bool floor) {
         m.longest_iteration_us = loop.value("longest_iteration_us", std::uint64_t{0});
     }
     m.receive_overflows = daemon_field(status1, "receive_overflows");
-    m.register_overflows = daemon_field(status1, "register_overflows");
     m.verdicts_withheld = daemon_field(status1, "verdicts_withheld");
     m.verdicts_withheld_window = m.verdicts_withheld - daemon_field(status0, "verdicts_withheld");
     m.suspects = event_count(status1, "suspect");
@@ -870,7 +868,6 @@ int main(int argc, char** argv) {
             {"max_timer_lag_us", d.max_timer_lag_us},
             {"longest_iteration_us", d.longest_iteration_us},
             {"receive_overflows", d.receive_overflows},
-            {"register_overflows", d.register_overflows},
             {"verdicts_withheld", d.verdicts_withheld},
             {"registrations_shed", d.registrations_shed},
             {"events_not_logged", d.events_not_logged},

@@ -21,7 +21,6 @@
 namespace keepalive::kap {
 
 inline constexpr std::size_t kHeaderSize = 12;
-inline constexpr std::size_t kTypeOffset = 3;        // the header's type byte
 inline constexpr std::size_t kAuthTrailerSize = 36;  // key_id u32 + HMAC-SHA256
 inline constexpr std::size_t kAuthMacSize = 32;
 inline constexpr std::size_t kMaxNameLen = 64;

@@ -205,10 +205,6 @@ Daemon::Daemon(Config config, Logger& log, const ClockSource& clock, RandomSourc
         for (const std::uint32_t id : std::exchange(backlogged_, {}))
             read_socket(id, kDrainBatches);
         if (!backlogged_.empty()) core_.doubt_unread(loop_.now());
-        // Then as many REGISTERs as a full queue holds: read fewer (8 batches
-        // a step), a storm of 100 000 lost twice as many to the kernel and
-        // took 6.7 s instead of 3.1 s, its agents waiting out their backoff.
-        read_registers(kDrainBatches);
         wheel_behind_ = core_.on_timer(loop_.now());
         after_work();
         // The ACKs to the probes just sent are read on the next step (at
@@ -216,8 +212,7 @@ Daemon::Daemon(Config config, Logger& log, const ClockSource& clock, RandomSourc
         defer_reads();
     });
     read_timer_ = loop_.add_timer([this] {
-        const bool read = resume_reads();
-        if (read_registers(kBatchesPerWakeup) || read) defer_reads();
+        if (resume_reads()) defer_reads();
         after_work();
     });
     summary_timer_ = loop_.add_timer([this] { log_throttle_summary(); });
@@ -452,7 +447,6 @@ Result<bool, std::string> Daemon::reconcile_listeners(const std::vector<Endpoint
             flush(it->first);
             outbox_.erase(it->first);
             loop_.remove_fd(it->second.socket.fd());
-            if (it->second.registers) loop_.remove_fd(it->second.registers->fd());
             it = listeners_.erase(it);
         } else {
             ++it;
@@ -472,32 +466,12 @@ void Daemon::add_listener(std::optional<Endpoint> configured, UdpSocket socket,
     outbox_[id].reserve(UdpSocket::kBatchSize);
     auto& l = listeners_
                   .emplace(id, Listener{std::move(configured), std::move(socket),
-                                        std::move(fd_store_name), std::nullopt})
+                                        std::move(fd_store_name)})
                   .first->second;
     keep_in_fd_store(l);
     loop_.add_fd(fd, EPOLLIN, [this, id](std::uint32_t events) {
         if (events & EPOLLERR) on_send_errors(id);
         if ((events & EPOLLIN) && read_socket(id, kBatchesPerWakeup)) defer_reads();
-        after_work();
-    });
-    if (!l.configured || l.configured->kind == Kind::kap1) open_register_queue(id, l);
-}
-
-// A registration storm then overflows the REGISTERs' queue alone: the ACKs
-// of the peers held are neither lost to it nor read after it, and a lost
-// REGISTER, which its agent sends again, is no reason to doubt a verdict.
-void Daemon::open_register_queue(std::uint32_t id, Listener& listener) {
-    auto queue =
-        listener.socket.divert(kap::kTypeOffset, static_cast<std::uint8_t>(kap::Type::register_));
-    if (!queue) {
-        log_.logf(LOG_NOTICE, "registrations share the peers' receive queue: {}", queue.error());
-        return;
-    }
-    listener.registers = std::move(*queue);
-    loop_.add_fd(listener.registers->fd(), EPOLLIN, [this, id](std::uint32_t events) {
-        if (events & EPOLLERR) on_send_errors(id, Queue::registers);
-        if ((events & EPOLLIN) && read_socket(id, kBatchesPerWakeup, Queue::registers))
-            defer_reads();
         after_work();
     });
 }
@@ -506,10 +480,7 @@ void Daemon::open_register_queue(std::uint32_t id, Listener& listener) {
 // kDeferReadsAbove); the wheel timer or read_timer_ reads them then.
 void Daemon::defer_reads() {
     if (reads_deferred_ || core_.peers().size() < kDeferReadsAbove) return;
-    for (auto& [id, l] : listeners_) {
-        loop_.modify_fd(l.socket.fd(), 0);
-        if (l.registers) loop_.modify_fd(l.registers->fd(), 0);
-    }
+    for (auto& [id, l] : listeners_) loop_.modify_fd(l.socket.fd(), 0);
     reads_deferred_ = true;
     loop_.arm_timer(read_timer_, step_after(loop_.now()));
 }
@@ -519,27 +490,16 @@ bool Daemon::resume_reads() {
     if (!reads_deferred_) return false;
     reads_deferred_ = false;
     loop_.arm_timer(read_timer_, std::nullopt);
-    for (auto& [id, l] : listeners_) {
-        loop_.modify_fd(l.socket.fd(), EPOLLIN);
-        if (l.registers) loop_.modify_fd(l.registers->fd(), EPOLLIN);
-    }
+    for (auto& [id, l] : listeners_) loop_.modify_fd(l.socket.fd(), EPOLLIN);
     bool read = false;
     for (auto& [id, l] : listeners_) read = read_socket(id, kBatchesPerWakeup) || read;
     return read;
 }
 
-// Newcomers wait for the peers held: their queues are read after the peers'.
-bool Daemon::read_registers(int max_batches) {
-    bool read = false;
-    for (auto& [id, l] : listeners_)
-        if (l.registers) read = read_socket(id, max_batches, Queue::registers) || read;
-    return read;
-}
-
-bool Daemon::read_socket(std::uint32_t id, int max_batches, Queue queue) {
+bool Daemon::read_socket(std::uint32_t id, int max_batches) {
     auto it = listeners_.find(id);
     if (it == listeners_.end()) return false;
-    UdpSocket& socket = queue == Queue::registers ? *it->second.registers : it->second.socket;
+    UdpSocket& socket = it->second.socket;
     const Kind kind = it->second.configured ? it->second.configured->kind : Kind::kap1;
     const auto probe_listener = legacy_probe_listener();
     const TimePoint now = loop_.now();
@@ -579,9 +539,6 @@ bool Daemon::read_socket(std::uint32_t id, int max_batches, Queue queue) {
         backlog = n == UdpSocket::kBatchSize;
         read_any = read_any || n > 0;
     }
-    // REGISTERs alone were lost from their own queue (their agents send
-    // them again), and what waits there holds no verdict up.
-    if (queue == Queue::registers) return read_any;
     // The kernel dropped datagrams for us: an ACK may be missing through no
     // fault of its peer.
     if (socket.overflow_drops() != overflows_before) core_.doubt_receive(now);
@@ -594,16 +551,12 @@ bool Daemon::read_socket(std::uint32_t id, int max_batches, Queue queue) {
     return read_any;
 }
 
-// ICMP errors for probes we sent: what they say about the peer is the core's
-// business. The kernel queues an error on either socket of a listener that
-// has two: it picks one by a hash of the addresses, as the steering program
-// does not see ICMP.
-void Daemon::on_send_errors(std::uint32_t id, Queue queue) {
+// ICMP errors for probes we sent: what they say about the peer is the core's business.
+void Daemon::on_send_errors(std::uint32_t id) {
     auto it = listeners_.find(id);
     if (it == listeners_.end()) return;
     const TimePoint now = loop_.now();
-    UdpSocket& socket = queue == Queue::registers ? *it->second.registers : it->second.socket;
-    socket.drain_errors([&](const UdpSocket::SendError& e) {
+    it->second.socket.drain_errors([&](const UdpSocket::SendError& e) {
         core_.on_icmp_error(e.to, e.error, e.reporter, e.quoted, now);
     });
 }
@@ -928,16 +881,11 @@ nlohmann::json Daemon::status() const {
     std::uint64_t send_no_room = 0;
     std::uint64_t receive_errors = 0;
     std::uint64_t overflow_drops = 0;
-    std::uint64_t register_overflows = 0;
     for (const auto& [id, l] : listeners_) {
         send_errors += l.socket.send_errors();
         send_no_room += l.socket.send_no_room();
         receive_errors += l.socket.receive_errors();
         overflow_drops += l.socket.overflow_drops();
-        if (l.registers) {
-            receive_errors += l.registers->receive_errors();
-            register_overflows += l.registers->overflow_drops();
-        }
     }
     auto& d = j["daemon"];
     d["send_errors"] = send_errors;
@@ -951,9 +899,6 @@ nlohmann::json Daemon::status() const {
     // Datagrams the kernel dropped because the daemon did not read them in
     // time, and the verdicts withheld for that reason.
     d["receive_overflows"] = overflow_drops;
-    // REGISTERs dropped from their own queue (a registration storm): no
-    // verdict is withheld for them; their agents send them again.
-    d["register_overflows"] = register_overflows;
     d["verdicts_withheld"] = core_.verdicts_withheld();
     // Over capacity: new registrations answered "busy" (core/load_shedder.hpp).
     const LoadShedder& load = core_.load();
@@ -1038,7 +983,7 @@ void Daemon::run_once(std::optional<Duration> timeout) {
     const Duration busy = thread_cpu_time() - before;
     stats_.record(busy);
     // An operator's queries are not load the peers put on the loop: a
-    // `peers --json` of 100 000 peers alone would turn newcomers away.
+    // `peers --json` of 110 000 peers alone would turn newcomers away.
     const Duration queries = (control_ ? control_->cpu_time() : Duration::zero()) - queries_before;
     const Duration held = std::clamp(busy - queries, Duration::zero(), busy);
     core_.note_loop_busy(held, loop_.now() + busy);

@@ -72,12 +72,7 @@ private:
         std::optional<Endpoint> configured;  // none for a socket from systemd
         UdpSocket socket;
         std::string fd_store_name;  // kept in systemd's fd store under this name
-        // KAP/1: the REGISTERs sent to `socket`'s address, in a receive queue
-        // of their own (none where the kernel refused it: they go to `socket`).
-        std::optional<UdpSocket> registers;
     };
-    // Which of a listener's receive queues to read.
-    enum class Queue { peers, registers };
     static std::vector<Endpoint> endpoints(const Config& config);
 
     // Sockets from socket activation, and the sockets and saved state the
@@ -101,15 +96,13 @@ private:
     Result<bool, std::string> reconcile_listeners(const std::vector<Endpoint>& wanted);
     void add_listener(std::optional<Endpoint> configured, UdpSocket socket,
                       std::string fd_store_name = {});
-    void open_register_queue(std::uint32_t id, Listener& listener);
     std::optional<std::uint32_t> legacy_probe_listener() const;
-    // Reads and handles up to max_batches batches; a peers' queue with more
-    // left goes on backlogged_. True if anything was read.
-    bool read_socket(std::uint32_t id, int max_batches, Queue queue = Queue::peers);
+    // Reads and handles up to max_batches batches; a socket with more left
+    // goes on backlogged_. True if anything was read.
+    bool read_socket(std::uint32_t id, int max_batches);
     void defer_reads();
     bool resume_reads();
-    bool read_registers(int max_batches);
-    void on_send_errors(std::uint32_t id, Queue queue = Queue::peers);
+    void on_send_errors(std::uint32_t id);
     void after_work();
     void flush(std::uint32_t id) noexcept;
     void reload();

@@ -2,7 +2,6 @@
 
 #include <fcntl.h>
 #include <linux/errqueue.h>
-#include <linux/filter.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 
@@ -199,45 +198,6 @@ Result<UdpSocket, std::string> UdpSocket::adopt(UniqueFd fd, sys::Ops& ops) {
     if (fcntl(fd.get(), F_SETFD, FD_CLOEXEC) < 0)
         return Err{error_text("cannot set FD_CLOEXEC on", name, errno)};
     return finish_setup(std::move(fd), name, ops);
-}
-
-Result<UdpSocket, std::string> UdpSocket::divert(std::size_t offset, std::uint8_t value) {
-    const std::string name = local_.to_string();
-    sockaddr_storage ss{};
-    socklen_t len = sizeof ss;
-    if (getsockname(fd_.get(), reinterpret_cast<sockaddr*>(&ss), &len) < 0)
-        return Err{error_text("cannot read the address of", name, errno)};
-    if (!set_int_option(fd_.get(), SOL_SOCKET, SO_REUSEPORT, 1))
-        return Err{error_text("cannot set SO_REUSEPORT on", name, errno)};
-    auto failed = [&](std::string_view what) {
-        const int err = errno;
-        set_int_option(fd_.get(), SOL_SOCKET, SO_REUSEPORT, 0);  // nobody else may join
-        return Err{error_text(what, name, err)};
-    };
-    UniqueFd fd(socket(family_, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-    if (!fd) return failed("cannot create a second UDP socket for");
-    if (family_ == AF_INET6 &&
-        !set_int_option(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, v6only_ ? 1 : 0))
-        return failed("cannot set IPV6_V6ONLY on a second socket for");
-    set_int_option(fd.get(), SOL_SOCKET, SO_RCVBUF, kReceiveBufferBytes);
-    if (!set_int_option(fd.get(), SOL_SOCKET, SO_REUSEPORT, 1) ||
-        ::bind(fd.get(), reinterpret_cast<const sockaddr*>(&ss), len) < 0)
-        return failed("cannot bind a second UDP socket to");
-    // The program returns the index of a socket in the group, in the order
-    // they joined: 0 is this one, 1 the new one. The kernel runs it on the
-    // UDP payload; a load past its end returns 0.
-    sock_filter code[] = {
-        BPF_STMT(BPF_LD | BPF_B | BPF_ABS, static_cast<std::uint32_t>(offset)),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, value, 0, 1),
-        BPF_STMT(BPF_RET | BPF_K, 1),
-        BPF_STMT(BPF_RET | BPF_K, 0),
-    };
-    const sock_fprog program{static_cast<unsigned short>(std::size(code)), code};
-    if (setsockopt(fd.get(), SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &program, sizeof program) < 0)
-        return failed("cannot steer datagrams between the sockets of");
-    auto diverted = finish_setup(std::move(fd), name, *ops_);
-    if (!diverted) set_int_option(fd_.get(), SOL_SOCKET, SO_REUSEPORT, 0);
-    return diverted;
 }
 
 socklen_t UdpSocket::destination(const Address& to, sockaddr_storage& sa) const {

@@ -49,17 +49,6 @@ public:
     // its IPv4 peers appear as IPv4 addresses. Fails if `fd` is not a UDP socket.
     static Result<UdpSocket, std::string> adopt(UniqueFd fd, sys::Ops& ops = sys::system());
 
-    // A second socket on this socket's address that receives, from then on,
-    // the datagrams whose payload byte at `offset` is `value`; this one keeps
-    // the rest, in a receive queue of its own. The two form an SO_REUSEPORT
-    // group steered by a classic BPF program. SO_REUSEPORT is set on this
-    // socket only now, so that its own bind was exclusive; afterwards a
-    // process of the same user could join the group too. Fails, changing
-    // nothing, where the kernel refuses: a socket another user created (as
-    // systemd does for socket activation) or one already shared. ICMP errors
-    // for what this socket sends may then be queued on either socket.
-    Result<UdpSocket, std::string> divert(std::size_t offset, std::uint8_t value);
-
     // A moved-from socket may only be destroyed or assigned to.
     UdpSocket(UdpSocket&&) noexcept;
     UdpSocket& operator=(UdpSocket&&) noexcept;
@@ -91,9 +80,9 @@ public:
     // An ICMP error the kernel queued for a datagram this socket sent (IP_RECVERR and
     // IPV6_RECVERR are enabled on every socket).
     struct SendError {
-        Address to;  // where the datagram was going
-        int error;   // errno: ECONNREFUSED (port unreachable), EHOSTUNREACH, ...
-        std::optional<Address> reporter;       // the host that sent the ICMP error, if given
+        Address to;                       // where the datagram was going
+        int error;                        // errno: ECONNREFUSED (port unreachable), EHOSTUNREACH, ...
+        std::optional<Address> reporter;  // the host that sent the ICMP error, if given
         std::span<const std::uint8_t> quoted;  // the start of the datagram; valid during the call
     };
     // Reads up to `max` queued errors (MSG_ERRQUEUE) without blocking and calls `fn` for each

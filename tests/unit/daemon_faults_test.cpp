@@ -538,42 +538,9 @@ TEST(DaemonLog, TheEndOfASheddingEpisodeIsToldWhenThePeriodAllows) {
     EXPECT_NE(captured.text().find("back under capacity"), std::string::npos) << captured.text();
 }
 
-// REGISTERs have a receive queue of their own: a storm of them overflows
-// that queue alone. No verdict is withheld for it, nothing is shed, and the
-// peer held is served throughout.
-TEST(DaemonLoad, ARegistrationStormOverflowsOnlyItsOwnQueue) {
-    InProcessDaemon d;
-    Peer held(d);
-    held.register_as("held", 100, 3);
-    held.run_for(std::chrono::seconds(1));
-    // More REGISTERs than a queue holds (see the flood below), while the
-    // loop is not reading. A bare header: once read, each is dropped as malformed.
-    UniqueFd storm(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
-    sockaddr_storage ss;
-    const socklen_t len = d.address.to_sockaddr(ss);
-    std::uint8_t reg[kap::kHeaderSize] = {kap::kMagic0, kap::kMagic1, kap::kVersion};
-    reg[kap::kTypeOffset] = static_cast<std::uint8_t>(kap::Type::register_);
-    const auto send_register = [&] {
-        ::sendto(storm.get(), reg, sizeof reg, 0, reinterpret_cast<const sockaddr*>(&ss), len);
-    };
-    for (int i = 0; i < 50'000; ++i) send_register();
-    d.step(200);
-    send_register();  // the drop count comes with the next datagram queued after the drops
-    d.step(2);
-    ASSERT_GT(d.counter("register_overflows"), 0u) << "the storm fitted in the queue";
-    EXPECT_EQ(d.counter("receive_overflows"), 0u);
-
-    held.run_for(std::chrono::seconds(3));
-    EXPECT_EQ(d.counter("verdicts_withheld"), 0u);
-    EXPECT_FALSE(d.status()["daemon"]["load"]["shedding"]);
-    EXPECT_EQ(d.status()["events"]["suspect"], 0u);
-    EXPECT_EQ(peer_row(d, "held")["state"], "up");
-}
-
-// The kernel queues an ICMP error on either socket of a listener, by a hash
-// of the addresses (the steering program never sees ICMP): a port
-// unreachable reaches the core from both.
-TEST(DaemonLoad, PortUnreachableIsReadFromEitherQueue) {
+// A PROBE to a closed port comes back as ICMP port unreachable on the
+// daemon's error queue; each peer's last_error says so.
+TEST(DaemonIcmp, PortUnreachableReachesEveryPeer) {
     InProcessDaemon d;
     std::vector<std::unique_ptr<Peer>> peers;
     for (int i = 0; i < 16; ++i) {
@@ -604,12 +571,13 @@ TEST(DaemonLoad, QueriesAreNotLoadThatTurnsNewcomersAway) {
     ASSERT_FALSE(d.status()["daemon"]["load"]["shedding"]);
 
     // Within one window of the fake clock, queries until the loop has spent
-    // three times the threshold's share of a second (20 ms) on them.
+    // twice the threshold's share of a second (20 ms) on them: counted, they
+    // would shed; the loop's own part of those steps stays well under it.
     const Duration before = d.step_cpu;
     int queries = 0;
-    for (; queries < 100'000 && d.step_cpu - before < milliseconds(60); ++queries)
+    for (; queries < 100'000 && d.step_cpu - before < milliseconds(40); ++queries)
         ASSERT_TRUE(d.query("status").has_value());
-    ASSERT_GE(d.step_cpu - before, milliseconds(60)) << "the queries were too cheap to tell";
+    ASSERT_GE(d.step_cpu - before, milliseconds(40)) << "the queries were too cheap to tell";
     held.run_for(milliseconds(1100));
     EXPECT_FALSE(d.status()["daemon"]["load"]["shedding"]) << queries << " queries";
     EXPECT_LT(d.status()["daemon"]["load"]["busy_percent"], 2) << queries << " queries";
