@@ -36,11 +36,16 @@ private:
     TimePoint now_;
 };
 
+// The reading of a POSIX clock (CLOCK_MONOTONIC, CLOCK_BOOTTIME, ...).
+inline Duration read_clock(clockid_t id) {
+    timespec ts{};
+    clock_gettime(id, &ts);
+    return std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec);
+}
+
 // CPU time the calling thread has used: how the daemon measures its own load.
 inline Duration thread_cpu_time() {
-    timespec ts{};
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec);
+    return read_clock(CLOCK_THREAD_CPUTIME_ID);
 }
 
 }  // namespace keepalive

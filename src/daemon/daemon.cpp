@@ -64,12 +64,6 @@ TimePoint step_at_or_after(TimePoint t) {
     return t.time_since_epoch() % kWheelStep == Duration::zero() ? t : step_after(t);
 }
 
-Duration read_clock(clockid_t id) {
-    timespec ts{};
-    clock_gettime(id, &ts);
-    return std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec);
-}
-
 // CLOCK_MONOTONIC, whatever clock the daemon was given: what a step took in
 // real time, waits for the disk included.
 Duration wall_time() {
@@ -978,13 +972,14 @@ void Daemon::start() {
 // is reserved up to max_peers, so a full table is a REJECT, not bad_alloc.
 void Daemon::run_once(std::optional<Duration> timeout) {
     const Duration before = thread_cpu_time();
-    const Duration queries_before = control_ ? control_->cpu_time() : Duration::zero();
+    const auto query_cpu = [this] { return control_ ? control_->cpu_time() : Duration::zero(); };
+    const Duration queries_before = query_cpu();
     loop_.run_once(timeout);
     const Duration busy = thread_cpu_time() - before;
     stats_.record(busy);
     // An operator's queries are not load the peers put on the loop: a
     // `peers --json` of 110 000 peers alone would turn newcomers away.
-    const Duration queries = (control_ ? control_->cpu_time() : Duration::zero()) - queries_before;
+    const Duration queries = query_cpu() - queries_before;
     const Duration held = std::clamp(busy - queries, Duration::zero(), busy);
     core_.note_loop_busy(held, loop_.now() + busy);
     if (core_.load().shedding() != shedding_) log_shedding();

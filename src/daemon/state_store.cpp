@@ -12,6 +12,8 @@
 #include <fstream>
 #include <system_error>
 
+#include "core/clock.hpp"
+
 namespace keepalive {
 namespace {
 
@@ -19,9 +21,7 @@ namespace {
 constexpr std::size_t kMaxStateSize = std::size_t{2} << 30;
 
 std::int64_t clock_ns(clockid_t id) {
-    timespec ts{};
-    clock_gettime(id, &ts);
-    return std::int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
+    return read_clock(id).count();
 }
 
 std::array<std::uint8_t, 16> read_boot_id() {
