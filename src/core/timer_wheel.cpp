@@ -6,6 +6,8 @@
 #include <stdexcept>
 #include <utility>
 
+#include "core/prefetch.hpp"
+
 namespace keepalive {
 
 namespace {
@@ -65,87 +67,89 @@ std::optional<TimePoint> TimerWheel::deadline(Handle h) const {
     return entries_[h.index].deadline;
 }
 
-void TimerWheel::link(std::uint32_t index, std::size_t slot) {
-    Entry& e = entries_[index];
-    Slot& s = slots_[slot];
-    const std::uint32_t end = kEnd | static_cast<std::uint32_t>(slot);
-    e.next = end;
-    if (s.tail == nil) {
-        e.prev = end;
-        s.head = index;
-        occupied_[slot >> 6] |= std::uint64_t{1} << (slot & 63);
+std::uint32_t TimerWheel::new_block() {
+    std::uint32_t b = free_block_;
+    if (b != nil) {
+        free_block_ = blocks_[b].next;
     } else {
-        e.prev = s.tail;
-        entries_[s.tail].next = index;
+        if (blocks_.size() >= (std::size_t{1} << 28)) {
+            throw std::length_error("TimerWheel: too many blocks");
+        }
+        b = static_cast<std::uint32_t>(blocks_.size());
+        blocks_.emplace_back();
     }
-    s.tail = index;
+    blocks_[b].next = nil;
+    blocks_[b].used = 0;
+    return b;
 }
 
-void TimerWheel::link_front(std::uint32_t index, std::size_t slot) {
-    Entry& e = entries_[index];
+// May throw (a new block) before it changes anything.
+void TimerWheel::append(std::uint32_t index, std::size_t slot) {
     Slot& s = slots_[slot];
-    const std::uint32_t end = kEnd | static_cast<std::uint32_t>(slot);
-    e.prev = end;
-    if (s.head == nil) {
-        e.next = end;
-        s.tail = index;
-        occupied_[slot >> 6] |= std::uint64_t{1} << (slot & 63);
-    } else {
-        e.next = s.head;
-        entries_[s.head].prev = index;
+    if (s.tail == nil || blocks_[s.tail].used == kBlockIds) {
+        const std::uint32_t b = new_block();
+        if (s.tail == nil) {
+            s.head = b;
+        } else {
+            blocks_[s.tail].next = b;
+        }
+        s.tail = b;
     }
-    s.head = index;
+    Block& block = blocks_[s.tail];
+    const std::uint32_t pos = block.used++;
+    block.ids[pos] = index;
+    entries_[index].slot = static_cast<std::uint32_t>(slot);
+    entries_[index].place = place_of(s.tail, pos);
+    if (s.live++ == 0) {
+        occupied_[slot >> 6] |= std::uint64_t{1} << (slot & 63);
+    }
 }
 
-void TimerWheel::unlink(std::uint32_t index) {
+// Gives all of a slot's blocks back; it holds nothing waiting.
+void TimerWheel::empty_slot(std::size_t slot) {
+    Slot& s = slots_[slot];
+    blocks_[s.tail].next = free_block_;
+    free_block_ = s.head;
+    s = Slot{};
+    occupied_[slot >> 6] &= ~(std::uint64_t{1} << (slot & 63));
+}
+
+// Takes a waiting entry out of its slot, leaving a hole in its block.
+void TimerWheel::remove(std::uint32_t index) {
     Entry& e = entries_[index];
-    const bool head = (e.prev & kEnd) != 0;
-    const bool tail = (e.next & kEnd) != 0;
-    // A neighbour takes over this entry's link, an end mark included.
-    if (head) {
-        slots_[e.prev & ~kEnd].head = tail ? nil : e.next;
-    } else {
-        entries_[e.prev].next = e.next;
+    blocks_[e.place >> 4].ids[e.place & 15] = nil;
+    if (--slots_[e.slot].live == 0) {
+        empty_slot(e.slot);
     }
-    if (tail) {
-        slots_[e.next & ~kEnd].tail = head ? nil : e.prev;
-    } else {
-        entries_[e.next].prev = e.prev;
-    }
-    if (head && tail) {
-        const std::uint32_t slot = e.prev & ~kEnd;
-        occupied_[slot >> 6] &= ~(std::uint64_t{1} << (slot & 63));
-    }
-    e.next = nil;
-    e.prev = kDue;  // the caller releases it, or it is due
+    e.slot = kDue;  // the caller releases it, or it is due
 }
 
 void TimerWheel::release(std::uint32_t index) {
     Entry& e = entries_[index];
     ++e.generation;
-    e.prev = kFree;
-    e.next = free_head_;
+    e.slot = kFree;
+    e.place = free_head_;
     free_head_ = index;
     --size_;
 }
 
 TimerWheel::Handle TimerWheel::schedule(TimePoint deadline, std::uint32_t payload) {
-    std::uint32_t index = free_head_;
-    if (index != nil) {
-        free_head_ = entries_[index].next;
-    } else {
-        if (entries_.size() >= kEnd) {
+    const bool reused = free_head_ != nil;
+    const std::uint32_t index = reused ? free_head_ : static_cast<std::uint32_t>(entries_.size());
+    if (!reused) {
+        if (entries_.size() >= (std::size_t{1} << 31)) {
             throw std::length_error("TimerWheel: too many pending entries");
         }
-        index = static_cast<std::uint32_t>(entries_.size());
-        entries_.emplace_back();
+        entries_.emplace_back();  // free, but on no list: harmless if append() throws
     }
+    const std::uint32_t next_free = entries_[index].place;
+    // A deadline in an already passed tick goes into the current slot: the
+    // next advance() visits it first and fires it since deadline <= now.
+    append(index, slot_of_tick(std::max(tick_of(deadline), cur_tick_)));
+    if (reused) free_head_ = next_free;
     Entry& e = entries_[index];
     e.deadline = deadline;
     e.payload = payload;
-    // A deadline in an already passed tick goes into the current slot: the
-    // next advance() visits it first and fires it since deadline <= now.
-    link(index, slot_of_tick(std::max(tick_of(deadline), cur_tick_)));
     ++size_;
     return Handle{index, e.generation};
 }
@@ -156,8 +160,8 @@ bool TimerWheel::cancel(Handle h) {
     }
     // A due entry is out of its slot; releasing it bumps its generation, so the
     // running advance() skips it.
-    if (entries_[h.index].linked()) {
-        unlink(h.index);
+    if (entries_[h.index].waiting()) {
+        remove(h.index);
     }
     release(h.index);
     return true;
@@ -200,14 +204,16 @@ std::optional<TimePoint> TimerWheel::next_wakeup() const {
     // In a slot ahead of the cursor no entry is due before the start of that
     // slot's tick (overdue entries sit in the cursor's own slot), so one due
     // right then is the earliest and the walk stops there. Probe deadlines
-    // are whole ticks, and a slot's list is in schedule order, so that is
-    // usually its first entry rather than the whole list.
+    // are whole ticks, and a slot is in schedule order, so that is usually
+    // its first entry rather than the whole slot.
     const TimePoint lowest = dist > 0 ? tick_start(cur_tick_, dist) : TimePoint::min();
     TimePoint earliest = TimePoint::max();
-    for (std::uint32_t i = slots_[(from + dist) & mask_].head; (i & kEnd) == 0;
-         i = entries_[i].next) {
-        earliest = std::min(earliest, entries_[i].deadline);
-        if (earliest == lowest) break;
+    for (std::uint32_t b = slots_[(from + dist) & mask_].head; b != nil && earliest != lowest;
+         b = blocks_[b].next) {
+        const Block& block = blocks_[b];
+        for (std::uint32_t k = 0; k < block.used && earliest != lowest; ++k) {
+            if (block.ids[k] != nil) earliest = std::min(earliest, entries_[block.ids[k]].deadline);
+        }
     }
 
     TimePoint wake;
@@ -227,17 +233,61 @@ std::optional<TimePoint> TimerWheel::next_wakeup() const {
     return best ? std::min(*best, wake) : wake;
 }
 
+// Takes out what is due and closes the holes: what stays keeps its order,
+// packed into the slot's first blocks, and the blocks left over are freed.
+// The entries of the next block are prefetched while this one is read.
 void TimerWheel::collect_slot(std::size_t slot, TimePoint now) {
-    std::uint32_t i = slots_[slot].head;
-    while ((i & kEnd) == 0) {  // nil or the tail's end mark
-        const std::uint32_t next = entries_[i].next;
-        Entry& e = entries_[i];
-        if (e.deadline <= now) {
-            unlink(i);  // now due
-            due_.push_back(Due{i, static_cast<std::uint32_t>(due_.size())});
-        }
-        i = next;
+    Slot& s = slots_[slot];
+    // Room first, so that nothing is taken out when growing due_ throws.
+    if (due_.capacity() - due_.size() < s.live) {
+        due_.reserve(std::max(due_.size() + s.live, 2 * due_.capacity()));
     }
+    const auto prefetch_entries = [this](std::uint32_t b) {
+        if (b == nil) return;
+        const Block& block = blocks_[b];
+        for (std::uint32_t k = 0; k < block.used; ++k) {
+            if (block.ids[k] != nil) prefetch_read(&entries_[block.ids[k]]);
+        }
+        if (block.next != nil) prefetch_read(&blocks_[block.next]);
+    };
+    prefetch_entries(s.head);
+    std::uint32_t keep_block = s.head;  // where the next kept entry goes
+    std::uint32_t keep_pos = 0;
+    std::uint32_t kept = 0;
+    for (std::uint32_t b = s.head; b != nil; b = blocks_[b].next) {
+        prefetch_entries(blocks_[b].next);
+        const Block& block = blocks_[b];
+        for (std::uint32_t k = 0; k < block.used; ++k) {
+            const std::uint32_t i = block.ids[k];
+            if (i == nil) continue;  // cancelled
+            Entry& e = entries_[i];
+            if (e.deadline <= now) {
+                e.slot = kDue;
+                due_.push_back(Due{i, static_cast<std::uint32_t>(due_.size())});
+                continue;
+            }
+            if (keep_pos == kBlockIds) {  // never passes b: kept <= read
+                keep_block = blocks_[keep_block].next;
+                keep_pos = 0;
+            }
+            blocks_[keep_block].ids[keep_pos] = i;
+            e.place = place_of(keep_block, keep_pos++);
+            ++kept;
+        }
+    }
+    if (kept == 0) {
+        empty_slot(slot);
+        return;
+    }
+    Block& last = blocks_[keep_block];
+    last.used = keep_pos;
+    if (last.next != nil) {  // the blocks after it go back
+        blocks_[s.tail].next = free_block_;
+        free_block_ = last.next;
+        last.next = nil;
+    }
+    s.tail = keep_block;
+    s.live = kept;
 }
 
 bool TimerWheel::begin_advance() {
@@ -247,9 +297,15 @@ bool TimerWheel::begin_advance() {
         throw std::logic_error("TimerWheel::advance() called from inside its callback");
     }
     advancing_ = true;
-    if (fire_pos_ < due_.size()) return true;
-    fire_pos_ = 0;
-    due_.clear();
+    // What a limited advance() left fires alone; what a throw left is sorted
+    // in among what is collected now.
+    if (fire_pos_ == due_.size() || limit_leftovers_) return fire_pos_ < due_.size();
+    // First out go the leftovers cancelled since: an index reused and
+    // collected now must not be in due_ twice.
+    const auto first = due_.begin() + static_cast<std::ptrdiff_t>(fire_pos_);
+    due_.erase(std::remove_if(first, due_.end(),
+                              [this](const Due& d) { return !entries_[d.index].due(); }),
+               due_.end());
     return false;
 }
 
@@ -267,36 +323,45 @@ void TimerWheel::collect_due(TimePoint now) {
     // what is due.
     const std::size_t from = slot_of_tick(cur_tick_);
     std::size_t pos = 0;
-    while (pos < visit) {
-        const std::size_t dist = next_occupied((from + pos) & mask_);
-        if (dist >= visit - pos) {
-            break;
+    try {
+        while (pos < visit) {
+            const std::size_t dist = next_occupied((from + pos) & mask_);
+            if (dist >= visit - pos) {
+                break;
+            }
+            pos += dist;
+            collect_slot((from + pos) & mask_, now);
+            ++pos;
         }
-        pos += dist;
-        collect_slot((from + pos) & mask_, now);
-        ++pos;
+    } catch (...) {
+        sort_due();  // what was collected fires first, in order, next time
+        throw;
     }
-
-    // Entries of one deadline are in one slot, in schedule order: each was
-    // appended to the list of its deadline's tick, or of the current tick if
-    // that had passed, and an advance() collects every entry due by then
-    // before the current tick moves again (end_advance puts back what did not
-    // fire ahead of anything scheduled since). So collection order breaks
-    // deadline ties as schedule order would. Slots are usually collected in
-    // order already (one slot); sort only when needed.
-    const auto before = [this](const Due& a, const Due& b) {
-        const TimePoint da = entries_[a.index].deadline;
-        const TimePoint db = entries_[b.index].deadline;
-        return da != db ? da < db : a.order < b.order;
-    };
-    if (!std::is_sorted(due_.begin(), due_.end(), before)) {
-        std::sort(due_.begin(), due_.end(), before);
-    }
+    sort_due();
 
     // Move the cursor before any callback runs, so entries scheduled from fn
     // land in the current slot and are not collected by this call.
     cur_tick_ = new_tick;
     now_ = std::max(now_, now);
+}
+
+// Entries of one deadline are in one slot, in schedule order: each was
+// appended to the slot of its deadline's tick, or of the current tick if that
+// had passed, and an advance() collects every entry due by then before the
+// current tick moves again. So collection order breaks deadline ties as
+// schedule order would. What a throw left unfired was collected earlier, so
+// its ties stay ahead of anything collected since. Slots are usually
+// collected in order already (one slot); sort only when needed.
+void TimerWheel::sort_due() {
+    const auto before = [this](const Due& a, const Due& b) {
+        const TimePoint da = entries_[a.index].deadline;
+        const TimePoint db = entries_[b.index].deadline;
+        return da != db ? da < db : a.order < b.order;
+    };
+    const auto first = due_.begin() + static_cast<std::ptrdiff_t>(fire_pos_);
+    if (!std::is_sorted(first, due_.end(), before)) {
+        std::sort(first, due_.end(), before);
+    }
 }
 
 bool TimerWheel::take_due(std::uint32_t index) {
@@ -310,19 +375,11 @@ bool TimerWheel::take_due(std::uint32_t index) {
 
 void TimerWheel::end_advance() noexcept {
     advancing_ = false;
-    // Stopped at its limit: what did not fire stays in due_, due (a cancel
-    // still works on it), and the next advance() fires it first.
-    if (std::exchange(stopped_at_limit_, false)) return;
-    // Non-empty when fn (or collecting) threw: put back what did not fire.
-    // They are due, so the current slot is where the next advance() looks
-    // first; at its front, in firing order, so that they stay ahead of the
-    // entries fn scheduled (later ones, maybe with the same deadline).
-    for (std::size_t i = due_.size(); i > fire_pos_; --i) {
-        const std::uint32_t index = due_[i - 1].index;
-        if (entries_[index].due()) {
-            link_front(index, slot_of_tick(cur_tick_));
-        }
-    }
+    // Stopped at its limit, or fn threw: what did not fire stays in due_,
+    // due (a cancel still works on it), and the next advance() fires it first.
+    limit_leftovers_ = std::exchange(stopped_at_limit_, false);
+    if (fire_pos_ < due_.size()) return;
+    limit_leftovers_ = false;
     due_.clear();
     fire_pos_ = 0;
 }

@@ -478,6 +478,24 @@ TEST(TimerWheel, ThrowingCallbackKeepsTieOrder) {
     EXPECT_EQ(payloads(advance_to(w, t0 + 5ms)), (std::vector<std::uint64_t>{2, 3, 4}));
 }
 
+// Leftovers of a throw are cancelled and their indexes reused (in the
+// opposite order) by entries due at once: each fires once, in schedule order.
+TEST(TimerWheel, ThrowLeftoversCancelledAndIndexesReused) {
+    TimerWheel w(t0);
+    w.schedule(t0 + 1ms, 1);
+    const auto b = w.schedule(t0 + 1ms, 2);
+    const auto c = w.schedule(t0 + 1ms, 3);
+    EXPECT_THROW(
+        w.advance(t0 + 5ms, [&](std::uint64_t, TimePoint) { throw std::runtime_error("boom"); }),
+        std::runtime_error);
+    EXPECT_TRUE(w.cancel(b));
+    EXPECT_TRUE(w.cancel(c));
+    w.schedule(t0 + 3ms, 4);  // takes c's index
+    w.schedule(t0 + 3ms, 5);  // takes b's index
+    EXPECT_EQ(payloads(advance_to(w, t0 + 5ms)), (std::vector<std::uint64_t>{4, 5}));
+    EXPECT_TRUE(w.empty());
+}
+
 // A limited advance() fires the earliest `limit` due entries and leaves the
 // rest pending, ahead of what its callback scheduled meanwhile; cancelled
 // entries do not count against the limit.
@@ -810,26 +828,33 @@ void run_random(std::uint64_t seed, const RandomConfig& cfg) {
             due.push_back(it->second);
         }
         std::size_t pos = 0;
-        w.advance(now, [&](std::uint64_t p, TimePoint d) {
-            while (pos < due.size() && !items[due[pos]].alive) {
+        bool threw = false;
+        try {
+            w.advance(now, [&](std::uint64_t p, TimePoint d) {
+                while (pos < due.size() && !items[due[pos]].alive) {
+                    ++pos;
+                }
+                ASSERT_LT(pos, due.size()) << "fired " << p << " beyond what was due";
+                ASSERT_EQ(p, due[pos]);
+                ASSERT_EQ(d, items[p].deadline);
+                ASSERT_LE(d, now);
                 ++pos;
-            }
-            ASSERT_LT(pos, due.size()) << "fired " << p << " beyond what was due";
-            ASSERT_EQ(p, due[pos]);
-            ASSERT_EQ(d, items[p].deadline);
-            ASSERT_LE(d, now);
-            ++pos;
-            items[p].alive = false;
-            ref.erase(keys[p]);
-            ASSERT_FALSE(w.pending(items[p].handle));
-            const auto action = draining ? 9 : uniform(0, 9);
-            if (action < 3) {
-                do_schedule();
-            } else if (action < 5) {
-                do_cancel();
-            }
-        });
-        for (; pos < due.size(); ++pos) {
+                items[p].alive = false;
+                ref.erase(keys[p]);
+                ASSERT_FALSE(w.pending(items[p].handle));
+                const auto action = draining ? 9 : uniform(0, 9);
+                if (action < 3) {
+                    do_schedule();
+                } else if (action < 5) {
+                    do_cancel();
+                } else if (action == 5 && uniform(0, 9) == 0) {
+                    throw std::runtime_error("callback failed");  // the rest stays pending
+                }
+            });
+        } catch (const std::runtime_error&) {
+            threw = true;
+        }
+        for (; pos < due.size() && !threw; ++pos) {
             ASSERT_FALSE(items[due[pos]].alive) << "payload " << due[pos] << " did not fire";
         }
     };
