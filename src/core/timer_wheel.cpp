@@ -105,11 +105,16 @@ void TimerWheel::append(std::uint32_t index, std::size_t slot) {
     }
 }
 
+// Puts the chain of blocks first .. last on the free list.
+void TimerWheel::free_blocks(std::uint32_t first, std::uint32_t last) {
+    blocks_[last].next = free_block_;
+    free_block_ = first;
+}
+
 // Gives all of a slot's blocks back; it holds nothing waiting.
 void TimerWheel::empty_slot(std::size_t slot) {
     Slot& s = slots_[slot];
-    blocks_[s.tail].next = free_block_;
-    free_block_ = s.head;
+    free_blocks(s.head, s.tail);
     s = Slot{};
     occupied_[slot >> 6] &= ~(std::uint64_t{1} << (slot & 63));
 }
@@ -117,7 +122,7 @@ void TimerWheel::empty_slot(std::size_t slot) {
 // Takes a waiting entry out of its slot, leaving a hole in its block.
 void TimerWheel::remove(std::uint32_t index) {
     Entry& e = entries_[index];
-    blocks_[e.place >> 4].ids[e.place & 15] = nil;
+    blocks_[block_of(e.place)].ids[pos_of(e.place)] = nil;
     if (--slots_[e.slot].live == 0) {
         empty_slot(e.slot);
     }
@@ -282,8 +287,7 @@ void TimerWheel::collect_slot(std::size_t slot, TimePoint now) {
     Block& last = blocks_[keep_block];
     last.used = keep_pos;
     if (last.next != nil) {  // the blocks after it go back
-        blocks_[s.tail].next = free_block_;
-        free_block_ = last.next;
+        free_blocks(last.next, s.tail);
         last.next = nil;
     }
     s.tail = keep_block;
@@ -297,9 +301,12 @@ bool TimerWheel::begin_advance() {
         throw std::logic_error("TimerWheel::advance() called from inside its callback");
     }
     advancing_ = true;
-    // What a limited advance() left fires alone; what a throw left is sorted
-    // in among what is collected now.
-    if (fire_pos_ == due_.size() || limit_leftovers_) return fire_pos_ < due_.size();
+    // What a limited advance() left fires alone; what a throw (or a `now`
+    // earlier than their deadlines) left is sorted in among what is
+    // collected now.
+    const bool leftovers = fire_pos_ < due_.size();
+    if (std::exchange(limit_leftovers_, false) && leftovers) return true;
+    if (!leftovers) return false;
     // First out go the leftovers cancelled since: an index reused and
     // collected now must not be in due_ twice.
     const auto first = due_.begin() + static_cast<std::ptrdiff_t>(fire_pos_);
@@ -377,9 +384,7 @@ void TimerWheel::end_advance() noexcept {
     advancing_ = false;
     // Stopped at its limit, or fn threw: what did not fire stays in due_,
     // due (a cancel still works on it), and the next advance() fires it first.
-    limit_leftovers_ = std::exchange(stopped_at_limit_, false);
     if (fire_pos_ < due_.size()) return;
-    limit_leftovers_ = false;
     due_.clear();
     fire_pos_ = 0;
 }

@@ -165,9 +165,12 @@ private:
         std::uint32_t ids[kBlockIds];
     };
     static_assert(sizeof(Block) == 64);
+    // An entry's place: its block and its position there (below 16).
     static std::uint32_t place_of(std::uint32_t block, std::uint32_t pos) {
         return block << 4 | pos;
     }
+    static std::uint32_t block_of(std::uint32_t place) { return place >> 4; }
+    static std::uint32_t pos_of(std::uint32_t place) { return place & 15; }
 
     struct Slot {
         std::uint32_t head = nil;  // first block, or nil when the slot holds nothing
@@ -205,6 +208,7 @@ private:
     std::uint32_t new_block();
     void append(std::uint32_t index, std::size_t slot);
     void remove(std::uint32_t index);
+    void free_blocks(std::uint32_t first, std::uint32_t last);
     void empty_slot(std::size_t slot);
     void release(std::uint32_t index);
 
@@ -229,8 +233,7 @@ private:
     std::uint32_t free_block_ = nil;
     std::size_t size_ = 0;
     bool advancing_ = false;
-    bool stopped_at_limit_ = false;  // the running advance() stopped at its limit
-    bool limit_leftovers_ = false;   // due_ holds what a limited advance() left
+    bool limit_leftovers_ = false;  // due_ holds what a limited advance() left
 };
 
 template <typename Fn, typename Ahead>
@@ -247,7 +250,7 @@ bool TimerWheel::advance(TimePoint now, Fn&& fn, Ahead&& ahead, std::size_t limi
     std::size_t fired = 0;
     while (fire_pos_ < due_.size()) {
         if (fired == limit) {
-            stopped_at_limit_ = true;  // end_advance() keeps the rest for the next call
+            limit_leftovers_ = true;  // end_advance() keeps the rest for the next call
             return true;
         }
         if (fire_pos_ + look_ahead < due_.size())
